@@ -1,0 +1,79 @@
+// Shared declarations of the miniplaces_ext convolution ops.
+//
+// Every op works on 4-D tensors (N, C, H, W); conv1d is routed here as a 2-D
+// convolution with height 1. Kernels only ever see zero padding: the Python
+// front end pads non-zero padding modes and asymmetric 'same' padding itself.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Optional.h>
+
+#include <array>
+#include <cstdint>
+#include <tuple>
+
+namespace miniplaces_ext {
+
+// Every size a kernel needs, derived and validated once from the op arguments.
+struct ConvGeometry {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t out_h, out_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t groups;
+
+  int64_t in_channels_per_group() const { return in_channels / groups; }
+  int64_t out_channels_per_group() const { return out_channels / groups; }
+  // Length of one im2col row: kernel_h * kernel_w * in_channels_per_group.
+  int64_t patch_size() const { return kernel_h * kernel_w * in_channels_per_group(); }
+  int64_t out_pixels() const { return out_h * out_w; }
+  // True when the convolution is a plain matrix product over pixels.
+  bool is_pointwise() const {
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 &&
+        pad_h == 0 && pad_w == 0;
+  }
+};
+
+// Validates the arguments of a 2-D convolution (ranks, dtypes, devices,
+// channel/group consistency, stride/dilation/padding ranges, kernel fitting in
+// the padded input) with messages a user understands, and returns the geometry.
+ConvGeometry make_conv2d_geometry(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups);
+
+// Checks the gradient passed to a backward op against the forward geometry.
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvGeometry& g);
+
+// Memory format of the output (and of grad_input): channels_last when the
+// input is channels_last and not also plain contiguous, else contiguous. The
+// Python fake kernels apply the same rule.
+at::MemoryFormat conv_output_memory_format(const at::Tensor& input);
+
+namespace cpu {
+at::Tensor conv2d_forward(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    std::array<bool, 3> output_mask);
+} // namespace cpu
+
+} // namespace miniplaces_ext

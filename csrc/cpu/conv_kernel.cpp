@@ -1,0 +1,311 @@
+// CPU convolution kernels: im2col + GEMM in a channels-last (NHWC) layout.
+//
+// One im2col row holds the receptive field of one output pixel, ordered
+// (kh, kw, c) so that each kernel tap copies a contiguous run of channels.
+// With the weight viewed as [out_channels, kh*kw*c]:
+//   forward      out[pixels, Cout]  = col[pixels, K] @ W^T[K, Cout] (+ bias)
+//   grad_weight  dW[Cout, K]       += dY^T[Cout, pixels] @ col[pixels, K]
+//   grad_input   dcol[pixels, K]    = dY[pixels, Cout] @ W[Cout, K], then
+//                col2im gathers dcol back onto input pixels (no atomics, each
+//                input pixel is written by exactly one thread: deterministic).
+// The batch is folded into the pixel dimension, processed in chunks of whole
+// images so the column buffer stays bounded. Pointwise (1x1, stride 1, no
+// padding) convolutions skip im2col and multiply the input in place.
+#include "../conv.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace miniplaces_ext::cpu {
+namespace {
+
+// Upper bound on the im2col buffer of one chunk; at least one image is used.
+constexpr int64_t kColumnBufferBytes = int64_t{64} << 20;
+
+int64_t images_per_chunk(const ConvGeometry& g, int64_t element_size) {
+  const int64_t per_image = std::max<int64_t>(1, g.out_pixels() * g.patch_size() * element_size);
+  return std::clamp<int64_t>(kColumnBufferBytes / per_image, 1, std::max<int64_t>(g.batch, 1));
+}
+
+// Fills col[count * out_pixels, patch_size] with the receptive fields of the
+// output pixels of images [n0, n0 + count), channels [c0, c0 + Cg) of the
+// channels-last input x. Out-of-bounds taps (zero padding) are zero.
+template <typename scalar_t>
+void im2col(const scalar_t* x, scalar_t* col, const ConvGeometry& g, int64_t n0, int64_t count, int64_t c0) {
+  const int64_t cg = g.in_channels_per_group();
+  const int64_t patch = g.patch_size();
+  const int64_t pixels = g.out_pixels();
+  at::parallel_for(0, count * pixels, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = n0 + r / pixels;
+      const int64_t oh = (r % pixels) / g.out_w;
+      const int64_t ow = r % g.out_w;
+      scalar_t* dst = col + r * patch;
+      for (int64_t i = 0; i < g.kernel_h; ++i) {
+        const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+        for (int64_t j = 0; j < g.kernel_w; ++j, dst += cg) {
+          const int64_t iw = ow * g.stride_w - g.pad_w + j * g.dilation_w;
+          if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) {
+            std::fill_n(dst, cg, scalar_t(0));
+          } else {
+            std::copy_n(x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_channels + c0, cg, dst);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The adjoint of im2col: for every input pixel of images [n0, n0 + count),
+// sums the dcol entries of all output pixels whose receptive field covers it
+// and writes the sum to channels [c0, c0 + Cg) of the channels-last dx.
+template <typename scalar_t>
+void col2im(const scalar_t* dcol, scalar_t* dx, const ConvGeometry& g, int64_t n0, int64_t count, int64_t c0) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t cg = g.in_channels_per_group();
+  const int64_t patch = g.patch_size();
+  at::parallel_for(0, count * g.in_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(cg);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n_local = r / g.in_h;
+      const int64_t ih = r % g.in_h;
+      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t i = 0; i < g.kernel_h; ++i) {
+          const int64_t th = ih + g.pad_h - i * g.dilation_h;
+          if (th < 0 || th % g.stride_h != 0 || th / g.stride_h >= g.out_h) {
+            continue;
+          }
+          const int64_t oh = th / g.stride_h;
+          for (int64_t j = 0; j < g.kernel_w; ++j) {
+            const int64_t tw = iw + g.pad_w - j * g.dilation_w;
+            if (tw < 0 || tw % g.stride_w != 0 || tw / g.stride_w >= g.out_w) {
+              continue;
+            }
+            const int64_t ow = tw / g.stride_w;
+            const scalar_t* src = dcol + ((n_local * g.out_h + oh) * g.out_w + ow) * patch + (i * g.kernel_w + j) * cg;
+            for (int64_t c = 0; c < cg; ++c) {
+              acc[c] += static_cast<acc_t>(src[c]);
+            }
+          }
+        }
+        scalar_t* dst = dx + (((n0 + n_local) * g.in_h + ih) * g.in_w + iw) * g.in_channels + c0;
+        for (int64_t c = 0; c < cg; ++c) {
+          dst[c] = static_cast<scalar_t>(acc[c]);
+        }
+      }
+    }
+  });
+}
+
+// out[c] = sum over rows of m[rows, cols] (the bias gradient), accumulated in
+// the op-math type, each column summed by one thread in a fixed order.
+template <typename scalar_t>
+void column_sums(const scalar_t* m, scalar_t* out, int64_t rows, int64_t cols) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kBlock = 16;
+  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t c0 = b * kBlock;
+      const int64_t width = std::min(kBlock, cols - c0);
+      acc_t acc[kBlock] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = m + r * cols + c0;
+        for (int64_t c = 0; c < width; ++c) {
+          acc[c] += static_cast<acc_t>(row[c]);
+        }
+      }
+      for (int64_t c = 0; c < width; ++c) {
+        out[c0 + c] = static_cast<scalar_t>(acc[c]);
+      }
+    }
+  });
+}
+
+// The channels-last input seen as a [N*H*W, C] matrix.
+at::Tensor pixel_matrix(const at::Tensor& t) {
+  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+
+// Produces the im2col matrix of one (chunk, group), reusing `buffer`.
+class ColumnSource {
+ public:
+  ColumnSource(const at::Tensor& x_pixels, const ConvGeometry& g, int64_t chunk)
+      : x_pixels_(x_pixels), g_(g) {
+    if (!g.is_pointwise()) {
+      buffer_ = at::empty({chunk * g.out_pixels(), g.patch_size()}, x_pixels.options());
+    }
+  }
+
+  at::Tensor columns(int64_t n0, int64_t count, int64_t group) {
+    const int64_t rows = count * g_.out_pixels();
+    const int64_t c0 = group * g_.in_channels_per_group();
+    if (g_.is_pointwise()) {
+      return x_pixels_.narrow(0, n0 * g_.out_pixels(), rows).narrow(1, c0, g_.in_channels_per_group());
+    }
+    at::Tensor col = buffer_.narrow(0, 0, rows);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, col.scalar_type(), "miniplaces_im2col", [&] {
+      im2col<scalar_t>(x_pixels_.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), g_, n0, count, c0);
+    });
+    return col;
+  }
+
+ private:
+  at::Tensor x_pixels_;
+  const ConvGeometry& g_;
+  at::Tensor buffer_;
+};
+
+// The weight as [out_channels, kh*kw*Cg], rows ordered like the im2col rows.
+at::Tensor weight_matrix(const at::Tensor& weight, const ConvGeometry& g) {
+  return weight.permute({0, 2, 3, 1}).contiguous().view({g.out_channels, g.patch_size()});
+}
+
+// Turns an NHWC-ordered result into an NCHW-shaped tensor in `format`.
+at::Tensor to_nchw(const at::Tensor& nhwc, at::MemoryFormat format) {
+  at::Tensor nchw = nhwc.permute({0, 3, 1, 2});
+  return format == at::MemoryFormat::ChannelsLast ? nchw : nchw.contiguous();
+}
+
+void check_cpu(const at::Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu(), "the CPU conv kernel got a tensor on ", input.device());
+}
+
+} // namespace
+
+at::Tensor conv2d_forward(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups) {
+  const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  check_cpu(input);
+  at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
+  if (g.batch > 0) {
+    const bool has_bias = bias.has_value() && bias->defined();
+    const int64_t coutg = g.out_channels_per_group();
+    const int64_t pixels = g.out_pixels();
+    const int64_t chunk = images_per_chunk(g, input.element_size());
+    const at::Tensor w = weight_matrix(weight, g);
+    const at::Tensor out_pixels = out.view({g.batch * pixels, g.out_channels});
+    ColumnSource source(pixel_matrix(input), g, chunk);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t count = std::min(chunk, g.batch - n0);
+      for (int64_t grp = 0; grp < groups; ++grp) {
+        const at::Tensor col = source.columns(n0, count, grp);
+        at::Tensor out_g = out_pixels.narrow(0, n0 * pixels, count * pixels).narrow(1, grp * coutg, coutg);
+        const at::Tensor w_g = w.narrow(0, grp * coutg, coutg);
+        if (has_bias) {
+          at::addmm_out(out_g, bias->narrow(0, grp * coutg, coutg), col, w_g.t());
+        } else {
+          at::mm_out(out_g, col, w_g.t());
+        }
+      }
+    }
+  }
+  return to_nchw(out, conv_output_memory_format(input));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, g);
+  check_cpu(input);
+  const auto [need_input, need_weight, need_bias] = output_mask;
+  const at::Tensor dy = pixel_matrix(grad_output);  // [N*Ho*Wo, Cout]
+
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (need_bias) {
+    grad_bias = at::empty({g.out_channels}, grad_output.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "miniplaces_bias_grad", [&] {
+      column_sums<scalar_t>(dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), dy.size(0),
+                            g.out_channels);
+    });
+  }
+  if (!need_input && !need_weight) {
+    return {grad_input, grad_weight, grad_bias};
+  }
+
+  const int64_t coutg = g.out_channels_per_group();
+  const int64_t cg = g.in_channels_per_group();
+  const int64_t pixels = g.out_pixels();
+  const int64_t chunk = images_per_chunk(g, input.element_size());
+  const at::Tensor w = weight_matrix(weight, g);
+  // Weight gradients of all chunks accumulate in the op-math type.
+  const auto acc_type = at::toOpMathType(weight.scalar_type());
+  at::Tensor dw = need_weight ? at::zeros({g.out_channels, g.patch_size()}, weight.options().dtype(acc_type))
+                              : at::Tensor();
+  at::Tensor dx = need_input ? at::empty({g.batch, g.in_h, g.in_w, g.in_channels}, input.options()) : at::Tensor();
+  const at::Tensor dx_pixels = need_input ? dx.view({-1, g.in_channels}) : at::Tensor();
+  std::optional<ColumnSource> source;
+  if (need_weight) {
+    source.emplace(pixel_matrix(input), g, chunk);
+  }
+  at::Tensor dcol = need_input && !g.is_pointwise()
+      ? at::empty({chunk * pixels, g.patch_size()}, input.options())
+      : at::Tensor();
+
+  for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+    const int64_t count = std::min(chunk, g.batch - n0);
+    const int64_t rows = count * pixels;
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const at::Tensor dy_g = dy.narrow(0, n0 * pixels, rows).narrow(1, grp * coutg, coutg);
+      if (need_weight) {
+        const at::Tensor col = source->columns(n0, count, grp);
+        at::Tensor dw_g = dw.narrow(0, grp * coutg, coutg);
+        if (dw.scalar_type() == col.scalar_type()) {
+          dw_g.addmm_(dy_g.t(), col);
+        } else {
+          dw_g.add_(at::mm(dy_g.t(), col));
+        }
+      }
+      if (need_input) {
+        const at::Tensor w_g = w.narrow(0, grp * coutg, coutg);
+        if (g.is_pointwise()) {
+          at::Tensor dx_g = dx_pixels.narrow(0, n0 * pixels, rows).narrow(1, grp * cg, cg);
+          at::mm_out(dx_g, dy_g, w_g);
+        } else {
+          at::Tensor dcol_chunk = dcol.narrow(0, 0, rows);
+          at::mm_out(dcol_chunk, dy_g, w_g);
+          AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx.scalar_type(), "miniplaces_col2im", [&] {
+            col2im<scalar_t>(dcol_chunk.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), g, n0, count,
+                             grp * cg);
+          });
+        }
+      }
+    }
+  }
+  if (need_weight) {
+    grad_weight = dw.view({g.out_channels, g.kernel_h, g.kernel_w, cg})
+                      .permute({0, 3, 1, 2})
+                      .to(weight.scalar_type())
+                      .contiguous();
+  }
+  if (need_input) {
+    grad_input = to_nchw(dx, conv_output_memory_format(input));
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+TORCH_LIBRARY_IMPL(miniplaces_ext, CPU, m) {
+  m.impl("conv2d_forward", &conv2d_forward);
+  m.impl("conv2d_backward", &conv2d_backward);
+}
+
+} // namespace miniplaces_ext::cpu

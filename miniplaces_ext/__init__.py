@@ -1,0 +1,25 @@
+"""miniplaces_ext: convolutions on our own C++/CUDA kernels, and a Miniplaces workflow on them.
+
+Swap ``torch.nn.functional.conv2d`` for ``miniplaces_ext.conv2d`` (same arguments,
+plus ``padding_mode``), ``nn.Conv2d`` for ``miniplaces_ext.nn.Conv2d``, or call
+``miniplaces_ext.swap_convs(model)`` to put our kernels into an existing model.
+"""
+from miniplaces_ext import _library
+
+LIBRARY_PATH = _library.load()
+
+from miniplaces_ext._library import cuda_kernels_built  # noqa: E402
+from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
+from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
+
+__all__ = [
+    "Conv1d",
+    "Conv1dFunction",
+    "Conv2d",
+    "Conv2dFunction",
+    "conv1d",
+    "conv2d",
+    "cuda_kernels_built",
+    "restore_convs",
+    "swap_convs",
+]

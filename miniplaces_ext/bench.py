@@ -1,0 +1,206 @@
+"""Benchmark our conv kernels against torch.nn.functional in the same run.
+
+    python -m miniplaces_ext.bench                       # CPU, batch 32, fp32
+    python -m miniplaces_ext.bench --json bench.json     # also write the results
+    python -m miniplaces_ext.bench --device cuda --batch-size 64 256
+
+For each distinct conv layer of ResNet-18-2018 and AlexNet-2018 (128x128
+input) it times forward and forward+backward of ours and torch's and reports
+the ratio ours/torch (< 1 means we are faster). "model" rows add the layers
+up, weighted by how often each occurs in the network.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import miniplaces_ext
+
+log = logging.getLogger("miniplaces_ext.bench")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One conv layer of a network, at a given input size."""
+
+    net: str
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    size: int  # input height = width
+    count: int  # how many layers of the network have this shape
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+    def flops(self, batch: int) -> int:
+        """Multiply-adds x 2 of the forward pass."""
+        return 2 * batch * self.out_channels * self.out_size**2 * self.in_channels * self.kernel**2
+
+
+# Conv layers of the 2018 course networks at 128x128 input.
+LAYERS = [
+    Layer("resnet18", "Conv1 7x7/2", 3, 64, 7, 2, 3, 128, 1),
+    Layer("resnet18", "layer1 3x3", 64, 64, 3, 1, 1, 64, 4),
+    Layer("resnet18", "layer2.0.Conv1 3x3/2", 64, 128, 3, 2, 1, 64, 1),
+    Layer("resnet18", "layer2 3x3", 128, 128, 3, 1, 1, 32, 3),
+    Layer("resnet18", "layer2 downsample 1x1/2", 64, 128, 1, 2, 0, 64, 1),
+    Layer("resnet18", "layer3.0.Conv1 3x3/2", 128, 256, 3, 2, 1, 32, 1),
+    Layer("resnet18", "layer3 3x3", 256, 256, 3, 1, 1, 16, 3),
+    Layer("resnet18", "layer3 downsample 1x1/2", 128, 256, 1, 2, 0, 32, 1),
+    Layer("resnet18", "layer4.0.Conv1 3x3/2", 256, 512, 3, 2, 1, 16, 1),
+    Layer("resnet18", "layer4 3x3", 512, 512, 3, 1, 1, 8, 3),
+    Layer("resnet18", "layer4 downsample 1x1/2", 256, 512, 1, 2, 0, 16, 1),
+    Layer("alexnet", "features.0 11x11/4", 3, 64, 11, 4, 2, 128, 1),
+    Layer("alexnet", "features.4 5x5", 64, 192, 5, 1, 2, 15, 1),
+    Layer("alexnet", "features.8 3x3", 192, 384, 3, 1, 1, 7, 1),
+    Layer("alexnet", "features.11 3x3", 384, 256, 3, 1, 1, 7, 1),
+    Layer("alexnet", "features.14 3x3", 256, 256, 3, 1, 1, 7, 1),
+]
+
+
+def _timer(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, min_time: float, warmup: int = 2) -> float:
+    """Median wall time of `fn` in ms over at least 3 runs and `min_time` seconds."""
+    sync = _timer(device)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dtype, channels_last: bool,
+                min_time: float) -> dict:
+    """Times forward and forward+backward of ours and torch's on one layer shape."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, layer.in_channels, layer.size, layer.size, generator=gen).to(device, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(layer.out_channels, layer.in_channels, layer.kernel, layer.kernel, generator=gen) * 0.05)
+    w = w.to(device, dtype).requires_grad_()
+    x.requires_grad_()
+    args = (None, layer.stride, layer.padding)
+    row = {**asdict(layer), "batch": batch, "gflop": layer.flops(batch) / 1e9}
+    for label, conv in (("torch", F.conv2d), ("ours", miniplaces_ext.conv2d)):
+        with torch.no_grad():
+            row[f"{label}_fwd_ms"] = time_ms(lambda: conv(x, w, *args), device, min_time)
+
+        def fwd_bwd():
+            out = conv(x, w, *args)
+            grads = torch.autograd.grad(out, (x, w), torch.ones_like(out))
+            return grads
+
+        row[f"{label}_fwdbwd_ms"] = time_ms(fwd_bwd, device, min_time)
+    row["fwd_ratio"] = row["ours_fwd_ms"] / row["torch_fwd_ms"]
+    row["fwdbwd_ratio"] = row["ours_fwdbwd_ms"] / row["torch_fwdbwd_ms"]
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per-network totals (each layer weighted by its count) and their ratios."""
+    totals = []
+    for net in sorted({r["net"] for r in rows}):
+        sel = [r for r in rows if r["net"] == net]
+        total = {"net": net, "name": "model (all conv layers)", "count": sum(r["count"] for r in sel)}
+        for key in ("torch_fwd_ms", "ours_fwd_ms", "torch_fwdbwd_ms", "ours_fwdbwd_ms"):
+            total[key] = sum(r[key] * r["count"] for r in sel)
+        total["fwd_ratio"] = total["ours_fwd_ms"] / total["torch_fwd_ms"]
+        total["fwdbwd_ratio"] = total["ours_fwdbwd_ms"] / total["torch_fwdbwd_ms"]
+        sel3 = [r for r in sel if r["kernel"] == 3]
+        if sel3:
+            for kind in ("fwd", "fwdbwd"):
+                ours = sum(r[f"ours_{kind}_ms"] * r["count"] for r in sel3)
+                theirs = sum(r[f"torch_{kind}_ms"] * r["count"] for r in sel3)
+                total[f"3x3_{kind}_ratio"] = ours / theirs
+        totals.append(total)
+    return totals
+
+
+def format_table(rows: list[dict], totals: list[dict]) -> str:
+    """A plain-text table of the results."""
+    head = f"{'net':9} {'layer':26} {'x':>2} {'torch fwd':>10} {'ours fwd':>9} {'ratio':>6} " \
+           f"{'torch f+b':>10} {'ours f+b':>9} {'ratio':>6}"
+    lines = [head, "-" * len(head)]
+    for r in [*rows, *totals]:
+        lines.append(
+            f"{r['net']:9} {r['name']:26} {r['count']:>2} {r['torch_fwd_ms']:>10.2f} {r['ours_fwd_ms']:>9.2f} "
+            f"{r['fwd_ratio']:>6.2f} {r['torch_fwdbwd_ms']:>10.2f} {r['ours_fwdbwd_ms']:>9.2f} {r['fwdbwd_ratio']:>6.2f}"
+        )
+    for t in totals:
+        if "3x3_fwd_ratio" in t:
+            lines.append(f"{t['net']}: 3x3 layers ratio forward {t['3x3_fwd_ratio']:.2f}, "
+                         f"forward+backward {t['3x3_fwdbwd_ratio']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=None,
+                        help="batch sizes (default: 32 on CPU, 64 256 on CUDA)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--net", choices=["resnet18", "alexnet", "all"], default="all")
+    parser.add_argument("--channels-last", action="store_true", help="feed channels_last inputs to both")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--json", metavar="PATH", help="write all rows and totals as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda but no GPU is available")
+        if not miniplaces_ext.cuda_kernels_built():
+            parser.error("this build has no CUDA kernels; rebuild with FORCE_CUDA=1")
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = args.batch_size or ([32] if device.type == "cpu" else [64, 256])
+    dtype = getattr(torch, args.dtype)
+    layers = [l for l in LAYERS if args.net in ("all", l.net)]
+
+    report = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "channels_last": args.channels_last, "runs": []}
+    for batch in batches:
+        rows = []
+        for layer in layers:
+            log.info("batch %d: %s %s ...", batch, layer.net, layer.name)
+            rows.append(bench_layer(layer, batch, device, dtype, args.channels_last, args.min_time))
+        totals = summarise(rows)
+        print(f"\nbatch {batch}, {args.dtype}, {device}, {torch.get_num_threads()} threads, times in ms")
+        print(format_table(rows, totals))
+        report["runs"].append({"batch": batch, "layers": rows, "totals": totals})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

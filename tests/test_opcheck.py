@@ -1,0 +1,60 @@
+"""torch.library.opcheck on every op, and torch.compile(fullgraph=True) through conv2d."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import miniplaces_ext as me
+from conftest import DEVICES
+
+OPS = torch.ops.miniplaces_ext
+
+
+def _samples(device):
+    opts = dict(device=device, dtype=torch.float64)
+    x2 = torch.randn(2, 4, 9, 8, **opts, requires_grad=True)
+    w2 = torch.randn(6, 2, 3, 2, **opts, requires_grad=True)
+    b = torch.randn(6, **opts, requires_grad=True)
+    conf2 = ([2, 1], [1, 1], [1, 2], 2)
+    yield OPS.conv2d_forward, (x2, w2, b, *conf2)
+    yield OPS.conv2d_forward, (x2.detach().contiguous(memory_format=torch.channels_last).requires_grad_(), w2, None,
+                               *conf2)
+    out2 = OPS.conv2d_forward(x2, w2, b, *conf2).detach()
+    yield OPS.conv2d_backward, (torch.randn_like(out2), x2.detach(), w2.detach(), *conf2, [True, True, True])
+    yield OPS.conv2d_backward, (torch.randn_like(out2), x2.detach(), w2.detach(), *conf2, [False, True, False])
+    x1 = torch.randn(2, 4, 11, **opts, requires_grad=True)
+    w1 = torch.randn(6, 4, 3, **opts, requires_grad=True)
+    conf1 = ([2], [1], [2], 1)
+    yield OPS.conv1d_forward, (x1, w1, b, *conf1)
+    out1 = OPS.conv1d_forward(x1, w1, b, *conf1).detach()
+    yield OPS.conv1d_backward, (torch.randn_like(out1), x1.detach(), w1.detach(), *conf1, [True, True, True])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_op(device):
+    checked = set()
+    for op, args in _samples(device):
+        torch.library.opcheck(op, args)
+        checked.add(op._qualified_op_name)
+    assert checked == {f"miniplaces_ext::{n}" for n in
+                       ("conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward")}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 16, 16, device=device, requires_grad=True)
+    w = torch.randn(8, 3, 3, 3, device=device, requires_grad=True)
+
+    def f(x, w):
+        return torch.relu(me.conv2d(x, w, None, 1, "same", 1, 1, "reflect")).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, w)
+    gx, gw = torch.autograd.grad(loss, (x, w))
+    ref = torch.relu(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w)).sum()
+    rgx, rgw = torch.autograd.grad(ref, (x, w))
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, rgx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, rgw, rtol=1e-4, atol=1e-4)
