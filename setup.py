@@ -47,9 +47,10 @@ def _extension():
     debug = os.environ.get("MINIPLACES_DEBUG") == "1"
     sources = ["csrc/conv.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx.append("-std=c++20")
+    # at::parallel_for is inline OpenMP in torch's builds: without -fopenmp it runs serially.
+    cxx += ["-std=c++20", "-fopenmp"]
     sanitize = os.environ.get("MINIPLACES_SANITIZE")
-    link = []
+    link = ["-fopenmp"]
     if sanitize:
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
         link += [f"-fsanitize={sanitize}"]

@@ -9,6 +9,13 @@ import torch
 
 import miniplaces_ext
 
+# torch 2.14.1's oneDNN (mkldnn) conv path corrupts its primitive cache on this
+# machine: a process that ran some of its channels_last/strided convs dies with
+# SIGSEGV in dnnl's primitive_cache_t destructor at exit (reproduced without
+# importing miniplaces_ext). The tests only need torch as a reference, so they
+# use its native conv kernels; the benchmark still measures oneDNN.
+torch.backends.mkldnn.enabled = False
+
 REPO = Path(__file__).resolve().parents[1]
 
 

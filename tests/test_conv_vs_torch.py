@@ -53,6 +53,12 @@ CASES_2D = [
     (2, 4, 10, 9, 4, (3, 3), 1, 2, 2, 1, True, "replicate"),
     (0, 4, 10, 9, 4, (3, 3), 1, 1, 1, 1, True, "zeros"),
     (2, 16, 9, 9, 32, (1, 1), 1, 0, 1, 4, True, "zeros"),
+    # >= 16 output channels per group: the CPU direct kernel (AVX-512) where present
+    (2, 5, 13, 14, 40, (3, 3), 1, 1, 1, 1, True, "zeros"),
+    (2, 8, 9, 30, 64, (3, 3), 2, 2, 2, 2, False, "zeros"),
+    (1, 3, 31, 29, 16, (7, 5), 2, 3, 1, 1, True, "reflect"),
+    (2, 32, 6, 5, 32, (3, 3), 1, 1, 1, 1, True, "zeros"),
+    (2, 32, 7, 26, 48, (3, 1), 1, (2, 0), (2, 1), 2, True, "zeros"),
 ]
 
 
@@ -60,7 +66,12 @@ CASES_2D = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 @pytest.mark.parametrize("case", CASES_2D)
-def test_conv2d_matches_torch(case, layout, dtype, device):
+@pytest.mark.parametrize("cpu_algo", ["auto", "gemm"])
+def test_conv2d_matches_torch(case, layout, dtype, device, cpu_algo, monkeypatch):
+    if cpu_algo == "gemm":
+        if device != "cpu":
+            pytest.skip("MINIPLACES_CPU_ALGO only affects the CPU kernels")
+        monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
     n, c, h, w_, cout, k, stride, padding, dilation, groups, bias, mode = case
     x = torch.randn(n, c, h, w_, dtype=dtype, device=device)
     if layout == "channels_last":

@@ -11,7 +11,11 @@
 // The batch is folded into the pixel dimension, processed in chunks of whole
 // images so the column buffer stays bounded. Pointwise (1x1, stride 1, no
 // padding) convolutions skip im2col and multiply the input in place.
-#include "../conv.h"
+//
+// Where the AVX-512 direct kernel applies (conv_direct_avx512.cpp) it computes
+// the forward pass, and grad_input of stride-1 convolutions as the forward
+// convolution of grad_output with the flipped, transposed weight.
+#include "conv_direct.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -177,6 +181,40 @@ void check_cpu(const at::Tensor& input) {
   TORCH_CHECK(input.device().is_cpu(), "the CPU conv kernel got a tensor on ", input.device());
 }
 
+// A tensor's NCHW data as a contiguous NHWC tensor.
+at::Tensor nhwc(const at::Tensor& t) {
+  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
+}
+
+// grad_input of a stride-1 convolution is the convolution of grad_output with
+// W'[g*Cg + c, o, i, j] = W[g*Coutg + o, c, kh-1-i, kw-1-j] and padding
+// d*(k-1) - p. Returns the geometry of that convolution when it applies.
+std::optional<ConvGeometry> transposed_geometry(const ConvGeometry& g) {
+  const int64_t pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
+  const int64_t pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  if (g.stride_h != 1 || g.stride_w != 1 || pad_h < 0 || pad_w < 0) {
+    return std::nullopt;
+  }
+  ConvGeometry t = g;
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.pad_h = pad_h;
+  t.pad_w = pad_w;
+  return t;
+}
+
+at::Tensor transposed_weight(const at::Tensor& weight, const ConvGeometry& g) {
+  return weight
+      .view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h, g.kernel_w})
+      .transpose(1, 2)
+      .flip({3, 4})
+      .reshape({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w});
+}
+
 } // namespace
 
 at::Tensor conv2d_forward(
@@ -189,6 +227,9 @@ at::Tensor conv2d_forward(
     int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
+  if (direct_conv_supported(g, input.scalar_type())) {
+    return to_nchw(direct_conv2d_nhwc(nhwc(input), weight, bias, g), conv_output_memory_format(input));
+  }
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
   if (g.batch > 0) {
     const bool has_bias = bias.has_value() && bias->defined();
@@ -227,10 +268,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, g);
   check_cpu(input);
-  const auto [need_input, need_weight, need_bias] = output_mask;
+  auto [need_input, need_weight, need_bias] = output_mask;
   const at::Tensor dy = pixel_matrix(grad_output);  // [N*Ho*Wo, Cout]
 
   at::Tensor grad_input, grad_weight, grad_bias;
+  if (need_input) {
+    const auto t = transposed_geometry(g);
+    if (t.has_value() && direct_conv_supported(*t, input.scalar_type())) {
+      grad_input = to_nchw(direct_conv2d_nhwc(nhwc(grad_output), transposed_weight(weight, g), c10::nullopt, *t),
+                           conv_output_memory_format(input));
+      need_input = false;
+    }
+  }
   if (need_bias) {
     grad_bias = at::empty({g.out_channels}, grad_output.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "miniplaces_bias_grad", [&] {
@@ -297,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
                       .to(weight.scalar_type())
                       .contiguous();
   }
-  if (need_input) {
+  if (dx.defined()) {
     grad_input = to_nchw(dx, conv_output_memory_format(input));
   }
   return {grad_input, grad_weight, grad_bias};
