@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up a development environment in .venv and builds the extension in place.
+#
+#   bash scripts/setup.sh            # idempotent: reuses .venv, rebuilds what changed
+#
+# Environment: CUDA_HOME (default /usr/local/cuda when it exists),
+# TORCH_CUDA_ARCH_LIST (default 9.0 = H100/H200), FORCE_CUDA=1/0 (see setup.py),
+# PYTHON (default python3), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda   # autodetection would pick /usr/local, where linking fails
+fi
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+echo "==> installing requirements"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+echo "==> building miniplaces_ext (CUDA_HOME=${CUDA_HOME:-none}, FORCE_CUDA=${FORCE_CUDA:-auto})"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+"$VENV/bin/python" -c "import miniplaces_ext as m; print('==> built', m.LIBRARY_PATH, '| CUDA kernels:', m.cuda_kernels_built())"
