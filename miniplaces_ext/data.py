@@ -1,0 +1,162 @@
+"""Miniplaces data: the official folder layout, course preprocessing, robust loading.
+
+Layout (as in the official development kit)::
+
+    ROOT/categories.txt   "/a/abbey 0"           100 lines
+    ROOT/train.txt        "train/a/abbey/00000001.jpg 0"
+    ROOT/val.txt          "val/00000001.jpg 71"
+    ROOT/images/...       the JPEGs; images/test/*.jpg is the unlabelled test split
+
+The root is --data-root, else $MINIPLACES_ROOT, else ./data/miniplaces.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.45486851, 0.43632515, 0.40461355)
+STD = (0.26440552, 0.26142306, 0.27963778)
+IMAGE_SIZE = 128
+SPLITS = ("train", "val", "test")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The Miniplaces folder is missing; the message says how to get it."""
+
+
+def resolve_root(data_root: Optional[Union[str, Path]] = None) -> Path:
+    """--data-root, else $MINIPLACES_ROOT, else ./data/miniplaces; raises DataNotFoundError if absent."""
+    root = Path(data_root or os.environ.get("MINIPLACES_ROOT") or "data/miniplaces")
+    if not (root / "categories.txt").is_file():
+        raise DataNotFoundError(
+            f"Miniplaces data not found at {root} (no categories.txt). Pass --data-root DIR or set "
+            f"$MINIPLACES_ROOT to a folder in the official layout (categories.txt, train.txt, val.txt, images/). "
+            f"The images come from the official archive (data.tar.gz of the MIT Miniplaces challenge) and the "
+            f"label files from its development kit; unpack both into one folder."
+        )
+    return root
+
+
+def read_categories(root: Path) -> list[str]:
+    """Human-readable class names by id: '/a/abbey 0' -> 'abbey', '/b/bar/inside 7' -> 'bar/inside'."""
+    names: dict[int, str] = {}
+    for line in (root / "categories.txt").read_text().splitlines():
+        if line.strip():
+            path, idx = line.rsplit(maxsplit=1)
+            names[int(idx)] = path.strip("/").split("/", 1)[1]
+    return [names[i] for i in range(len(names))]
+
+
+def read_split(root: Path, split: str) -> list[tuple[str, int]]:
+    """(relative image path under images/, label) pairs; test images get label -1."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if split == "test":
+        return [(f"test/{p.name}", -1) for p in sorted((root / "images" / "test").glob("*.jpg"))]
+    items = []
+    for line in (root / f"{split}.txt").read_text().splitlines():
+        if line.strip():
+            path, label = line.rsplit(maxsplit=1)
+            items.append((path, int(label)))
+    return items
+
+
+def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> Tensor:
+    """Course preprocessing for any image: RGB, shorter side to `size`, centre crop, normalise -> (3, size, size)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    if min(w, h) != size:
+        scale = size / min(w, h)
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return (tensor - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+def load_image(path: Union[str, Path], size: int = IMAGE_SIZE) -> Tensor:
+    """One image file, preprocessed; raises OSError/ValueError naming the file if it can't be decoded."""
+    try:
+        with Image.open(path) as image:
+            return preprocess(image, size)
+    except (OSError, ValueError) as exc:
+        raise type(exc)(f"cannot read image {path}: {exc}") from exc
+
+
+@dataclass
+class Sample:
+    """One decoded item: image tensor (or None if unreadable), label, index in the split."""
+
+    image: Optional[Tensor]
+    label: int
+    index: int
+
+
+class MiniplacesDataset(torch.utils.data.Dataset):
+    """A split of Miniplaces. Unreadable files yield ``Sample(image=None)`` and a warning, never an exception."""
+
+    def __init__(self, root: Union[str, Path, None] = None, split: str = "val", limit: Optional[int] = None,
+                 size: int = IMAGE_SIZE, transform=None):
+        self.root = resolve_root(root)
+        self.split = split
+        self.items = read_split(self.root, split)[:limit]
+        self.classes = read_categories(self.root)
+        self.size = size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, index: int) -> Path:
+        """Absolute path of item `index`."""
+        return self.root / "images" / self.items[index][0]
+
+    def __getitem__(self, index: int) -> Sample:
+        path, label = self.items[index]
+        try:
+            with Image.open(self.root / "images" / path) as image:
+                image.load()
+                tensor = self.transform(image) if self.transform else preprocess(image, self.size)
+        except (OSError, ValueError) as exc:
+            log.warning("skipping unreadable image %s: %s", self.root / "images" / path, exc)
+            tensor = None
+        return Sample(tensor, label, index)
+
+
+@dataclass
+class Batch:
+    """Decoded images of one batch, their labels and split indices, and the indices that were skipped."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    skipped: list[int]
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stacks the readable samples and records the unreadable ones."""
+    good = [s for s in samples if s.image is not None]
+    images = torch.stack([s.image for s in good]) if good else torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return Batch(images, torch.tensor([s.label for s in good], dtype=torch.long),
+                 torch.tensor([s.index for s in good], dtype=torch.long),
+                 [s.index for s in samples if s.image is None])
+
+
+def loader(dataset: MiniplacesDataset, batch_size: int, workers: int, shuffle: bool = False,
+           sampler=None) -> torch.utils.data.DataLoader:
+    """A DataLoader with parallel decoding that tolerates unreadable files."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                       num_workers=workers, collate_fn=collate,
+                                       persistent_workers=False, prefetch_factor=4 if workers else None)

@@ -1,0 +1,146 @@
+"""Top-1/top-5 accuracy of the course networks on a Miniplaces split.
+
+    python -m miniplaces_ext.evaluate --use-custom-conv                 # ResNet-18, full val set
+    python -m miniplaces_ext.evaluate --arch all --limit 500 --json -
+    python -m miniplaces_ext.evaluate --use-custom-conv --compare-native --confusion confusion.png
+
+Batched, with parallel decoding, a progress bar and images/s. With
+--use-custom-conv every convolution runs on miniplaces_ext's kernels;
+--compare-native also runs torch's convs on the same batches and reports how
+often the predictions agree and the largest logit difference.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from miniplaces_ext import cli, data, models, nn as ext_nn
+
+log = logging.getLogger("miniplaces_ext.evaluate")
+
+
+def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size: int, workers: int,
+             device: torch.device, native: torch.nn.Module | None = None, progress: bool = True) -> dict:
+    """Runs `model` over `dataset`; returns accuracies, timings, per-class counts and the confusion matrix."""
+    classes = len(dataset.classes)
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    top5_hits = 0
+    seen = 0
+    skipped: list[int] = []
+    agree = 0
+    max_delta = 0.0
+    start = time.perf_counter()
+    bar = tqdm(total=len(dataset), unit="img", disable=not progress, desc=type(model).__name__)
+    with torch.inference_mode():
+        for batch in data.loader(dataset, batch_size, workers):
+            skipped += batch.skipped
+            bar.update(len(batch.labels) + len(batch.skipped))
+            if len(batch.labels) == 0:
+                continue
+            x = batch.images.to(device, memory_format=torch.channels_last)
+            logits = model(x).float().cpu()
+            top5 = logits.topk(5, dim=1).indices
+            labels = batch.labels
+            confusion.index_put_((labels, top5[:, 0]), torch.ones_like(labels), accumulate=True)
+            top5_hits += (top5 == labels[:, None]).any(1).sum().item()
+            seen += len(labels)
+            if native is not None:
+                ref = native(x).float().cpu()
+                agree += (ref.argmax(1) == top5[:, 0]).sum().item()
+                max_delta = max(max_delta, (ref - logits).abs().max().item())
+            bar.set_postfix(top1=f"{confusion.diag().sum().item() / seen:.2%}", top5=f"{top5_hits / seen:.2%}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    result = {
+        "images": seen,
+        "skipped": len(skipped),
+        "skipped_files": [str(dataset.path(i)) for i in skipped],
+        "top1": confusion.diag().sum().item() / max(seen, 1),
+        "top5": top5_hits / max(seen, 1),
+        "seconds": seconds,
+        "images_per_second": seen / seconds if seconds else 0.0,
+        "per_class_top1": {name: (confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
+                           for i, name in enumerate(dataset.classes)},
+        "confusion": confusion,
+    }
+    if native is not None:
+        result["agreement_with_native"] = agree / max(seen, 1)
+        result["max_abs_logit_difference"] = max_delta
+    return result
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path: str) -> None:
+    """Writes the row-normalised confusion matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(14, 13))
+    im = ax.imshow(norm.numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(classes)), classes, fontsize=5)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_common_args(parser, archs=(*models.ARCHS, "all"))
+    parser.add_argument("--split", default="val", choices=["val", "train"], help="labelled split (default: val)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--compare-native", action="store_true",
+                        help="also run torch's convs; report prediction agreement and max |delta logit|")
+    parser.add_argument("--json", metavar="OUT", help="write results as JSON ('-' for stdout)")
+    parser.add_argument("--per-class", action="store_true", help="print per-class top-1 accuracy")
+    parser.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix picture (one per arch)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    device = cli.setup(args)
+    try:
+        dataset = data.MiniplacesDataset(args.data_root, args.split, limit=args.limit)
+    except data.DataNotFoundError as exc:
+        parser.exit(2, f"error: {exc}\n")
+
+    report = {"split": args.split, "custom_conv": args.use_custom_conv, "device": str(device), "results": {}}
+    for arch in models.ARCHS if args.arch == "all" else (args.arch,):
+        model = cli.load_model(arch, args, device)
+        native = ext_nn.restore_convs(copy.deepcopy(model)) if args.compare_native else None
+        res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress)
+        confusion = res.pop("confusion")
+        kind = "custom convs" if args.use_custom_conv else "torch convs"
+        print(f"{arch} ({kind}) on {res['images']} {args.split} images: top-1 {res['top1']:.2%}  "
+              f"top-5 {res['top5']:.2%}  {res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"
+              + (f"  ({res['skipped']} unreadable files skipped)" if res["skipped"] else ""))
+        if native is not None:
+            print(f"  vs torch convs: top-1 agreement {res['agreement_with_native']:.2%}, "
+                  f"max |delta logit| {res['max_abs_logit_difference']:.2e}")
+        if args.per_class:
+            for name, acc in sorted(res["per_class_top1"].items(), key=lambda kv: -(kv[1] or 0)):
+                print(f"  {name:30s} {acc:.1%}" if acc is not None else f"  {name:30s} -")
+        if args.confusion:
+            path = args.confusion if args.arch != "all" else args.confusion.replace(".png", f"_{arch}.png")
+            plot_confusion(confusion, dataset.classes, f"{arch} ({kind}), top-1 {res['top1']:.2%}", path)
+            print(f"  confusion matrix: {path}")
+        report["results"][arch] = res
+    if args.json:
+        cli.write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
