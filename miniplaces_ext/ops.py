@@ -74,6 +74,15 @@ def _pad_input(input: Tensor, pads: list[tuple[int, int]], mode: str) -> Tensor:
     return F.pad(input, flat, mode="constant" if mode == "zeros" else mode)
 
 
+def _autocast(input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """Under torch.autocast, casts the operands to the autocast dtype, as nn.Conv2d's policy does."""
+    device_type = input.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in (input, weight, bias))
+
+
 def _convnd(
     dims: int,
     input: Tensor,
@@ -122,6 +131,7 @@ def _convnd(
     if any(p < 0 for pair in pads for p in pair):
         raise RuntimeError(f"negative padding is not supported, got {padding!r}")
 
+    input, weight, bias = _autocast(input, weight, bias)
     unbatched = input.dim() == dims + 1
     x = input.unsqueeze(0) if unbatched else input
     if padding_mode != "zeros":

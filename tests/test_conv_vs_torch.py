@@ -162,3 +162,16 @@ def test_reduced_precision_cpu(dtype):
     out = me.conv2d(x.to(dtype), w.to(dtype), padding=1)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_follows_torch_policy(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    x = torch.randn(2, 8, 12, 12, device=device)
+    w = torch.randn(16, 8, 3, 3, device=device) * 0.1
+    b = torch.randn(16, device=device)
+    with torch.autocast(device, dtype=dtype):
+        ours = me.conv2d(x, w, b, padding=1)
+        theirs = F.conv2d(x, w, b, padding=1)
+    assert ours.dtype == theirs.dtype == dtype
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=3e-2)
