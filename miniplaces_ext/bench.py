@@ -64,10 +64,10 @@ LAYERS = [
     Layer("resnet18", "layer4 3x3", 512, 512, 3, 1, 1, 8, 3),
     Layer("resnet18", "layer4 downsample 1x1/2", 256, 512, 1, 2, 0, 16, 1),
     Layer("alexnet", "features.0 11x11/4", 3, 64, 11, 4, 2, 128, 1),
-    Layer("alexnet", "features.4 5x5", 64, 192, 5, 1, 2, 15, 1),
-    Layer("alexnet", "features.8 3x3", 192, 384, 3, 1, 1, 7, 1),
-    Layer("alexnet", "features.11 3x3", 384, 256, 3, 1, 1, 7, 1),
-    Layer("alexnet", "features.14 3x3", 256, 256, 3, 1, 1, 7, 1),
+    Layer("alexnet", "features.3 5x5", 64, 192, 5, 1, 2, 31, 1),
+    Layer("alexnet", "features.7 3x3", 192, 384, 3, 1, 1, 15, 1),
+    Layer("alexnet", "features.10 3x3", 384, 256, 3, 1, 1, 15, 1),
+    Layer("alexnet", "features.13 3x3", 256, 256, 3, 1, 1, 15, 1),
 ]
 
 
