@@ -2,7 +2,7 @@
 
     python -m miniplaces_ext.bench                       # CPU, batch 32, fp32
     python -m miniplaces_ext.bench --json bench.json     # also write the results
-    python -m miniplaces_ext.bench --device cuda --batch-size 64 256
+    python -m miniplaces_ext.bench --device cuda --batch-size 64 256 --models
 
 For each distinct conv layer of ResNet-18-2018 and AlexNet-2018 (128x128
 input) it times forward and forward+backward of ours and torch's and reports
@@ -118,6 +118,28 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
     return row
 
 
+def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float) -> list[dict]:
+    """Whole-network eval throughput (images/s), torch's convs vs ours (swap_convs), channels_last."""
+    from miniplaces_ext import models
+
+    rows = []
+    for arch in models.ARCHS:
+        model = models.build(arch).to(device, dtype, memory_format=torch.channels_last).eval()
+        x = torch.randn(batch, 3, 128, 128, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        row = {"net": arch, "batch": batch}
+        for label in ("torch", "ours"):
+            if label == "ours":
+                miniplaces_ext.swap_convs(model)
+            with torch.inference_mode():
+                ms = time_ms(lambda: model(x), device, min_time)
+            row[f"{label}_images_per_s"] = batch / ms * 1e3
+        row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
+        rows.append(row)
+        log.info("%s eval: torch %.1f img/s, ours %.1f img/s (time ratio ours/torch %.2f)", arch,
+                 row["torch_images_per_s"], row["ours_images_per_s"], row["ratio"])
+    return rows
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per-network totals (each layer weighted by its count) and their ratios."""
     totals = []
@@ -166,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true", help="feed channels_last inputs to both")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--models", action="store_true",
+                        help="also time whole-network eval (images/s) with and without swap_convs")
     parser.add_argument("--json", metavar="PATH", help="write all rows and totals as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -195,7 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         totals = summarise(rows)
         print(f"\nbatch {batch}, {args.dtype}, {device}, {torch.get_num_threads()} threads, times in ms")
         print(format_table(rows, totals))
-        report["runs"].append({"batch": batch, "layers": rows, "totals": totals})
+        run = {"batch": batch, "layers": rows, "totals": totals}
+        if args.models:
+            run["models"] = bench_models(batch, device, dtype, args.min_time)
+            for m in run["models"]:
+                print(f"{m['net']} eval, batch {batch}: torch {m['torch_images_per_s']:.1f} img/s, "
+                      f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f})")
+        report["runs"].append(run)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

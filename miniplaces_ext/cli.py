@@ -62,4 +62,22 @@ def write_json(path: str | Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
         f.write(text + "\n")
-    os.replace(f.name, path)
+    try:
+        os.replace(f.name, path)
+    except BaseException:
+        Path(f.name).unlink(missing_ok=True)
+        raise
+
+
+def save_image(image, path: str | Path) -> None:
+    """Saves a PIL image atomically (temp file + rename); the format follows the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -8,11 +8,22 @@ Layout (as in the official development kit)::
     ROOT/images/...       the JPEGs; images/test/*.jpg is the unlabelled test split
 
 The root is --data-root, else $MINIPLACES_ROOT, else ./data/miniplaces.
+
+    python -m miniplaces_ext.data download [--root DIR]    # official archive + label files
+    python -m miniplaces_ext.data info [--root DIR]        # what is there
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import logging
 import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -160,3 +171,133 @@ def loader(dataset: MiniplacesDataset, batch_size: int, workers: int, shuffle: b
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        num_workers=workers, collate_fn=collate,
                                        persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+# ---------------------------------------------------------------------------
+# Download
+
+ARCHIVE_URL = "https://places.csail.mit.edu/miniplaces/data/data.tar.gz"
+LABELS_URL = "https://raw.githubusercontent.com/CSAILVision/miniplaces/master/data"
+LABEL_FILES = ("categories.txt", "train.txt", "val.txt", "object_categories.txt")
+REQUIRED_LABEL_FILES = ("categories.txt", "train.txt", "val.txt")
+
+
+class DownloadError(RuntimeError):
+    """A download that could not complete; nothing half-written is left in place."""
+
+
+def fetch(url: str, dest: Path, progress: bool = True, timeout: float = 30.0) -> Path:
+    """Downloads `url` to `dest` atomically and resumably.
+
+    Bytes go to ``dest.part``; an interrupted download resumes from there with
+    an HTTP Range request (or restarts if the server ignores it), and only a
+    complete file is renamed to `dest`.
+    """
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            resumed = have and response.status == 206
+            total = response.headers.get("Content-Length")
+            total = int(total) + (have if resumed else 0) if total else None
+            from tqdm import tqdm
+
+            with open(part, "ab" if resumed else "wb") as f, tqdm(
+                    total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
+                    desc=dest.name, disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError) as exc:
+        kept = f" The partial file {part} is kept; the next run resumes it." if part.exists() else ""
+        raise DownloadError(f"could not download {url}: {exc}. Check the network (or a proxy).{kept}") from exc
+    if total is not None and part.stat().st_size != total:
+        raise DownloadError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume")
+    os.replace(part, dest)
+    return dest
+
+
+def extract_archive(archive: Path, root: Path) -> int:
+    """Extracts the archive's images/ tree into root (safely, via a temp folder); returns the file count."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and "images/" in m.name]
+            if not members:
+                raise DownloadError(f"{archive} holds no images/ folder: not the Miniplaces archive?")
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                tar.extractall(tmp, members=members, filter="data")
+                src = next(Path(tmp).rglob("images"))
+                dest = root / "images"
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(src, dest)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DownloadError(f"{archive} is not a readable tar.gz ({exc}); delete it and download again") from exc
+    return len(members)
+
+
+def download(root: Path, archive_url: str = ARCHIVE_URL, labels_url: str = LABELS_URL,
+             progress: bool = True) -> Path:
+    """Downloads and unpacks Miniplaces into `root`: label files first, then the image archive."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in LABEL_FILES:
+        if not (root / name).exists():
+            try:
+                fetch(f"{labels_url}/{name}", root / name, progress=False)
+            except DownloadError:
+                if name in REQUIRED_LABEL_FILES:
+                    raise
+                log.info("optional label file %s not available; skipped", name)
+    archive = root / "data.tar.gz"
+    if not (root / "images" / "val").is_dir():
+        if not archive.exists():
+            fetch(archive_url, archive, progress)
+        digest = hashlib.sha256()
+        with open(archive, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        log.info("archive %s sha256 %s", archive, digest.hexdigest())
+        count = extract_archive(archive, root)
+        log.info("extracted %d images into %s", count, root / "images")
+        archive.unlink()
+    resolve_root(root)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.data",
+                                     description="Get or inspect the Miniplaces data set.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dl = sub.add_parser("download", help="download and unpack the official archive and label files")
+    dl.add_argument("--root", default=os.environ.get("MINIPLACES_ROOT", "data/miniplaces"))
+    dl.add_argument("--url", default=ARCHIVE_URL, help="image archive (data.tar.gz)")
+    dl.add_argument("--labels-url", default=LABELS_URL, help="folder holding categories.txt, train.txt, val.txt")
+    dl.add_argument("--no-progress", action="store_true")
+    info = sub.add_parser("info", help="count the images and labels that are there")
+    info.add_argument("--root", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "download":
+            root = download(Path(args.root), args.url, args.labels_url, not args.no_progress)
+            print(f"Miniplaces is ready in {root}")
+        else:
+            root = resolve_root(args.root)
+            for split in SPLITS:
+                try:
+                    items = read_split(root, split)
+                except FileNotFoundError:
+                    items = []
+                present = sum((root / "images" / p).exists() for p, _ in items)
+                print(f"{split:5s}: {len(items)} listed, {present} present")
+            print(f"classes: {len(read_categories(root))}")
+    except (DownloadError, DataNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
