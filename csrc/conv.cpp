@@ -67,6 +67,8 @@ ConvGeometry make_conv2d_geometry(
 
   TORCH_CHECK(g.out_channels > 0, "weight has zero output channels (shape ", weight.sizes(), ")");
   TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, "weight has an empty kernel (shape ", weight.sizes(), ")");
+  TORCH_CHECK(weight.size(1) > 0 && g.in_channels > 0, "zero input channels (input ", input.sizes(), ", weight ",
+              weight.sizes(), "): a convolution needs at least one input channel per group");
   TORCH_CHECK(g.in_channels % groups == 0, "input channels (", g.in_channels, ") must be divisible by groups (", groups, ")");
   TORCH_CHECK(g.out_channels % groups == 0, "output channels (", g.out_channels, ") must be divisible by groups (", groups, ")");
   TORCH_CHECK(weight.size(1) * groups == g.in_channels, "given groups=", groups, ", weight of shape ", weight.sizes(),

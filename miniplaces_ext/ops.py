@@ -24,7 +24,7 @@ _ops = torch.ops.miniplaces_ext
 
 
 def _as_tuple(value: IntOrInts, dims: int, name: str) -> tuple[int, ...]:
-    """Expands an int (or a 1-element sequence) to `dims` ints, as torch does."""
+    """Expands an int (or a 1-element sequence) to `dims` ints, as torch does (and raises what it raises)."""
     try:
         values = (operator.index(value),) * dims
     except TypeError:
@@ -35,7 +35,7 @@ def _as_tuple(value: IntOrInts, dims: int, name: str) -> tuple[int, ...]:
         if len(values) == 1:
             values = values * dims
     if len(values) != dims:
-        raise ValueError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}")
+        raise RuntimeError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}")
     return values
 
 
@@ -122,10 +122,10 @@ def _convnd(
             pads = [(0, 0)] * dims
         elif padding == "same":
             if any(s != 1 for s in stride_t):
-                raise ValueError("padding='same' is not supported for strided convolutions")
+                raise RuntimeError("padding='same' is not supported for strided convolutions")
             pads = _same_padding(weight.shape[2:], dilation_t)
         else:
-            raise ValueError(f"invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+            raise RuntimeError(f"invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
     else:
         pads = [(p, p) for p in _as_tuple(padding, dims, "padding")]
     if any(p < 0 for pair in pads for p in pair):

@@ -1,4 +1,9 @@
-"""Bad arguments raise a Python exception that names the problem (never a crash)."""
+"""Bad arguments raise a Python exception that names the problem (never a crash).
+
+The error kinds follow torch.nn.functional: RuntimeError for what F.conv2d
+rejects, TypeError for non-integer sizes, ValueError for an unknown
+padding_mode (as nn.Conv2d).
+"""
 from __future__ import annotations
 
 import pytest
@@ -33,13 +38,14 @@ w4 = torch.randn(6, 4, 3, 3)
     (lambda: me.conv2d(x4, w4, dilation=0), RuntimeError, "non-positive dilation"),
     (lambda: me.conv2d(x4, w4, padding=-1), RuntimeError, "negative padding"),
     (lambda: me.conv2d(x4, w4, padding=-1, padding_mode="reflect"), RuntimeError, "negative padding"),
-    (lambda: me.conv2d(x4, w4, padding=(1, 2, 3)), ValueError, "sequence of 2 ints"),
-    (lambda: me.conv2d(x4, w4, padding="full"), ValueError, "invalid padding string"),
-    (lambda: me.conv2d(x4, w4, stride=2, padding="same"), ValueError, "not supported for strided"),
+    (lambda: me.conv2d(x4, w4, padding=(1, 2, 3)), RuntimeError, "sequence of 2 ints"),
+    (lambda: me.conv2d(x4, w4, padding="full"), RuntimeError, "invalid padding string"),
+    (lambda: me.conv2d(x4, w4, stride=2, padding="same"), RuntimeError, "not supported for strided"),
     (lambda: me.conv2d(x4, w4, padding_mode="mirror"), ValueError, "padding_mode must be one of"),
     (lambda: me.conv2d(x4, w4, padding=8, padding_mode="reflect"), RuntimeError, "reflect padding of 8"),
     (lambda: me.conv2d(x4, w4, padding=9, padding_mode="circular"), RuntimeError, "circular padding of 9"),
     (lambda: me.conv2d(x4, torch.randn(0, 4, 3, 3)), RuntimeError, "zero output channels"),
+    (lambda: me.conv2d(torch.randn(2, 0, 8, 8), torch.randn(6, 0, 3, 3)), RuntimeError, "zero input channels"),
     (lambda: me.conv2d(x4, w4, torch.randn(5)), RuntimeError, "bias must have shape \\[6\\]"),
     (lambda: me.conv2d(x4, w4, stride="2"), TypeError, "stride must be an int"),
     (lambda: me.Conv2d(4, 6, 3)(torch.randn(2, 3, 8, 8)), RuntimeError, "expects 12 input channels|4 input channels"),
