@@ -3,6 +3,7 @@
     python -m miniplaces_ext.evaluate --use-custom-conv                 # ResNet-18, full val set
     python -m miniplaces_ext.evaluate --arch all --limit 500 --json -
     python -m miniplaces_ext.evaluate --use-custom-conv --compare-native --confusion confusion.png
+    torchrun --nproc_per_node=2 -m miniplaces_ext.evaluate --use-custom-conv     # split sharded over 2 processes
 
 Batched, with parallel decoding, a progress bar and images/s. With
 --use-custom-conv every convolution runs on miniplaces_ext's kernels;
@@ -16,7 +17,10 @@ import copy
 import logging
 import time
 
+import os
+
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from miniplaces_ext import cli, data, models, nn as ext_nn
@@ -25,8 +29,13 @@ log = logging.getLogger("miniplaces_ext.evaluate")
 
 
 def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size: int, workers: int,
-             device: torch.device, native: torch.nn.Module | None = None, progress: bool = True) -> dict:
-    """Runs `model` over `dataset`; returns accuracies, timings, per-class counts and the confusion matrix."""
+             device: torch.device, native: torch.nn.Module | None = None, progress: bool = True,
+             rank: int = 0, world: int = 1) -> dict:
+    """Runs `model` over `dataset`; returns accuracies, timings, per-class counts and the confusion matrix.
+
+    With world > 1 (torch.distributed initialised) each rank takes every world-th
+    image and the counts are summed over ranks, so every rank returns the totals.
+    """
     classes = len(dataset.classes)
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     top5_hits = 0
@@ -35,9 +44,10 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
     agree = 0
     max_delta = 0.0
     start = time.perf_counter()
-    bar = tqdm(total=len(dataset), unit="img", disable=not progress, desc=type(model).__name__)
+    shard = list(range(rank, len(dataset), world))
+    bar = tqdm(total=len(shard), unit="img", disable=not progress or rank != 0, desc=type(model).__name__)
     with torch.inference_mode():
-        for batch in data.loader(dataset, batch_size, workers):
+        for batch in data.loader(dataset, batch_size, workers, sampler=shard if world > 1 else None):
             skipped += batch.skipped
             bar.update(len(batch.labels) + len(batch.skipped))
             if len(batch.labels) == 0:
@@ -55,6 +65,17 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
                 max_delta = max(max_delta, (ref - logits).abs().max().item())
             bar.set_postfix(top1=f"{confusion.diag().sum().item() / seen:.2%}", top5=f"{top5_hits / seen:.2%}")
     bar.close()
+    if world > 1:
+        counts = torch.tensor([top5_hits, seen, agree], dtype=torch.float64)
+        dist.all_reduce(confusion)
+        dist.all_reduce(counts)
+        gathered: list[list[int]] = [[] for _ in range(world)]
+        dist.all_gather_object(gathered, skipped)
+        skipped = sorted(i for part in gathered for i in part)
+        top5_hits, seen, agree = (int(v) for v in counts.tolist())
+        delta = torch.tensor([max_delta], dtype=torch.float64)
+        dist.all_reduce(delta, op=dist.ReduceOp.MAX)
+        max_delta = delta.item()
     seconds = time.perf_counter() - start
     result = {
         "images": seen,
@@ -110,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix picture (one per arch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo")
     device = cli.setup(args)
     try:
         dataset = data.MiniplacesDataset(args.data_root, args.split, limit=args.limit)
@@ -120,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     for arch in models.ARCHS if args.arch == "all" else (args.arch,):
         model = cli.load_model(arch, args, device)
         native = ext_nn.restore_convs(copy.deepcopy(model)) if args.compare_native else None
-        res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress)
+        res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress,
+                       rank, world)
         confusion = res.pop("confusion")
+        if rank != 0:
+            continue
         kind = "custom convs" if args.use_custom_conv else "torch convs"
         print(f"{arch} ({kind}) on {res['images']} {args.split} images: top-1 {res['top1']:.2%}  "
               f"top-5 {res['top5']:.2%}  {res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"
@@ -137,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             plot_confusion(confusion, dataset.classes, f"{arch} ({kind}), top-1 {res['top1']:.2%}", path)
             print(f"  confusion matrix: {path}")
         report["results"][arch] = res
-    if args.json:
+    if args.json and rank == 0:
         cli.write_json(args.json, report)
+    if world > 1:
+        dist.destroy_process_group()
     return 0
 
 

@@ -6,7 +6,7 @@
 #   bash scripts/sanitize.sh [pytest args]     # default: the op tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-$(pwd)/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 WORK=$(mktemp -d /tmp/miniplaces-sanitize.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

@@ -133,3 +133,23 @@ def test_predict_cli_json(small_root, small_weights, capsys):
     preds = out["predictions"][str(image)]
     assert len(preds) == 3 and preds[0]["probability"] >= preds[1]["probability"] >= preds[2]["probability"]
     assert all(p["class"] in data.read_categories(small_root) for p in preds)
+
+
+@requires_data
+def test_evaluate_sharded_over_two_processes_matches(small_root, small_weights, tmp_path):
+    import os
+    import subprocess
+    import sys
+    single, sharded = tmp_path / "single.json", tmp_path / "sharded.json"
+    common = ["--data-root", str(small_root), "--weights", str(small_weights), "--workers", "0", "--batch-size", "2",
+              "--no-progress", "--use-custom-conv"]
+    assert evaluate.main([*common, "--json", str(single)]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29532",
+           "-m", "miniplaces_ext.evaluate", *common, "--json", str(sharded)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a = json.loads(single.read_text())["results"]["resnet18"]
+    b = json.loads(sharded.read_text())["results"]["resnet18"]
+    for key in ("images", "skipped", "skipped_files", "top1", "top5", "per_class_top1"):
+        assert a[key] == b[key], key

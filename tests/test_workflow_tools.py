@@ -157,3 +157,14 @@ def test_download_offline_fails_cleanly(tmp_path, capsys):
     assert code == 1
     assert "could not download" in capsys.readouterr().err
     assert not (root / "categories.txt").exists() and not list(root.glob("*.part"))
+
+
+@requires_data
+def test_dream_cli_end_to_end(small_root, small_weights, tmp_path):  # noqa: F811
+    out = tmp_path / "dream.png"
+    image = small_root / "images" / "val" / "00000001.jpg"
+    assert dream.main([str(image), "--weights", str(small_weights), "--layer", "layer2", "--octaves", "2",
+                       "--steps", "2", "--size", "64", "--use-custom-conv", "--out", str(out), "--no-progress"]) == 0
+    from PIL import Image
+    with Image.open(out) as im:
+        assert im.size == (64, 64) and im.mode == "RGB"
