@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -52,32 +52,53 @@ def load_model(arch: str, args: argparse.Namespace, device: torch.device) -> nn.
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Writes JSON atomically (temp file + rename); '-' prints it."""
-    text = json.dumps(payload, indent=2)
-    if str(path) == "-":
-        print(text)
-        return
+def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Calls write(tmp) on a temp file beside `path`, then renames it over `path`.
+
+    Readers see the old complete file or the new complete one, never a partial
+    one; on any error (or Ctrl-C) the temp file is removed. The file gets the
+    usual permissions (0666 & ~umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text + "\n")
-    try:
-        os.replace(f.name, path)
-    except BaseException:
-        Path(f.name).unlink(missing_ok=True)
-        raise
-
-
-def save_image(image, path: str | Path) -> None:
-    """Saves a PIL image atomically (temp file + rename); the format follows the extension."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        image.save(tmp)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Writes JSON atomically; '-' prints it."""
+    text = json.dumps(payload, indent=2)
+    if str(path) == "-":
+        print(text)
+        return
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def save_image(image, path: str | Path) -> None:
+    """Saves a PIL image atomically; the format follows the extension (PNG by default)."""
+    suffix = Path(path).suffix or ".png"
+    atomic_write(path, lambda tmp: image.save(tmp), suffix=suffix)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
+    """Saves a matplotlib figure as PNG atomically and closes it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)

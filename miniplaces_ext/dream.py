@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from miniplaces_ext import cli, data, models
+from miniplaces_ext import cli, data
 
 log = logging.getLogger("miniplaces_ext.dream")
 

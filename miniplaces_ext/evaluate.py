@@ -112,8 +112,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path
     ax.set_title(title)
     fig.colorbar(im, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    cli.save_figure(fig, path, dpi=150)
 
 
 def main(argv: list[str] | None = None) -> int:

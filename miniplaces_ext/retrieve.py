@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -65,19 +64,6 @@ def load_cache(path: Path, key: str) -> Optional[dict]:
     except Exception as exc:  # truncated, corrupt, or not a cache at all
         log.warning("feature cache %s is unreadable (%s); recomputing", path, exc)
         return None
-
-
-def save_cache(path: Path, cache: dict) -> None:
-    """Writes the cache atomically: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(cache, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def extract_features(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size: int, workers: int,
@@ -158,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if gallery is None:
         gallery = extract_features(model, dataset, args.batch_size, args.workers, device, not args.no_progress)
         gallery["key"] = key
-        save_cache(cache_path, gallery)
+        cli.save_torch(gallery, cache_path)
         log.info("cached %d gallery features in %s", len(gallery["paths"]), cache_path)
     else:
         log.info("reusing cached gallery features %s", cache_path)

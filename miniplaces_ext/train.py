@@ -24,15 +24,12 @@ import os
 import platform
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -143,18 +140,6 @@ def warmup_cosine(total_steps: int, warmup: int):
     return factor
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_curve(history: list[dict], path: Path, title: str) -> None:
     """Training loss and validation accuracy per epoch, as a PNG."""
     import matplotlib
@@ -174,11 +159,7 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     fig.legend(loc="upper center", ncol=3, fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    cli.save_figure(fig, path)
 
 
 class StopFlag:
@@ -300,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(epoch: int, batch_in_epoch: int) -> None:
         if rank == 0:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            cli.save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                          "history": history, "best_top1": best, "args": vars(args)}, out / "checkpoint.pt")
@@ -379,7 +360,7 @@ def check_ranks_in_sync(model: nn.Module, world: int) -> None:
 def export(model: nn.Module, args, entry: dict, device: torch.device, out: Path) -> None:
     """The weights as a plain state_dict <arch>.pt (torch conv modules' keys) plus a model card <arch>.json."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save(state, out / f"{args.arch}.pt")
+    cli.save_torch(state, out / f"{args.arch}.pt")
     card = {"arch": args.arch, "data": {"train_images": args.limit or "all listed in train.txt",
                                         "val_images": entry["val_images"], "image_size": args.image_size},
             "recipe": {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "verbose")},

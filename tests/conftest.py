@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 import miniplaces_ext
+from miniplaces_ext import models
 
 # torch 2.14.1's oneDNN (mkldnn) conv path corrupts its primitive cache on this
 # machine: a process that ran some of its channels_last/strided convs dies with
@@ -52,3 +54,26 @@ def pytest_configure(config):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def small_root(tmp_path):
+    """A Miniplaces folder of 6 real val images, one of them corrupt."""
+    src = miniplaces_root()
+    root = tmp_path / "mp"
+    (root / "images" / "val").mkdir(parents=True)
+    shutil.copy(src / "categories.txt", root)
+    lines = (src / "val.txt").read_text().splitlines()[:6]
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    for line in lines:
+        shutil.copy(src / "images" / line.split()[0], root / "images" / "val")
+    (root / "images" / lines[2].split()[0]).write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.fixture
+def small_weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pt"
+    torch.save(models.build("resnet18").state_dict(), path)
+    return path

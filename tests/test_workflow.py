@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-
 import pytest
 import torch
 
@@ -82,29 +80,6 @@ def test_provided_resnet_custom_equals_native_on_real_images():
         custom = model(images)
     assert (custom.argmax(1) == native.argmax(1)).all()
     assert (custom - native).abs().max() <= 1e-4 * native.abs().max()
-
-
-@pytest.fixture
-def small_root(tmp_path):
-    """A Miniplaces folder of 6 real val images, one of them corrupt."""
-    src = miniplaces_root()
-    root = tmp_path / "mp"
-    (root / "images" / "val").mkdir(parents=True)
-    shutil.copy(src / "categories.txt", root)
-    lines = (src / "val.txt").read_text().splitlines()[:6]
-    (root / "val.txt").write_text("\n".join(lines) + "\n")
-    for line in lines:
-        shutil.copy(src / "images" / line.split()[0], root / "images" / "val")
-    (root / "images" / lines[2].split()[0]).write_bytes(b"not a jpeg")
-    return root
-
-
-@pytest.fixture
-def small_weights(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "resnet18.pt"
-    torch.save(models.build("resnet18").state_dict(), path)
-    return path
 
 
 @requires_data

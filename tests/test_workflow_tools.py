@@ -13,11 +13,10 @@ import torch
 
 from miniplaces_ext import data, dream, models, retrieve
 from conftest import requires_data
-from test_workflow import small_root, small_weights  # noqa: F401  (fixtures)
 
 
 @requires_data
-def test_retrieve_cli_caches_and_recovers(small_root, small_weights, tmp_path, capsys):  # noqa: F811
+def test_retrieve_cli_caches_and_recovers(small_root, small_weights, tmp_path, capsys):
     query = small_root / "images" / "val" / "00000001.jpg"
     cache_dir = tmp_path / "cache"
     args = [str(query), "--data-root", str(small_root), "--weights", str(small_weights), "--k", "3", "--workers",
@@ -160,7 +159,7 @@ def test_download_offline_fails_cleanly(tmp_path, capsys):
 
 
 @requires_data
-def test_dream_cli_end_to_end(small_root, small_weights, tmp_path):  # noqa: F811
+def test_dream_cli_end_to_end(small_root, small_weights, tmp_path):
     out = tmp_path / "dream.png"
     image = small_root / "images" / "val" / "00000001.jpg"
     assert dream.main([str(image), "--weights", str(small_weights), "--layer", "layer2", "--octaves", "2",
