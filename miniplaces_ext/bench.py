@@ -135,8 +135,6 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
             row[f"{label}_images_per_s"] = batch / ms * 1e3
         row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
         rows.append(row)
-        log.info("%s eval: torch %.1f img/s, ours %.1f img/s (time ratio ours/torch %.2f)", arch,
-                 row["torch_images_per_s"], row["ours_images_per_s"], row["ratio"])
     return rows
 
 

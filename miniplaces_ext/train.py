@@ -143,6 +143,7 @@ def warmup_cosine(total_steps: int, warmup: int):
 def plot_curve(history: list[dict], path: Path, title: str) -> None:
     """Training loss and validation accuracy per epoch, as a PNG."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -156,7 +157,9 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     ax2.plot(epochs, [100 * h["val_top1"] for h in history], "s-", color="tab:red", label="val top-1")
     ax2.plot(epochs, [100 * h["val_top5"] for h in history], "^--", color="tab:orange", label="val top-5")
     ax2.set_ylabel("val accuracy (%)", color="tab:red")
-    fig.legend(loc="upper center", ncol=3, fontsize=8)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize=8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     cli.save_figure(fig, path)
