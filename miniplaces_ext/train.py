@@ -219,7 +219,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.resume:
-        checkpoint = torch.load(Path(args.resume) / "checkpoint.pt", map_location="cpu", weights_only=False)
+        path = Path(args.resume) / "checkpoint.pt"
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            sys.exit(f"error: nothing to resume: {path} does not exist")
+        except Exception as exc:  # truncated or corrupt: report, never use
+            sys.exit(f"error: the checkpoint {path} is unreadable ({exc}); it was not used. Restore it or start "
+                     f"a new run with --out.")
         saved = checkpoint["args"]
         saved.update(resume=args.resume, out=args.resume, no_progress=args.no_progress, workers=args.workers,
                      stop_after_epochs=args.stop_after_epochs)

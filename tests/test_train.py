@@ -91,3 +91,13 @@ def test_torchrun_two_processes_stay_in_sync(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "parameters identical on 2 ranks" in result.stdout + result.stderr
     assert len(_log(out)) == 1, "rank 0 alone writes the log"
+
+
+def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
+    out = tmp_path / "run"
+    assert train.main(_args(out, "--epochs", "1")) == 0
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    import pytest
+    with pytest.raises(SystemExit, match="unreadable"):
+        train.main(["--resume", str(out), "--no-progress"])
