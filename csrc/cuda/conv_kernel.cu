@@ -40,6 +40,17 @@ struct Geo {
   __device__ int64_t taps() const { return kh * kw; }
 };
 
+// x(n, grp*Cg + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw), or 0 in the zero padding, for output
+// pixel m = (n, oh, ow) and patch index k = (c, i, j): the im2col matrix, read in place.
+template <typename acc_t, typename scalar_t>
+__device__ acc_t patch_value(const scalar_t* x, const Geo& g, int64_t grp, int64_t m, int64_t k) {
+  const int64_t ow = m % g.wo, oh = (m / g.wo) % g.ho, n = m / (g.wo * g.ho);
+  const int64_t c = k / g.taps(), i = (k / g.kw) % g.kh, j = k % g.kw;
+  const int64_t ih = oh * g.sh - g.ph + i * g.dh, iw = ow * g.sw - g.pw + j * g.dw;
+  if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) return acc_t(0);
+  return static_cast<acc_t>(x[((n * g.c + grp * g.cg + c) * g.h + ih) * g.w + iw]);
+}
+
 template <typename scalar_t>
 struct ForwardProblem {
   using acc_t = at::opmath_type<scalar_t>;
@@ -51,13 +62,7 @@ struct ForwardProblem {
   int64_t rows() const { return g.batch * g.ho * g.wo; }
   int64_t cols() const { return g.coutg; }
   __device__ void k_range(int z, int64_t& k0, int64_t& k1) const { k0 = 0; k1 = g.cg * g.taps(); }
-  __device__ acc_t a(int z, int64_t m, int64_t k) const {
-    const int64_t ow = m % g.wo, oh = (m / g.wo) % g.ho, n = m / (g.wo * g.ho);
-    const int64_t c = k / g.taps(), i = (k / g.kw) % g.kh, j = k % g.kw;
-    const int64_t ih = oh * g.sh - g.ph + i * g.dh, iw = ow * g.sw - g.pw + j * g.dw;
-    if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) return acc_t(0);
-    return static_cast<acc_t>(x[((n * g.c + z * g.cg + c) * g.h + ih) * g.w + iw]);
-  }
+  __device__ acc_t a(int z, int64_t m, int64_t k) const { return patch_value<acc_t>(x, g, z, m, k); }
   __device__ acc_t b(int z, int64_t k, int64_t co) const {
     return static_cast<acc_t>(weight[(z * g.coutg + co) * g.cg * g.taps() + k]);
   }
@@ -116,14 +121,7 @@ struct GradWeightProblem {
     const int64_t grp = z / splits, p = m % (g.ho * g.wo), n = m / (g.ho * g.wo);
     return static_cast<acc_t>(dy[(n * g.cout + grp * g.coutg + co) * g.ho * g.wo + p]);
   }
-  __device__ acc_t b(int z, int64_t m, int64_t col) const {
-    const int64_t grp = z / splits;
-    const int64_t ow = m % g.wo, oh = (m / g.wo) % g.ho, n = m / (g.wo * g.ho);
-    const int64_t c = col / g.taps(), i = (col / g.kw) % g.kh, j = col % g.kw;
-    const int64_t ih = oh * g.sh - g.ph + i * g.dh, iw = ow * g.sw - g.pw + j * g.dw;
-    if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) return acc_t(0);
-    return static_cast<acc_t>(x[((n * g.c + grp * g.cg + c) * g.h + ih) * g.w + iw]);
-  }
+  __device__ acc_t b(int z, int64_t m, int64_t col) const { return patch_value<acc_t>(x, g, z / splits, m, col); }
   __device__ void store(int z, int64_t co, int64_t col, acc_t v) const {
     const int64_t grp = z / splits, s = z % splits;
     workspace[((s * groups + grp) * g.coutg + co) * g.cg * g.taps() + col] = v;
