@@ -12,7 +12,6 @@ up, weighted by how often each occurs in the network.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext
+from miniplaces_ext import cli
 
 log = logging.getLogger("miniplaces_ext.bench")
 
@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f})")
         report["runs"].append(run)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        cli.write_json(args.json, report)
     return 0
 
 

@@ -1,7 +1,6 @@
 """Drop-in nn modules on our kernels, and swapping them into existing models."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from miniplaces_ext.ops import conv1d, conv2d
@@ -66,7 +65,6 @@ def restore_convs(model: nn.Module) -> nn.Module:
     return _replace(model, _TORCH)
 
 
-@torch.no_grad()
 def count_convs(model: nn.Module) -> dict[str, int]:
     """Counts conv modules by kind: ``{"ours": n, "torch": m}``; handy to check a swap."""
     ours = sum(isinstance(m, (Conv1d, Conv2d)) for m in model.modules())
