@@ -52,8 +52,7 @@ def resolve_root(data_root: Optional[Union[str, Path]] = None) -> Path:
         raise DataNotFoundError(
             f"Miniplaces data not found at {root} (no categories.txt). Pass --data-root DIR or set "
             f"$MINIPLACES_ROOT to a folder in the official layout (categories.txt, train.txt, val.txt, images/). "
-            f"The images come from the official archive (data.tar.gz of the MIT Miniplaces challenge) and the "
-            f"label files from its development kit; unpack both into one folder."
+            f"To fetch the official archive and label files: python -m miniplaces_ext.data download --root {root}"
         )
     return root
 

@@ -26,3 +26,15 @@ echo "==> installing requirements"
 echo "==> building miniplaces_ext (CUDA_HOME=${CUDA_HOME:-none}, FORCE_CUDA=${FORCE_CUDA:-auto})"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 "$VENV/bin/python" -c "import miniplaces_ext as m; print('==> built', m.LIBRARY_PATH, '| CUDA kernels:', m.cuda_kernels_built())"
+
+# Where the project's shared folder sits beside the checkout, link (never copy) its data and
+# weights to the default locations, so the commands run without --data-root/--weights.
+SHARED=${MINIPLACES_SHARED:-../shared}
+if [ -f "$SHARED/miniplaces/categories.txt" ] && [ ! -e data/miniplaces ]; then
+  mkdir -p data && ln -s "$(cd "$SHARED/miniplaces" && pwd)" data/miniplaces
+  echo "==> linked data/miniplaces -> $SHARED/miniplaces"
+fi
+if [ -f "$SHARED/models/resnet18.pt" ] && [ ! -e models/resnet18.pt ]; then
+  ln -s "$(cd "$SHARED/models" && pwd)/resnet18.pt" models/resnet18.pt
+  echo "==> linked models/resnet18.pt -> $SHARED/models/resnet18.pt"
+fi
