@@ -132,9 +132,14 @@ void column_sums(const scalar_t* m, scalar_t* out, int64_t rows, int64_t cols) {
   });
 }
 
-// The channels-last input seen as a [N*H*W, C] matrix.
+// A tensor's NCHW data as a contiguous NHWC tensor (no copy when it is channels_last).
+at::Tensor nhwc(const at::Tensor& t) {
+  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
+}
+
+// The same data seen as a [N*H*W, C] matrix (a view of nhwc(t)).
 at::Tensor pixel_matrix(const at::Tensor& t) {
-  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+  return nhwc(t).reshape({-1, t.size(1)});
 }
 
 // Produces the im2col matrix of one (chunk, group), reusing `buffer`.
@@ -179,11 +184,6 @@ at::Tensor to_nchw(const at::Tensor& nhwc, at::MemoryFormat format) {
 
 void check_cpu(const at::Tensor& input) {
   TORCH_CHECK(input.device().is_cpu(), "the CPU conv kernel got a tensor on ", input.device());
-}
-
-// A tensor's NCHW data as a contiguous NHWC tensor.
-at::Tensor nhwc(const at::Tensor& t) {
-  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
 }
 
 // grad_input of a stride-1 convolution is the convolution of grad_output with
@@ -269,13 +269,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   check_grad_output(grad_output, input, g);
   check_cpu(input);
   auto [need_input, need_weight, need_bias] = output_mask;
-  const at::Tensor dy = pixel_matrix(grad_output);  // [N*Ho*Wo, Cout]
+  const at::Tensor dy_nhwc = nhwc(grad_output);  // one layout conversion serves every gradient
+  const at::Tensor dy = dy_nhwc.reshape({-1, g.out_channels});  // [N*Ho*Wo, Cout], a view
 
   at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
     const auto t = transposed_geometry(g);
     if (t.has_value() && direct_conv_supported(*t, input.scalar_type())) {
-      grad_input = to_nchw(direct_conv2d_nhwc(nhwc(grad_output), transposed_weight(weight, g), c10::nullopt, *t),
+      grad_input = to_nchw(direct_conv2d_nhwc(dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t),
                            conv_output_memory_format(input));
       need_input = false;
     }
