@@ -41,6 +41,11 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
+def torchrun_env() -> tuple[int, int]:
+    """(world size, rank) as torchrun sets them; (1, 0) for a plain single process."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
 def load_model(arch: str, args: argparse.Namespace, device: torch.device) -> nn.Module:
     """The network with its weights, in eval mode, on `device`, channels_last, convs swapped if asked."""
     try:

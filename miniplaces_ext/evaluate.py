@@ -17,8 +17,6 @@ import copy
 import logging
 import time
 
-import os
-
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix picture (one per arch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    world, rank = cli.torchrun_env()
     if world > 1:
         dist.init_process_group("gloo")
     device = cli.setup(args)

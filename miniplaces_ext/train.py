@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         checkpoint = None
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank = cli.torchrun_env()
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if args.device.startswith("cuda"):
