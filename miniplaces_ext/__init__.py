@@ -3,12 +3,15 @@
 Swap ``torch.nn.functional.conv2d`` for ``miniplaces_ext.conv2d`` (same arguments,
 plus ``padding_mode``), ``nn.Conv2d`` for ``miniplaces_ext.nn.Conv2d``, or call
 ``miniplaces_ext.swap_convs(model)`` to put our kernels into an existing model.
+
+The CPU kernels pick an instruction-set level at run time (``cpu_capabilities()``;
+``MINIPLACES_CPU_ISA=portable|avx2|avx512`` lowers it).
 """
 from miniplaces_ext import _library
 
 LIBRARY_PATH = _library.load()
 
-from miniplaces_ext._library import cuda_kernels_built  # noqa: E402
+from miniplaces_ext._library import cpu_capabilities, cuda_kernels_built  # noqa: E402
 from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
 from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
 
@@ -19,7 +22,13 @@ __all__ = [
     "Conv2dFunction",
     "conv1d",
     "conv2d",
+    "cpu_capabilities",
     "cuda_kernels_built",
     "restore_convs",
     "swap_convs",
 ]
+
+try:  # an invalid MINIPLACES_CPU_ISA/ALGO is reported once, at import, in one line
+    cpu_capabilities()
+except RuntimeError as _exc:
+    raise ImportError(f"miniplaces_ext: {str(_exc).splitlines()[0]}") from None

@@ -1,26 +1,61 @@
-"""Loads the compiled kernels (miniplaces_ext._C) into torch.ops.miniplaces_ext."""
+"""Loads the compiled kernels (miniplaces_ext._C) into torch.ops.miniplaces_ext.
+
+Before loading, the torch that runs is compared with the torch the library was
+compiled against (miniplaces_ext/_build_info.py, written by setup.py): a
+mismatch is one clear ImportError naming both versions and the fix, not an
+undefined-symbol trace.
+"""
 from __future__ import annotations
 
 import importlib.util
 
 import torch
 
-_BUILD_HINT = (
-    "the compiled kernels (miniplaces_ext._C) were not found. Build them from the repository root with\n"
-    "    pip install --no-build-isolation -e .\n"
-    "(set CUDA_HOME=/usr/local/cuda and TORCH_CUDA_ARCH_LIST=9.0 to include the CUDA kernels)."
-)
+REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps -e ."
+
+
+def _build_info():
+    try:
+        from miniplaces_ext import _build_info
+    except ImportError:
+        return None
+    return _build_info
 
 
 def load() -> str:
-    """Loads the shared library once and returns its path; raises ImportError if it is not built."""
+    """Loads the shared library once and returns its path; raises ImportError with the fix if it can't."""
     spec = importlib.util.find_spec("miniplaces_ext._C")
-    if spec is None or spec.origin is None:
-        raise ImportError(_BUILD_HINT)
-    torch.ops.load_library(spec.origin)
+    info = _build_info()
+    if spec is None or spec.origin is None or info is None:
+        raise ImportError(
+            "miniplaces_ext: the compiled kernels (miniplaces_ext._C) were not found. From the repository root run "
+            "`pip install -e .` (or, to build against the torch already installed, "
+            f"`{REBUILD}`)")
+    if info.TORCH_VERSION != torch.__version__:
+        raise ImportError(
+            f"miniplaces_ext was compiled against torch {info.TORCH_VERSION} but torch {torch.__version__} is "
+            f"installed. Rebuild it against this torch: `{REBUILD}` in the repository (or reinstall the package), "
+            f"or install torch=={info.TORCH_VERSION.split('+')[0]}.")
+    try:
+        torch.ops.load_library(spec.origin)
+    except OSError as exc:
+        raise ImportError(f"miniplaces_ext: cannot load {spec.origin}: {exc}. Rebuild it: `{REBUILD}`") from None
     return spec.origin
 
 
 def cuda_kernels_built() -> bool:
     """True when the library holds CUDA kernels for our ops (a CUDA build), whether or not a GPU is present."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("miniplaces_ext::conv2d_forward", "CUDA")
+
+
+def cpu_capabilities() -> dict[str, object]:
+    """What the CPU kernels found and chose.
+
+    ``{"detected": "avx2", "chosen": "avx2", "algo": "auto", "supported": ["portable", "avx2"]}``:
+    the highest instruction-set level of this CPU, the level in use (lowered by
+    ``MINIPLACES_CPU_ISA=portable|avx2|avx512``), the algorithm switch
+    (``MINIPLACES_CPU_ALGO=auto|direct|gemm``) and every level this CPU can run.
+    Raises RuntimeError if either switch is invalid or asks for more than the CPU has.
+    """
+    fields = dict(item.split("=", 1) for item in torch.ops.miniplaces_ext.cpu_capabilities().split())
+    return {**fields, "supported": fields["supported"].split(",")}

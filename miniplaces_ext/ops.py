@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.utils import _ntuple
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -24,16 +25,13 @@ _ops = torch.ops.miniplaces_ext
 
 
 def _as_tuple(value: IntOrInts, dims: int, name: str) -> tuple[int, ...]:
-    """Expands an int (or a 1-element sequence) to `dims` ints, as torch does (and raises what it raises)."""
+    """torch's ``_ntuple`` expansion, with torch's checks: ints only, and 1 or `dims` of them."""
     try:
-        values = (operator.index(value),) * dims
+        values = tuple(operator.index(v) for v in _ntuple(dims)(value))
     except TypeError:
-        try:
-            values = tuple(operator.index(v) for v in value)  # type: ignore[union-attr]
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
-        if len(values) == 1:
-            values = values * dims
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
+    if len(values) == 1:
+        values = values * dims
     if len(values) != dims:
         raise RuntimeError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}")
     return values
@@ -72,15 +70,6 @@ def _pad_input(input: Tensor, pads: list[tuple[int, int]], mode: str) -> Tensor:
     for before, after in reversed(pads):
         flat += [before, after]
     return F.pad(input, flat, mode="constant" if mode == "zeros" else mode)
-
-
-def _autocast(input: Tensor, weight: Tensor, bias: Optional[Tensor]):
-    """Under torch.autocast, casts the operands to the autocast dtype, as nn.Conv2d's policy does."""
-    device_type = input.device.type
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
-        return input, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in (input, weight, bias))
 
 
 def _convnd(
@@ -131,7 +120,6 @@ def _convnd(
     if any(p < 0 for pair in pads for p in pair):
         raise RuntimeError(f"negative padding is not supported, got {padding!r}")
 
-    input, weight, bias = _autocast(input, weight, bias)
     unbatched = input.dim() == dims + 1
     x = input.unsqueeze(0) if unbatched else input
     if padding_mode != "zeros":
@@ -244,11 +232,15 @@ def _conv1d_backward_fake(grad_output, input, weight, stride, padding, dilation,
 
 
 # ---------------------------------------------------------------------------
-# Autograd: one setup/backward pair serves the ops and the Function classes.
+# Autograd: one setup/backward pair serves the ops and the Function classes, and
+# the backward ops are differentiable themselves (double backward), their
+# derivatives being again our forward/backward ops.
 
 
 def _setup_context(ctx, inputs, output) -> None:
     input, weight, bias, stride, padding, dilation, groups = inputs
+    if output.dtype != input.dtype:  # autocast ran the op below a Function's inputs in a lower precision
+        input, weight = input.to(output.dtype), weight.to(output.dtype)
     ctx.save_for_backward(input, weight)
     ctx.conv_args = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
@@ -261,6 +253,40 @@ def _make_backward(backward_op):
         mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
         grad_input, grad_weight, grad_bias = backward_op(grad_output, input, weight, *ctx.conv_args, mask)
         return grad_input, grad_weight, grad_bias, None, None, None, None
+
+    return backward
+
+
+def _setup_double_backward(ctx, inputs, output) -> None:
+    grad_output, input, weight, stride, padding, dilation, groups, _mask = inputs
+    ctx.save_for_backward(grad_output, input, weight)
+    ctx.conv_args = (stride, padding, dilation, groups)
+
+
+def _make_double_backward(forward_op, backward_op):
+    """The derivative of backward_op. With gi = J_x(w)^T gy, gw = J_w(x)^T gy, gb = sum(gy) and
+    incoming gradients (ggi, ggw, ggb):  d gy = conv(ggi, w) + conv(x, ggw) + ggb,
+    d x = grad_input of conv(., ggw) at gy,  d w = grad_weight of conv(ggi, .) at gy."""
+
+    def backward(ctx, gg_input, gg_weight, gg_bias):
+        grad_output, input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        need_grad_output, need_input, need_weight = ctx.needs_input_grad[:3]
+        d_grad_output = d_input = d_weight = None
+        if need_grad_output:
+            terms = []
+            if gg_input is not None:
+                terms.append(forward_op(gg_input, weight, None, *args))
+            if gg_weight is not None:
+                terms.append(forward_op(input, gg_weight, None, *args))
+            if gg_bias is not None:
+                terms.append(gg_bias.view(1, -1, *[1] * (grad_output.dim() - 2)).expand_as(grad_output))
+            d_grad_output = sum(terms[1:], terms[0]) if terms else None
+        if need_input and gg_weight is not None:
+            d_input = backward_op(grad_output, input, gg_weight, *args, [True, False, False])[0]
+        if need_weight and gg_input is not None:
+            d_weight = backward_op(grad_output, gg_input, weight, *args, [False, True, False])[1]
+        return d_grad_output, d_input, d_weight, None, None, None, None, None
 
     return backward
 
@@ -292,5 +318,10 @@ class Conv1dFunction(torch.autograd.Function):
     backward = staticmethod(_make_backward(_ops.conv1d_backward))
 
 
-for _fn, _name in ((Conv2dFunction, "conv2d_forward"), (Conv1dFunction, "conv1d_forward")):
-    torch.library.register_autograd(f"miniplaces_ext::{_name}", _fn.backward, setup_context=_fn.setup_context)
+for _fn, _dims in ((Conv2dFunction, 2), (Conv1dFunction, 1)):
+    _forward, _backward = f"conv{_dims}d_forward", f"conv{_dims}d_backward"
+    torch.library.register_autograd(f"miniplaces_ext::{_forward}", _fn.backward, setup_context=_fn.setup_context)
+    torch.library.register_autograd(
+        f"miniplaces_ext::{_backward}",
+        _make_double_backward(getattr(_ops, _forward), getattr(_ops, _backward)),
+        setup_context=_setup_double_backward)

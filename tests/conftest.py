@@ -44,6 +44,24 @@ requires_data = pytest.mark.skipif(not (miniplaces_root() / "val.txt").exists(),
 # Devices to run device-generic tests on: CPU always, CUDA when usable.
 DEVICES = ["cpu", pytest.param("cuda", marks=[requires_gpu, pytest.mark.cuda])]
 
+# CPU kernel choices the op tests run under, as (MINIPLACES_CPU_ISA, MINIPLACES_CPU_ALGO):
+# the default choice, im2col + GEMM, and the direct kernel at every ISA level this CPU has.
+CPU_KERNELS = [("", "auto"), ("", "gemm")] + [
+    (isa, "direct") for isa in miniplaces_ext.cpu_capabilities()["supported"]]
+
+
+# (device, cpu_kernel) pairs: every CPU kernel choice on the CPU, the default one on CUDA.
+DEVICE_KERNELS = [pytest.param("cpu", k, id=f"cpu-{k[0] or 'detected'}-{k[1]}") for k in CPU_KERNELS] + [
+    pytest.param("cuda", CPU_KERNELS[0], id="cuda", marks=[requires_gpu, pytest.mark.cuda])]
+
+
+def use_cpu_kernel(monkeypatch, cpu_kernel: tuple[str, str]) -> None:
+    """Selects a CPU kernel for the rest of the test (an empty ISA keeps the environment's)."""
+    isa, algo = cpu_kernel
+    if isa:
+        monkeypatch.setenv("MINIPLACES_CPU_ISA", isa)
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", algo)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and a CUDA build (skips otherwise)")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import DEVICES
+from conftest import DEVICE_KERNELS, DEVICES, use_cpu_kernel
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -53,7 +53,7 @@ CASES_2D = [
     (2, 4, 10, 9, 4, (3, 3), 1, 2, 2, 1, True, "replicate"),
     (0, 4, 10, 9, 4, (3, 3), 1, 1, 1, 1, True, "zeros"),
     (2, 16, 9, 9, 32, (1, 1), 1, 0, 1, 4, True, "zeros"),
-    # >= 16 output channels per group: the CPU direct kernel (AVX-512) where present
+    # enough output channels per group for the default choice to take the direct kernel
     (2, 5, 13, 14, 40, (3, 3), 1, 1, 1, 1, True, "zeros"),
     (2, 8, 9, 30, 64, (3, 3), 2, 2, 2, 2, False, "zeros"),
     (1, 3, 31, 29, 16, (7, 5), 2, 3, 1, 1, True, "reflect"),
@@ -62,16 +62,12 @@ CASES_2D = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device, cpu_kernel", DEVICE_KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 @pytest.mark.parametrize("case", CASES_2D)
-@pytest.mark.parametrize("cpu_algo", ["auto", "gemm"])
-def test_conv2d_matches_torch(case, layout, dtype, device, cpu_algo, monkeypatch):
-    if cpu_algo == "gemm":
-        if device != "cpu":
-            pytest.skip("MINIPLACES_CPU_ALGO only affects the CPU kernels")
-        monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
+def test_conv2d_matches_torch(case, layout, dtype, device, cpu_kernel, monkeypatch):
+    use_cpu_kernel(monkeypatch, cpu_kernel)
     n, c, h, w_, cout, k, stride, padding, dilation, groups, bias, mode = case
     x = torch.randn(n, c, h, w_, dtype=dtype, device=device)
     if layout == "channels_last":
@@ -175,3 +171,34 @@ def test_autocast_follows_torch_policy(device):
         theirs = F.conv2d(x, w, b, padding=1)
     assert ours.dtype == theirs.dtype == dtype
     torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_autocast_applies_to_the_raw_ops_and_their_gradients(device, dims):
+    """The Autocast kernels cast inside the dispatcher: the raw op and the Function class
+    run in the autocast dtype, and gradients reach the float32 leaves in float32."""
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    spatial, kernel = ((10, 9), (3, 3)) if dims == 2 else ((13,), (3,))
+    x = torch.randn(2, 4, *spatial, device=device, requires_grad=True)
+    w = (torch.randn(8, 4, *kernel, device=device) * 0.2).requires_grad_()
+    b = torch.randn(8, device=device, requires_grad=True)
+    conf = ([1] * dims, [1] * dims, [1] * dims, 1)
+    op = torch.ops.miniplaces_ext.conv2d_forward if dims == 2 else torch.ops.miniplaces_ext.conv1d_forward
+    function = me.Conv2dFunction if dims == 2 else me.Conv1dFunction
+    conv = F.conv2d if dims == 2 else F.conv1d
+    ref = conv(x, w, b, 1, 1)
+    rgx, rgw, rgb = torch.autograd.grad(ref.sum(), (x, w, b))
+    ref = ref.detach()
+    for run in (lambda: op(x, w, b, *conf), lambda: function.apply(x, w, b, *conf)):
+        with torch.autocast(device, dtype=dtype):
+            out = run()
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=5e-2)
+        gx, gw, gb = torch.autograd.grad(out.float().sum(), (x, w, b))
+        assert gx.dtype == gw.dtype == gb.dtype == torch.float32
+        torch.testing.assert_close(gx, rgx, rtol=2e-2, atol=5e-2)
+        torch.testing.assert_close(gb, rgb, rtol=2e-2, atol=5e-2)
+    # float64 is not lowered, as in torch's policy
+    with torch.autocast(device, dtype=dtype):
+        assert op(x.double(), w.double(), b.double(), *conf).dtype == torch.float64

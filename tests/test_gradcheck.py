@@ -76,3 +76,28 @@ def test_gradcheck_function_classes(function, dims, device):
     x, w, b = _inputs(dims, dict(batch=2, groups=2, bias=True, kernel=3), device)
     args = ((2, 1), (1, 0), (1, 2), 2) if dims == 2 else ((2,), (1,), (2,), 2)
     assert torch.autograd.gradcheck(lambda x, w, b: function.apply(x, w, b, *args), (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[-1]], ids=_ids)
+def test_gradgradcheck(dims, case, device):
+    """Double backward: conv*d_backward is differentiable through our own ops."""
+    x, w, b = _inputs(dims, {**case, "batch": 2}, device)
+    conv = me.conv2d if dims == 2 else me.conv1d
+
+    def fn(x, w, b):
+        return conv(x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"], case["mode"])
+
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), eps=1e-6, atol=1e-5, rtol=1e-4, check_batched_grad=False)
+
+
+def test_double_backward_matches_torch():
+    """A gradient penalty (d/dw of |dL/dx|^2) equals the one torch computes."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for conv in (me.conv2d, torch.nn.functional.conv2d):
+        (gx,) = torch.autograd.grad(conv(x, w, None, 2, 1).tanh().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(gx.pow(2).sum(), w))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)

@@ -23,12 +23,15 @@ def _samples(device):
     out2 = OPS.conv2d_forward(x2, w2, b, *conf2).detach()
     yield OPS.conv2d_backward, (torch.randn_like(out2), x2.detach(), w2.detach(), *conf2, [True, True, True])
     yield OPS.conv2d_backward, (torch.randn_like(out2), x2.detach(), w2.detach(), *conf2, [False, True, False])
+    # differentiable backward (double backward's autograd registration)
+    yield OPS.conv2d_backward, (torch.randn_like(out2).requires_grad_(), x2, w2, *conf2, [True, True, True])
     x1 = torch.randn(2, 4, 11, **opts, requires_grad=True)
     w1 = torch.randn(6, 4, 3, **opts, requires_grad=True)
     conf1 = ([2], [1], [2], 1)
     yield OPS.conv1d_forward, (x1, w1, b, *conf1)
     out1 = OPS.conv1d_forward(x1, w1, b, *conf1).detach()
     yield OPS.conv1d_backward, (torch.randn_like(out1), x1.detach(), w1.detach(), *conf1, [True, True, True])
+    yield OPS.conv1d_backward, (torch.randn_like(out1).requires_grad_(), x1, w1, *conf1, [True, True, False])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,0 +1,148 @@
+// CPU feature detection, the MINIPLACES_CPU_ISA / MINIPLACES_CPU_ALGO switches,
+// and the choice of kernel for each call (see cpu_dispatch.h).
+#include "cpu_dispatch.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace miniplaces_ext::cpu {
+namespace {
+
+constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};
+constexpr const char* kAlgoNames[] = {"auto", "direct", "gemm"};
+
+Isa read_cpuid() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) {
+    return Isa::avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return Isa::avx2;
+  }
+#endif
+  return Isa::portable;
+}
+
+// Index of `value` in `names`, or -1.
+template <size_t N>
+int find_name(const char* value, const char* const (&names)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    if (std::strcmp(value, names[i]) == 0) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+// Output channels of one direct-kernel register block (two vector registers).
+int64_t direct_block(Isa isa) {
+  switch (isa) {
+    case Isa::avx512:
+      return 32;
+    case Isa::avx2:
+      return 16;
+    case Isa::portable:
+      break;
+  }
+  return 8;
+}
+
+} // namespace
+
+const char* isa_name(Isa isa) {
+  return kIsaNames[static_cast<int>(isa)];
+}
+
+Isa detected_isa() {
+  static const Isa isa = read_cpuid();
+  return isa;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (int i = 0; i <= static_cast<int>(detected_isa()); ++i) {
+    out.push_back(static_cast<Isa>(i));
+  }
+  return out;
+}
+
+Isa chosen_isa() {
+  const char* value = std::getenv("MINIPLACES_CPU_ISA");
+  if (value == nullptr || *value == '\0') {
+    return detected_isa();
+  }
+  const int level = find_name(value, kIsaNames);
+  TORCH_CHECK(level >= 0, "MINIPLACES_CPU_ISA=", value, " is not a level; use portable, avx2 or avx512");
+  TORCH_CHECK(level <= static_cast<int>(detected_isa()), "MINIPLACES_CPU_ISA=", value,
+              " asks for more than this CPU supports (", isa_name(detected_isa()), "); unset it or choose a lower level");
+  return static_cast<Isa>(level);
+}
+
+Algo chosen_algo() {
+  const char* value = std::getenv("MINIPLACES_CPU_ALGO");
+  if (value == nullptr || *value == '\0') {
+    return Algo::automatic;
+  }
+  const int algo = find_name(value, kAlgoNames);
+  TORCH_CHECK(algo >= 0, "MINIPLACES_CPU_ALGO=", value, " is not an algorithm; use auto, direct or gemm");
+  return static_cast<Algo>(algo);
+}
+
+bool use_direct_conv(const ConvGeometry& g, at::ScalarType dtype) {
+  const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
+  if (dtype != at::kFloat) {
+    return false;  // the direct kernels are float32; other dtypes take im2col + GEMM
+  }
+  switch (chosen_algo()) {
+    case Algo::direct:
+      return true;
+    case Algo::gemm:
+      return false;
+    case Algo::automatic:
+      break;
+  }
+  // The portable kernel (4-wide vectors, no FMA on baseline x86-64) loses to the GEMM library.
+  return isa != Isa::portable && g.out_channels_per_group() >= direct_block(isa) / 2;
+}
+
+at::Tensor direct_conv2d_nhwc(const at::Tensor& x_nhwc, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+  TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.scalar_type() == at::kFloat,
+              "direct conv: expected a contiguous NHWC float32 input");
+  switch (chosen_isa()) {
+#if defined(__x86_64__)
+    case Isa::avx512:
+      return direct_conv2d_nhwc_avx512(x_nhwc, weight, bias, g);
+    case Isa::avx2:
+      return direct_conv2d_nhwc_avx2(x_nhwc, weight, bias, g);
+#endif
+    default:
+      return direct_conv2d_nhwc_portable(x_nhwc, weight, bias, g);
+  }
+}
+
+namespace {
+
+// "detected=avx2 chosen=avx2 algo=auto supported=portable,avx2": parsed by
+// miniplaces_ext.cpu_capabilities(). Raises if a switch is invalid.
+std::string cpu_capabilities() {
+  std::string supported;
+  for (Isa isa : supported_isas()) {
+    supported += (supported.empty() ? "" : ",") + std::string(isa_name(isa));
+  }
+  return std::string("detected=") + isa_name(detected_isa()) + " chosen=" + isa_name(chosen_isa()) +
+      " algo=" + kAlgoNames[static_cast<int>(chosen_algo())] + " supported=" + supported;
+}
+
+} // namespace
+
+TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
+  m.def("cpu_capabilities() -> str", &cpu_capabilities);
+}
+
+} // namespace miniplaces_ext::cpu

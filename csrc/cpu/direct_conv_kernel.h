@@ -1,0 +1,172 @@
+// The direct float32 convolution in NHWC, written once for every vector ISA.
+//
+// out[n, oh, ow, co] = bias[co] + sum_{i, j, c} x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] * W[co, c, i, j]
+//
+// DirectConv<Vec> is instantiated by one file per ISA level
+// (direct_conv_{portable,avx2,avx512}.cpp), each compiled for its own target,
+// with a traits type Vec that provides:
+//   Reg                     one vector register of kLanes floats
+//   kLanes, kMaxPixels      lanes per register; pixels per micro-kernel call
+//   zero(), broadcast(f), load(p), load_partial(p, n), fma(a, b, c) = a*b + c,
+//   add(a, b), store_partial(p, r, n)     (n <= kLanes valid lanes)
+// Every function here is a member of a class template over Vec, so the
+// per-ISA instantiations never share a symbol (no ODR mix-up between targets).
+//
+// Zero padding is never materialised: taps outside the input are skipped.
+// Rows are checked per kernel row; columns only for the few output pixels near
+// the left/right border, which run one at a time, so the blocked interior loop
+// has no bounds checks. The weight is packed per group into blocks of
+// kBlock = 2 * kLanes output channels, [group][block][kh][kw][Cg][kBlock].
+// One micro-kernel call computes R <= kMaxPixels consecutive output pixels x
+// kBlock channels in 2R accumulators: per input channel it loads two weight
+// vectors and broadcasts one input value per pixel (2R FMAs per R + 2 loads).
+// Work is split over (group, block, n, oh) rows; each output element is
+// written by one thread, so results do not depend on the thread count.
+//
+// Include this header only after <ATen/ATen.h>, <ATen/Parallel.h> and
+// <algorithm>, so that a target pragma around it applies to this code alone.
+#pragma once
+
+#include "../conv.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+namespace miniplaces_ext::cpu {
+
+template <typename Vec>
+struct DirectConv {
+  using Reg = typename Vec::Reg;
+  static constexpr int64_t kBlock = 2 * Vec::kLanes;
+  static constexpr int kMaxPixels = Vec::kMaxPixels;
+
+  struct Args {
+    const float* x;       // input [N, H, W, C]
+    const float* weight;  // packed [groups][blocks][kh][kw][Cg][kBlock]
+    const float* bias;    // [Cout] or nullptr
+    float* out;           // [N, Ho, Wo, Cout]
+    const ConvGeometry& g;
+    int64_t blocks;       // register blocks per group
+  };
+
+  // R output pixels starting at ow0. With kCheckColumns (R == 1 only) taps
+  // left or right of the input are skipped; otherwise all columns must be inside.
+  template <int R, bool kCheckColumns>
+  static void micro_kernel(const Args& a, int64_t grp, int64_t blk, int64_t n, int64_t oh, int64_t ow0) {
+    static_assert(R == 1 || !kCheckColumns, "column checks are for single pixels");
+    const ConvGeometry& g = a.g;
+    const int64_t cg = g.in_channels_per_group();
+    Reg acc0[R], acc1[R];
+    for (int r = 0; r < R; ++r) {
+      acc0[r] = Vec::zero();
+      acc1[r] = Vec::zero();
+    }
+    const int64_t pixel_step = g.stride_w * g.in_channels;
+    const float* wblock = a.weight + (grp * a.blocks + blk) * g.kernel_h * g.kernel_w * cg * kBlock;
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) {
+        continue;
+      }
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const int64_t iw = ow0 * g.stride_w - g.pad_w + j * g.dilation_w;
+        if (kCheckColumns && (iw < 0 || iw >= g.in_w)) {
+          continue;
+        }
+        const float* xrow = a.x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_channels + grp * cg;
+        const float* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
+        for (int64_t c = 0; c < cg; ++c) {
+          const Reg w0 = Vec::load(wtap + c * kBlock);
+          const Reg w1 = Vec::load(wtap + c * kBlock + Vec::kLanes);
+          for (int r = 0; r < R; ++r) {
+            const Reg xv = Vec::broadcast(xrow[r * pixel_step + c]);
+            acc0[r] = Vec::fma(xv, w0, acc0[r]);
+            acc1[r] = Vec::fma(xv, w1, acc1[r]);
+          }
+        }
+      }
+    }
+    const int64_t co0 = blk * kBlock;  // first output channel of the block within the group
+    const int valid = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels_per_group() - co0));
+    const int valid0 = std::min(valid, Vec::kLanes);
+    const int valid1 = std::max(0, valid - Vec::kLanes);
+    const int64_t col = grp * g.out_channels_per_group() + co0;
+    Reg b0 = Vec::zero(), b1 = Vec::zero();
+    if (a.bias != nullptr) {
+      b0 = Vec::load_partial(a.bias + col, valid0);
+      b1 = Vec::load_partial(a.bias + col + Vec::kLanes, valid1);
+    }
+    float* dst = a.out + ((n * g.out_h + oh) * g.out_w + ow0) * g.out_channels + col;
+    for (int r = 0; r < R; ++r) {
+      Vec::store_partial(dst + r * g.out_channels, Vec::add(acc0[r], b0), valid0);
+      Vec::store_partial(dst + r * g.out_channels + Vec::kLanes, Vec::add(acc1[r], b1), valid1);
+    }
+  }
+
+  using PixelKernel = void (*)(const Args&, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+  // Interior micro-kernels for every pixel count 1..kMaxPixels (index 0 unused),
+  // so the tail of a run needs no masking.
+  template <size_t... R>
+  static constexpr std::array<PixelKernel, sizeof...(R) + 1> interior_table(std::index_sequence<R...>) {
+    return {nullptr, &micro_kernel<static_cast<int>(R) + 1, false>...};
+  }
+
+  static void rows(const Args& a) {
+    static constexpr auto kInterior = interior_table(std::make_index_sequence<kMaxPixels>{});
+    const ConvGeometry& g = a.g;
+    // Output columns [lo, hi) read only input columns inside [0, W) for every tap.
+    const int64_t lo = std::min(g.out_w, (g.pad_w + g.stride_w - 1) / g.stride_w);
+    const int64_t last_ok = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;  // ow * sw must not exceed this
+    const int64_t hi = std::max(lo, std::min(g.out_w, last_ok < 0 ? int64_t{0} : last_ok / g.stride_w + 1));
+    const int64_t rows = g.groups * a.blocks * g.batch * g.out_h;
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t oh = t % g.out_h;
+        const int64_t n = (t / g.out_h) % g.batch;
+        const int64_t blk = (t / (g.out_h * g.batch)) % a.blocks;
+        const int64_t grp = t / (g.out_h * g.batch * a.blocks);
+        for (int64_t ow = 0; ow < lo; ++ow) {
+          micro_kernel<1, true>(a, grp, blk, n, oh, ow);
+        }
+        for (int64_t ow0 = lo; ow0 < hi; ow0 += kMaxPixels) {
+          kInterior[std::min<int64_t>(kMaxPixels, hi - ow0)](a, grp, blk, n, oh, ow0);
+        }
+        for (int64_t ow = hi; ow < g.out_w; ++ow) {
+          micro_kernel<1, true>(a, grp, blk, n, oh, ow);
+        }
+      }
+    });
+  }
+
+  // [Cout, Cg, kh, kw] -> [groups][blocks][kh][kw][Cg][kBlock], zero-filled past Coutg.
+  static at::Tensor pack_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t blocks) {
+    const int64_t coutg = g.out_channels_per_group();
+    const int64_t cg = g.in_channels_per_group();
+    at::Tensor padded = at::zeros({g.groups, blocks * kBlock, cg, g.kernel_h, g.kernel_w}, weight.options());
+    padded.narrow(1, 0, coutg).copy_(weight.view({g.groups, coutg, cg, g.kernel_h, g.kernel_w}));
+    // [g, blocks, kBlock, Cg, kh, kw] -> [g, blocks, kh, kw, Cg, kBlock]
+    return padded.view({g.groups, blocks, kBlock, cg, g.kernel_h, g.kernel_w})
+        .permute({0, 1, 4, 5, 3, 2})
+        .contiguous();
+  }
+
+  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        const ConvGeometry& g) {
+    const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
+    const at::Tensor w = pack_weight(weight.contiguous(), g, blocks);
+    const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
+    if (g.batch > 0) {
+      rows(Args{x_nhwc.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g, blocks});
+    }
+    return out;
+  }
+};
+
+} // namespace miniplaces_ext::cpu

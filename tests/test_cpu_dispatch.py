@@ -1,0 +1,88 @@
+"""The CPU dispatcher: ISA detection, the MINIPLACES_CPU_ISA/ALGO switches, and the
+direct kernel at every ISA level on shapes that exercise its tails."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import miniplaces_ext as me
+from conftest import use_cpu_kernel
+
+SUPPORTED = me.cpu_capabilities()["supported"]
+
+
+def _cpuinfo_level() -> str:
+    """The level /proc/cpuinfo's flags allow (an independent reading of CPUID)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "portable"
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "portable"
+
+
+def test_detection_matches_cpuinfo():
+    caps = me.cpu_capabilities()
+    assert caps["detected"] == _cpuinfo_level()
+    assert caps["supported"] == ["portable", "avx2", "avx512"][: caps["supported"].index(caps["detected"]) + 1]
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_switch_lowers_the_level(isa, monkeypatch):
+    monkeypatch.setenv("MINIPLACES_CPU_ISA", isa)
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
+    caps = me.cpu_capabilities()
+    assert (caps["chosen"], caps["algo"]) == (isa, "gemm")
+
+
+def _import_with(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import miniplaces_ext"], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MINIPLACES_CPU_ISA": "sse9"}, "is not a level"),
+    ({"MINIPLACES_CPU_ALGO": "fft"}, "is not an algorithm"),
+])
+def test_invalid_switch_is_one_line_at_import(env, message):
+    result = _import_with(env)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: miniplaces_ext:") and message in last
+
+
+def test_level_above_the_cpu_is_refused(monkeypatch):
+    above = {"portable": "avx2", "avx2": "avx512"}.get(SUPPORTED[-1])
+    if above is None:
+        pytest.skip("this CPU has the highest level (avx512): nothing above it to refuse")
+    result = _import_with({"MINIPLACES_CPU_ISA": above})
+    assert "asks for more than this CPU supports" in result.stderr.strip().splitlines()[-1]
+    monkeypatch.setenv("MINIPLACES_CPU_ISA", above)
+    with pytest.raises(RuntimeError, match="asks for more than this CPU supports"):
+        me.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("out_channels", [1, 5, 8, 17, 40])
+@pytest.mark.parametrize("width", [1, 4, 7, 13, 26])
+def test_direct_kernel_tails(isa, out_channels, width, monkeypatch):
+    """Output channels that fill no/part of a register block, widths around the pixel blocking,
+    with borders on both sides: the direct kernel of every level against float64 torch."""
+    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    gen = torch.Generator().manual_seed(out_channels * 100 + width)
+    x = torch.randn(2, 6, 5, width, generator=gen)
+    w = torch.randn(out_channels, 6, 3, 3, generator=gen)
+    b = torch.randn(out_channels, generator=gen)
+    ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    torch.testing.assert_close(me.conv2d(x, w, b, padding=1).double(), ref, rtol=1e-5, atol=1e-5)
