@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--models", action="store_true",
                         help="also time whole-network eval (images/s) with and without swap_convs")
-    parser.add_argument("--json", metavar="PATH", help="write all rows and totals as JSON")
+    cli.add_json_arg(parser, "all rows and totals")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     layers = [l for l in LAYERS if args.net in ("all", l.net)]
 
+    say = cli.table_printer(args)
     report = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+              "cpu": miniplaces_ext.cpu_capabilities(),
               "torch": torch.__version__, "channels_last": args.channels_last, "runs": []}
     for batch in batches:
         rows = []
@@ -215,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info("batch %d: %s %s ...", batch, layer.net, layer.name)
             rows.append(bench_layer(layer, batch, device, dtype, args.channels_last, args.min_time))
         totals = summarise(rows)
-        print(f"\nbatch {batch}, {args.dtype}, {device}, {torch.get_num_threads()} threads, times in ms")
-        print(format_table(rows, totals))
+        say(f"\nbatch {batch}, {args.dtype}, {device}, {torch.get_num_threads()} threads, times in ms")
+        say(format_table(rows, totals))
         run = {"batch": batch, "layers": rows, "totals": totals}
         if args.models:
             run["models"] = bench_models(batch, device, dtype, args.min_time)
             for m in run["models"]:
-                print(f"{m['net']} eval, batch {batch}: torch {m['torch_images_per_s']:.1f} img/s, "
+                say(f"{m['net']} eval, batch {batch}: torch {m['torch_images_per_s']:.1f} img/s, "
                       f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f})")
         report["runs"].append(run)
     if args.json:

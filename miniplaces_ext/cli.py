@@ -1,13 +1,14 @@
-"""Arguments and set-up shared by every command: --arch, --weights, --data-root, --device,
---use-custom-conv, --json, --threads."""
+"""Arguments and set-up shared by the commands: --arch, --weights, --data-root (where the
+command reads the data set), --device, --use-custom-conv, --threads, and --json [PATH]
+(JSON to PATH, or to stdout when PATH is omitted or '-')."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import os
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,12 +18,15 @@ from torch import nn
 from miniplaces_ext import models, nn as ext_nn
 
 
-def add_common_args(parser: argparse.ArgumentParser, archs: tuple[str, ...] = models.ARCHS) -> None:
-    """Adds the options every workflow command shares."""
+def add_common_args(parser: argparse.ArgumentParser, archs: tuple[str, ...] = models.ARCHS,
+                    data_root: bool = True) -> None:
+    """Adds the options the model commands share; --data-root only where the command reads the data set."""
     parser.add_argument("--arch", default="resnet18", choices=archs, help="network (default: resnet18)")
     parser.add_argument("--weights", help="checkpoint file (default: $MINIPLACES_WEIGHTS/<arch>.pt, "
                                           "else models/<arch>.pt)")
-    parser.add_argument("--data-root", help="Miniplaces folder (default: $MINIPLACES_ROOT, else ./data/miniplaces)")
+    if data_root:
+        parser.add_argument("--data-root",
+                            help="Miniplaces folder (default: $MINIPLACES_ROOT, else ./data/miniplaces)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--use-custom-conv", action="store_true",
                         help="run every convolution on miniplaces_ext's kernels (default: torch's)")
@@ -30,20 +34,46 @@ def add_common_args(parser: argparse.ArgumentParser, archs: tuple[str, ...] = mo
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def add_json_arg(parser: argparse.ArgumentParser, what: str = "the results") -> None:
+    """--json [PATH]: the one meaning every command gives it."""
+    parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                        help=f"write {what} as JSON to PATH, or to stdout (instead of the table) when PATH is "
+                             f"omitted or '-'; put it after positional arguments")
+
+
+def table_printer(args: argparse.Namespace) -> Callable[..., None]:
+    """print for the human-readable lines: to stderr when --json sends JSON to stdout."""
+    stream = sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+    return lambda *values, **kwargs: print(*values, file=stream, **kwargs)
+
+
 def setup(args: argparse.Namespace) -> torch.device:
-    """Logging, threads and the device; exits with a message for an unusable device."""
+    """Logging, threads and the device; exits with a message for an unusable device.
+
+    Under torchrun, a bare ``--device cuda`` means this process's GPU, cuda:$LOCAL_RANK.
+    """
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 
 def torchrun_env() -> tuple[int, int]:
     """(world size, rank) as torchrun sets them; (1, 0) for a plain single process."""
     return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def load_model(arch: str, args: argparse.Namespace, device: torch.device) -> nn.Module:
@@ -58,25 +88,34 @@ def load_model(arch: str, args: argparse.Namespace, device: torch.device) -> nn.
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
-    """Calls write(tmp) on a temp file beside `path`, then renames it over `path`.
+    """Calls write(tmp) on a new temp file beside `path`, flushes it to disk, then renames it over `path`.
 
     Readers see the old complete file or the new complete one, never a partial
-    one; on any error (or Ctrl-C) the temp file is removed. The file gets the
-    usual permissions (0666 & ~umask), not mkstemp's 0600.
+    one, even after a power loss (file and folder are fsynced); on any error (or
+    Ctrl-C) the temp file is removed. The temp file is created with mode 0666,
+    so the kernel applies the process umask: the usual permissions, without
+    touching the process-global umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        write(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -99,11 +138,13 @@ def save_torch(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
-    """Saves a matplotlib figure as PNG atomically and closes it."""
-    import matplotlib.pyplot as plt
+def new_figure(**kwargs):
+    """A matplotlib Figure drawn without pyplot: no global backend is chosen or changed."""
+    from matplotlib.figure import Figure
 
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
-    finally:
-        plt.close(fig)
+    return Figure(**kwargs)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
+    """Saves a matplotlib figure (from new_figure) as PNG atomically."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")

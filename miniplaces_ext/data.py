@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -57,10 +57,15 @@ def resolve_root(data_root: Optional[Union[str, Path]] = None) -> Path:
     return root
 
 
-def read_categories(root: Path) -> list[str]:
-    """Human-readable class names by id: '/a/abbey 0' -> 'abbey', '/b/bar/inside 7' -> 'bar/inside'."""
+PACKAGED_CATEGORIES = Path(__file__).with_name("categories.txt")  # the official kit's file, shipped with us
+
+
+def read_categories(root: Optional[Path] = None) -> list[str]:
+    """Class names by id from ROOT/categories.txt (the packaged copy when root is None):
+    '/a/abbey 0' -> 'abbey', '/b/bar/inside 7' -> 'bar/inside'."""
     names: dict[int, str] = {}
-    for line in (root / "categories.txt").read_text().splitlines():
+    path = PACKAGED_CATEGORIES if root is None else root / "categories.txt"
+    for line in path.read_text().splitlines():
         if line.strip():
             path, idx = line.rsplit(maxsplit=1)
             names[int(idx)] = path.strip("/").split("/", 1)[1]
@@ -115,10 +120,14 @@ class Sample:
 
 
 class MiniplacesDataset(torch.utils.data.Dataset):
-    """A split of Miniplaces. Unreadable files yield ``Sample(image=None)`` and a warning, never an exception."""
+    """A split of Miniplaces. Unreadable files yield ``Sample(image=None)`` and a warning, never an exception.
+
+    ``transform(image, index)`` replaces the course preprocessing (e.g. a training
+    augmentation seeded per image).
+    """
 
     def __init__(self, root: Union[str, Path, None] = None, split: str = "val", limit: Optional[int] = None,
-                 size: int = IMAGE_SIZE, transform=None):
+                 size: int = IMAGE_SIZE, transform: Optional[Callable[[Image.Image, int], Tensor]] = None):
         self.root = resolve_root(root)
         self.split = split
         self.items = read_split(self.root, split)[:limit]
@@ -138,7 +147,7 @@ class MiniplacesDataset(torch.utils.data.Dataset):
         try:
             with Image.open(self.root / "images" / path) as image:
                 image.load()
-                tensor = self.transform(image) if self.transform else preprocess(image, self.size)
+                tensor = self.transform(image, index) if self.transform else preprocess(image, self.size)
         except (OSError, ValueError) as exc:
             log.warning("skipping unreadable image %s: %s", self.root / "images" / path, exc)
             tensor = None

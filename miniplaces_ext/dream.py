@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.dream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", metavar="IMG")
-    cli.add_common_args(parser)
+    cli.add_common_args(parser, data_root=False)
     parser.add_argument("--layer", default="layer3", help="layer to amplify (see the list above; default layer3)")
     parser.add_argument("--octaves", type=int, default=4)
     parser.add_argument("--octave-scale", type=float, default=1.4)

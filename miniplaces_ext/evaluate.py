@@ -1,7 +1,7 @@
 """Top-1/top-5 accuracy of the course networks on a Miniplaces split.
 
     python -m miniplaces_ext.evaluate --use-custom-conv                 # ResNet-18, full val set
-    python -m miniplaces_ext.evaluate --arch all --limit 500 --json -
+    python -m miniplaces_ext.evaluate --arch all --limit 500 --json results.json
     python -m miniplaces_ext.evaluate --use-custom-conv --compare-native --confusion confusion.png
     torchrun --nproc_per_node=2 -m miniplaces_ext.evaluate --use-custom-conv     # split sharded over 2 processes
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import sys
 import time
 
 import torch
@@ -95,13 +96,9 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path: str) -> None:
     """Writes the row-normalised confusion matrix as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     norm = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(14, 13))
+    fig = cli.new_figure(figsize=(14, 13))
+    ax = fig.subplots()
     im = ax.imshow(norm.numpy(), cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=5)
     ax.set_yticks(range(len(classes)), classes, fontsize=5)
@@ -118,16 +115,18 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_common_args(parser, archs=(*models.ARCHS, "all"))
     parser.add_argument("--split", default="val", choices=["val", "train"], help="labelled split (default: val)")
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=cli.positive_int, help="evaluate only the first N images")
     parser.add_argument("--compare-native", action="store_true",
                         help="also run torch's convs; report prediction agreement and max |delta logit|")
-    parser.add_argument("--json", metavar="OUT", help="write results as JSON ('-' for stdout)")
+    cli.add_json_arg(parser)
     parser.add_argument("--per-class", action="store_true", help="print per-class top-1 accuracy")
     parser.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix picture (one per arch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.compare_native and not args.use_custom_conv:
+        parser.error("--compare-native compares our kernels with torch's: add --use-custom-conv")
     world, rank = cli.torchrun_env()
     if world > 1:
         dist.init_process_group("gloo")
@@ -137,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except data.DataNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
 
+    say = cli.table_printer(args)
     report = {"split": args.split, "custom_conv": args.use_custom_conv, "device": str(device), "results": {}}
     for arch in models.ARCHS if args.arch == "all" else (args.arch,):
         model = cli.load_model(arch, args, device)
@@ -147,19 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:
             continue
         kind = "custom convs" if args.use_custom_conv else "torch convs"
-        print(f"{arch} ({kind}) on {res['images']} {args.split} images: top-1 {res['top1']:.2%}  "
+        say(f"{arch} ({kind}) on {res['images']} {args.split} images: top-1 {res['top1']:.2%}  "
               f"top-5 {res['top5']:.2%}  {res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"
               + (f"  ({res['skipped']} unreadable files skipped)" if res["skipped"] else ""))
         if native is not None:
-            print(f"  vs torch convs: top-1 agreement {res['agreement_with_native']:.2%}, "
+            say(f"  vs torch convs: top-1 agreement {res['agreement_with_native']:.2%}, "
                   f"max |delta logit| {res['max_abs_logit_difference']:.2e}")
         if args.per_class:
             for name, acc in sorted(res["per_class_top1"].items(), key=lambda kv: -(kv[1] or 0)):
-                print(f"  {name:30s} {acc:.1%}" if acc is not None else f"  {name:30s} -")
+                say(f"  {name:30s} {acc:.1%}" if acc is not None else f"  {name:30s} -")
         if args.confusion:
             path = args.confusion if args.arch != "all" else args.confusion.replace(".png", f"_{arch}.png")
             plot_confusion(confusion, dataset.classes, f"{arch} ({kind}), top-1 {res['top1']:.2%}", path)
-            print(f"  confusion matrix: {path}")
+            say(f"  confusion matrix: {path}")
         report["results"][arch] = res
     if args.json and rank == 0:
         cli.write_json(args.json, report)

@@ -1,9 +1,10 @@
 """The 2018 course networks for 128x128 Miniplaces images, with the course's state_dict keys.
 
-``resnet18()`` and ``alexnet()`` build them; ``load_checkpoint`` fills one from a
-checkpoint file (bare state_dict or ``{"state_dict"|"model": ...}``, ``module.``
-prefixes stripped), with an error that lists every missing, unexpected and
-mis-shaped key; ``find_weights`` resolves where a checkpoint lives.
+``build(arch)`` builds one (``ResNet18``, ``AlexNet``); ``load_checkpoint`` fills one
+from a checkpoint file (bare state_dict or ``{"state_dict"|"model": ..., "classes": [...]}``,
+``module.`` prefixes stripped), with an error that lists every missing, unexpected and
+mis-shaped key, and gives it its class names; ``find_weights`` resolves where a
+checkpoint lives.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from miniplaces_ext import data
 
 ARCHS = ("resnet18", "alexnet")
 NUM_CLASSES = 100
@@ -139,8 +142,24 @@ def _state_dict(obj: object) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _class_names(raw: object, num_classes: int, path: Union[str, Path]) -> Optional[list[str]]:
+    """The checkpoint's own "classes", else the packaged Miniplaces names for a 100-class model, else None."""
+    names = raw.get("classes") if isinstance(raw, Mapping) else None
+    if names is not None:
+        if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{path}: 'classes' must be a list of class names")
+        if len(names) != num_classes:
+            raise CheckpointError(f"{path} names {len(names)} classes but its last layer has {num_classes} outputs")
+        return list(names)
+    return data.read_categories() if num_classes == NUM_CLASSES else None
+
+
 def load_checkpoint(arch: str, path: Union[str, Path]) -> nn.Module:
-    """Builds `arch` with the checkpoint's class count and loads it strictly (float32, eval mode)."""
+    """Builds `arch` with the checkpoint's class count and loads it strictly (float32, eval mode).
+
+    The model's ``class_names`` are the checkpoint's own, else the packaged
+    Miniplaces names when it has 100 classes, else None.
+    """
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -164,6 +183,7 @@ def load_checkpoint(arch: str, path: Union[str, Path]) -> nn.Module:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=True)
+    model.class_names = _class_names(raw, last.shape[0], path)
     return model.float().eval()
 
 

@@ -1,15 +1,17 @@
-"""Top-k scene classes for image files.
+"""Top-k scene classes for image files; needs only the weights (class names ship with the package).
 
     python -m miniplaces_ext.predict photo.jpg [more.jpg ...] --use-custom-conv
-    python -m miniplaces_ext.predict photo.jpg --arch alexnet --topk 3 --json
+    python -m miniplaces_ext.predict photo.jpg --arch alexnet --weights alexnet.pt --topk 3 --json
 
 Any image size is accepted: it is resized (shorter side 128), centre-cropped
-to 128x128 and normalised like the course's training data, then fed as a
-batch of shape (N, 3, 128, 128).
+to 128x128 and normalised like the course's training data, then fed in
+batches of --batch-size. Class names come from the checkpoint if it carries
+them (checkpoints from `train` do), else from the packaged Miniplaces list.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -29,38 +31,49 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMG", help="image files (any size, any PIL format)")
-    cli.add_common_args(parser)
-    parser.add_argument("--topk", type=int, default=5, help="how many classes per image (default: 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cli.add_common_args(parser, data_root=False)
+    parser.add_argument("--topk", type=cli.positive_int, default=5, help="how many classes per image (default: 5)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch (default: 32)")
+    cli.add_json_arg(parser, "the predictions")
     args = parser.parse_args(argv)
     device = cli.setup(args)
-    try:
-        classes = data.read_categories(data.resolve_root(args.data_root))
-    except data.DataNotFoundError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    tensors, readable, failed = [], [], {}
-    for path in args.images:
-        try:
-            tensors.append(data.load_image(path))
-            readable.append(path)
-        except (OSError, ValueError) as exc:
-            failed[path] = str(exc)
-    results = {}
-    if tensors:
-        model = cli.load_model(args.arch, args, device)
-        batch = torch.stack(tensors).to(device, memory_format=torch.channels_last)
-        results = dict(zip(readable, predict(model, batch, classes, args.topk)))
+    model = cli.load_model(args.arch, args, device)
+    classes = model.class_names
+    if classes is None:
+        parser.exit(2, f"error: the checkpoint has {model_outputs(model)} classes and carries no class names "
+                       f"(the packaged names are for the {len(data.read_categories())} Miniplaces classes); "
+                       f"save it as {{'state_dict': ..., 'classes': [...]}} as train does\n")
+    if args.topk > len(classes):
+        parser.error(f"--topk {args.topk} is more than the model's {len(classes)} classes")
+
+    results, failed = {}, {}
+    for start in range(0, len(args.images), args.batch_size):
+        tensors, readable = [], []
+        for path in args.images[start:start + args.batch_size]:
+            try:
+                tensors.append(data.load_image(path))
+                readable.append(path)
+            except (OSError, ValueError) as exc:
+                failed[path] = str(exc)
+        if tensors:
+            batch = torch.stack(tensors).to(device, memory_format=torch.channels_last)
+            results.update(zip(readable, predict(model, batch, classes, args.topk)))
     if args.json:
-        cli.write_json("-", {"arch": args.arch, "custom_conv": args.use_custom_conv, "predictions": results,
-                             "errors": failed})
+        cli.write_json(args.json, {"arch": args.arch, "custom_conv": args.use_custom_conv, "predictions": results,
+                                   "errors": failed})
     else:
         for path, preds in results.items():
             print(path)
             for rank, p in enumerate(preds, 1):
                 print(f"  {rank}. {p['class']:30s} {p['probability']:.1%}")
-        for path, err in failed.items():
-            print(f"{path}: error: {err}")
+    for path, err in failed.items():
+        print(f"{path}: error: {err}", file=sys.stderr)
     return 1 if failed and not results else 0
+
+
+def model_outputs(model: torch.nn.Module) -> int:
+    """The number of classes the network's last linear layer predicts."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
 if __name__ == "__main__":

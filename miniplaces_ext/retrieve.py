@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", metavar="IMG", help="query image (any size)")
     cli.add_common_args(parser)
-    parser.add_argument("--k", type=int, default=5, help="number of neighbours (default: 5)")
+    parser.add_argument("--k", type=cli.positive_int, default=5, help="number of neighbours (default: 5)")
     parser.add_argument("--gallery", default="val", choices=["val", "train", "test"], help="split to search")
     parser.add_argument("--limit", type=int, help="use only the first N gallery images")
     parser.add_argument("--keep-self", action="store_true", help="keep the query file itself if it is in the gallery")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="neighbours.png", help="montage PNG (default: neighbours.png)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cli.add_json_arg(parser, "the neighbours")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     device = cli.setup(args)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     neighbours = neighbours[:args.k]
     montage(Path(args.image), neighbours, dataset.root, Path(args.out))
     if args.json:
-        cli.write_json("-", {"query": args.image, "gallery": args.gallery, "cache": str(cache_path),
+        cli.write_json(args.json, {"query": args.image, "gallery": args.gallery, "cache": str(cache_path),
                              "neighbours": neighbours, "montage": args.out})
     else:
         print(f"{len(neighbours)} nearest {args.gallery} images to {args.image} ({args.arch} features):")

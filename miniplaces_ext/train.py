@@ -77,24 +77,6 @@ class TrainTransform:
         return data.preprocess(image, self.size)
 
 
-class AugmentedDataset(data.MiniplacesDataset):
-    """A split whose items pass through a per-image-seeded TrainTransform."""
-
-    def __init__(self, root, split, transform: TrainTransform, limit: Optional[int] = None):
-        super().__init__(root, split, limit=limit)
-        self.augment = transform
-
-    def __getitem__(self, index: int) -> data.Sample:
-        path, label = self.items[index]
-        try:
-            with Image.open(self.root / "images" / path) as image:
-                tensor = self.augment(image, index)
-        except (OSError, ValueError) as exc:
-            log.warning("skipping unreadable image %s: %s", self.root / "images" / path, exc)
-            tensor = None
-        return data.Sample(tensor, label, index)
-
-
 class EpochSampler(torch.utils.data.Sampler[int]):
     """The distributed sampler: a permutation fixed by (seed, epoch), rank r taking every world-th
     index (padded so all ranks see the same count), starting after `offset` of its own indices."""
@@ -142,14 +124,11 @@ def warmup_cosine(total_steps: int, warmup: int):
 
 def plot_curve(history: list[dict], path: Path, title: str) -> None:
     """Training loss and validation accuracy per epoch, as a PNG."""
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = cli.new_figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss", color="tab:blue")
@@ -252,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         transform = TrainTransform(args.image_size, tuple(args.crop_scale), args.seed)
-        train_set = AugmentedDataset(args.data_root, "train", transform, limit=args.limit)
+        train_set = data.MiniplacesDataset(args.data_root, "train", limit=args.limit, transform=transform)
         val_set = data.MiniplacesDataset(args.data_root, "val", limit=args.val_limit, size=args.image_size)
     except data.DataNotFoundError as exc:
         sys.exit(f"error: {exc}")
@@ -345,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_curve(history, out / "curve.png", f"{args.arch}, {args.image_size} px, {len(train_set)} images")
             if entry["val_top1"] > best:
                 best = entry["val_top1"]
-                export(model, args, entry, device, out)
+                export(model, args, entry, device, out, train_set.classes)
         save(epoch + 1, 0)
         if world > 1:
             dist.barrier()
@@ -366,10 +345,11 @@ def check_ranks_in_sync(model: nn.Module, world: int) -> None:
     log.warning("parameters identical on %d ranks", world)
 
 
-def export(model: nn.Module, args, entry: dict, device: torch.device, out: Path) -> None:
-    """The weights as a plain state_dict <arch>.pt (torch conv modules' keys) plus a model card <arch>.json."""
+def export(model: nn.Module, args, entry: dict, device: torch.device, out: Path, classes: list[str]) -> None:
+    """The weights as <arch>.pt ({"state_dict", "classes", "arch"}: torch conv modules' keys and the class
+    names, so predict needs no data set) plus a model card <arch>.json."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    cli.save_torch(state, out / f"{args.arch}.pt")
+    cli.save_torch({"state_dict": state, "classes": classes, "arch": args.arch}, out / f"{args.arch}.pt")
     card = {"arch": args.arch, "data": {"train_images": args.limit or "all listed in train.txt",
                                         "val_images": entry["val_images"], "image_size": args.image_size},
             "recipe": {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "verbose")},

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from miniplaces_ext import models, train
+from miniplaces_ext import data, models, train
 from conftest import REPO, miniplaces_root, requires_data
 
 pytestmark = requires_data
@@ -35,7 +35,9 @@ def test_loss_falls_and_outputs_exist(tmp_path):
         assert (out / name).exists(), name
     card = json.loads((out / "resnet18.json").read_text())
     assert card["arch"] == "resnet18" and 0 <= card["val_top1"] <= 1
-    models.load_checkpoint("resnet18", out / "resnet18.pt")  # the workflow commands can load the export
+    model = models.load_checkpoint("resnet18", out / "resnet18.pt")  # the workflow commands can load the export
+    assert torch.load(out / "resnet18.pt", weights_only=True)["classes"] == data.read_categories(miniplaces_root())
+    assert model.class_names == data.read_categories()
 
 
 def _final_state(out):

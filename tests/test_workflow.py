@@ -101,8 +101,7 @@ def test_evaluate_cli_end_to_end(small_root, small_weights, tmp_path):
 @requires_data
 def test_predict_cli_json(small_root, small_weights, capsys):
     image = next((small_root / "images" / "val").glob("00000001.jpg"))
-    code = predict.main([str(image), "--data-root", str(small_root), "--weights", str(small_weights), "--topk", "3",
-                         "--json", "--use-custom-conv"])
+    code = predict.main([str(image), "--weights", str(small_weights), "--topk", "3", "--json", "--use-custom-conv"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     preds = out["predictions"][str(image)]
