@@ -144,7 +144,9 @@ def main() -> None:
     setup(
         ext_modules=[_extension(torch, cuda_home)],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-        install_requires=[f"torch=={public_version}", "numpy", "pillow", "tqdm", "matplotlib"],
+        # pytest is a runtime dependency so that the documented first check, `pip install -e .` then
+        # `pytest tests/test_gradcheck.py`, works with nothing else installed; the [test] extra adds the rest.
+        install_requires=[f"torch=={public_version}", "numpy", "pillow", "tqdm", "matplotlib", "pytest"],
     )
 
 
