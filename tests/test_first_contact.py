@@ -152,3 +152,16 @@ def test_console_scripts_are_declared():
     for name in ("predict", "evaluate", "retrieve", "dream", "train", "bench"):
         module, func = scripts[f"miniplaces-{name}"].split(":")
         assert module == f"miniplaces_ext.{name}" and func == "main"
+
+
+def test_wrong_torch_is_one_clear_import_error(monkeypatch):
+    """The check runs before the library is loaded (where a mismatch would be an undefined-symbol trace)."""
+    from miniplaces_ext import _build_info, _library
+
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "2.0.0+cu118")
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: pytest.fail("loaded a mismatched library"))
+    with pytest.raises(ImportError) as exc:
+        _library.load()
+    message = str(exc.value)
+    assert "2.0.0+cu118" in message and torch.__version__ in message and "--no-build-isolation" in message
+    assert "\n" not in message
