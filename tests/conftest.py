@@ -37,17 +37,23 @@ def _gpu_skip_reason() -> str:
     return "this build has no CUDA kernels (rebuild with FORCE_CUDA=1)"
 
 
+# The course ResNet-18 weights provided beside the repository (not committed).
+PROVIDED_WEIGHTS = REPO.parent / "shared" / "models" / "resnet18.pt"
+
 requires_gpu = pytest.mark.skipif(not has_gpu(), reason=_gpu_skip_reason())
 requires_data = pytest.mark.skipif(not (miniplaces_root() / "val.txt").exists(),
                                    reason=f"Miniplaces data not found at {miniplaces_root()}")
+requires_weights = pytest.mark.skipif(not PROVIDED_WEIGHTS.exists(),
+                                      reason=f"provided weights not found at {PROVIDED_WEIGHTS}")
 
 # Devices to run device-generic tests on: CPU always, CUDA when usable.
 DEVICES = ["cpu", pytest.param("cuda", marks=[requires_gpu, pytest.mark.cuda])]
 
 # CPU kernel choices the op tests run under, as (MINIPLACES_CPU_ISA, MINIPLACES_CPU_ALGO):
-# the default choice, im2col + GEMM, and the direct kernel at every ISA level this CPU has.
+# the default choice, im2col + GEMM, and the direct and Winograd kernels at every ISA level
+# this CPU has (Winograd where it applies: 3x3 stride-1 layers; others take the default).
 CPU_KERNELS = [("", "auto"), ("", "gemm")] + [
-    (isa, "direct") for isa in miniplaces_ext.cpu_capabilities()["supported"]]
+    (isa, algo) for isa in miniplaces_ext.cpu_capabilities()["supported"] for algo in ("direct", "winograd")]
 
 
 # (device, cpu_kernel) pairs: every CPU kernel choice on the CPU, the default one on CUDA.

@@ -9,6 +9,9 @@ import miniplaces_ext as me
 from conftest import DEVICE_KERNELS, DEVICES, use_cpu_kernel
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+# Winograd's float32 error is ~2e-5 x max|output| (docs/winograd.md; held to that bound in
+# test_winograd.py): outputs here reach ~10, so near-zero elements need a wider atol.
+WINOGRAD_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: TOL[torch.float64]}
 
 
 def torch_conv(dims, x, w, b, stride, padding, dilation, groups, mode):
@@ -33,12 +36,12 @@ def run_both(dims, x, w, b, conf):
     return results
 
 
-def assert_same(ours, theirs, dtype):
+def assert_same(ours, theirs, dtype, tolerances=TOL):
     for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, theirs):
         if b is None:
             assert a is None
             continue
-        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, **tolerances[dtype], msg=lambda m: f"{name}: {m}")
 
 
 CASES_2D = [
@@ -78,7 +81,7 @@ def test_conv2d_matches_torch(case, layout, dtype, device, cpu_kernel, monkeypat
     w = torch.randn(cout, c // groups, *k, dtype=dtype, device=device) * 0.2
     b = torch.randn(cout, dtype=dtype, device=device) if bias else None
     ours, theirs = run_both(2, x, w, b, (stride, padding, dilation, groups, mode))
-    assert_same(ours, theirs, dtype)
+    assert_same(ours, theirs, dtype, WINOGRAD_TOL if cpu_kernel[1] == "winograd" else TOL)
 
 
 CASES_1D = [

@@ -7,9 +7,7 @@ import torch
 
 from miniplaces_ext import data, evaluate, models, predict
 from miniplaces_ext import nn as ext_nn
-from conftest import REPO, miniplaces_root, requires_data
-
-PROVIDED = REPO.parent / "shared" / "models" / "resnet18.pt"
+from conftest import PROVIDED_WEIGHTS as PROVIDED, REPO, miniplaces_root, requires_data
 
 
 @requires_data

@@ -12,9 +12,10 @@
 // images so the column buffer stays bounded. Pointwise (1x1, stride 1, no
 // padding) convolutions skip im2col and multiply the input in place.
 //
-// Where cpu_dispatch.cpp chooses the direct kernel (direct_conv_*.cpp) it
-// computes the forward pass, and grad_input of stride-1 convolutions as the
-// forward convolution of grad_output with the flipped, transposed weight.
+// Where cpu_dispatch.cpp chooses the direct (direct_conv_*.cpp) or Winograd
+// (winograd_*.cpp) kernel, it computes the forward pass, and grad_input of
+// stride-1 convolutions as the forward convolution of grad_output with the
+// flipped, transposed weight.
 #include "cpu_dispatch.h"
 
 #include <ATen/ATen.h>
@@ -227,8 +228,8 @@ at::Tensor conv2d_forward(
     int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
-  if (use_direct_conv(g, input.scalar_type())) {
-    return to_nchw(direct_conv2d_nhwc(nhwc(input), weight, bias, g), conv_output_memory_format(input));
+  if (const Algo algo = choose_algo(g, input.scalar_type()); algo != Algo::gemm) {
+    return to_nchw(nhwc_conv2d(algo, nhwc(input), weight, bias, g), conv_output_memory_format(input));
   }
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
   if (g.batch > 0) {
@@ -275,8 +276,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
     const auto t = transposed_geometry(g);
-    if (t.has_value() && use_direct_conv(*t, input.scalar_type())) {
-      grad_input = to_nchw(direct_conv2d_nhwc(dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t),
+    const Algo algo = t.has_value() ? choose_algo(*t, input.scalar_type()) : Algo::gemm;
+    if (algo != Algo::gemm) {
+      grad_input = to_nchw(nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t),
                            conv_output_memory_format(input));
       need_input = false;
     }

@@ -12,7 +12,7 @@ namespace miniplaces_ext::cpu {
 namespace {
 
 constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};
-constexpr const char* kAlgoNames[] = {"auto", "direct", "gemm"};
+constexpr const char* kAlgoNames[] = {"auto", "direct", "gemm", "winograd"};
 
 Isa read_cpuid() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -38,6 +38,9 @@ int find_name(const char* value, const char* const (&names)[N]) {
   }
   return -1;
 }
+
+// Fewest 4x4 output tiles for which `auto` picks Winograd (measured: see docs/winograd.md).
+constexpr int64_t kWinogradMinTiles = 32;
 
 // Output channels of one direct-kernel register block (two vector registers).
 int64_t direct_block(Isa isa) {
@@ -89,40 +92,56 @@ Algo chosen_algo() {
     return Algo::automatic;
   }
   const int algo = find_name(value, kAlgoNames);
-  TORCH_CHECK(algo >= 0, "MINIPLACES_CPU_ALGO=", value, " is not an algorithm; use auto, direct or gemm");
+  TORCH_CHECK(algo >= 0, "MINIPLACES_CPU_ALGO=", value, " is not an algorithm; use auto, direct, gemm or winograd");
   return static_cast<Algo>(algo);
 }
 
-bool use_direct_conv(const ConvGeometry& g, at::ScalarType dtype) {
-  const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
-  if (dtype != at::kFloat) {
-    return false;  // the direct kernels are float32; other dtypes take im2col + GEMM
-  }
-  switch (chosen_algo()) {
-    case Algo::direct:
-      return true;
-    case Algo::gemm:
-      return false;
-    case Algo::automatic:
-      break;
-  }
-  // The portable kernel (4-wide vectors, no FMA on baseline x86-64) loses to the GEMM library.
-  return isa != Isa::portable && g.out_channels_per_group() >= direct_block(isa) / 2;
+bool winograd_applies(const ConvGeometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+      g.dilation_w == 1 && g.groups == 1;
 }
 
-at::Tensor direct_conv2d_nhwc(const at::Tensor& x_nhwc, const at::Tensor& weight,
-                              const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
+  const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
+  const Algo asked = chosen_algo();
+  if (dtype != at::kFloat) {
+    return Algo::gemm;  // the direct and Winograd kernels are float32; other dtypes take im2col + GEMM
+  }
+  if (asked == Algo::direct || asked == Algo::gemm) {
+    return asked;
+  }
+  if (winograd_applies(g) && (asked == Algo::winograd || isa != Isa::portable)) {
+    // Below a few tiles per thread the per-call weight transform is not repaid.
+    const int64_t tiles = g.batch * ((g.out_h + 3) / 4) * ((g.out_w + 3) / 4);
+    if (asked == Algo::winograd || tiles >= kWinogradMinTiles) {
+      return Algo::winograd;
+    }
+  }
+  if (isa != Isa::portable && g.out_channels_per_group() >= direct_block(isa) / 2) {
+    return Algo::direct;
+  }
+  return Algo::gemm;
+}
+
+at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
   TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.scalar_type() == at::kFloat,
-              "direct conv: expected a contiguous NHWC float32 input");
+              "NHWC conv kernels: expected a contiguous NHWC float32 input");
+  TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
+              "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
+  const bool winograd = algo == Algo::winograd;
   switch (chosen_isa()) {
 #if defined(__x86_64__)
     case Isa::avx512:
-      return direct_conv2d_nhwc_avx512(x_nhwc, weight, bias, g);
+      return winograd ? winograd_conv2d_nhwc_avx512(x_nhwc, weight, bias, g)
+                      : direct_conv2d_nhwc_avx512(x_nhwc, weight, bias, g);
     case Isa::avx2:
-      return direct_conv2d_nhwc_avx2(x_nhwc, weight, bias, g);
+      return winograd ? winograd_conv2d_nhwc_avx2(x_nhwc, weight, bias, g)
+                      : direct_conv2d_nhwc_avx2(x_nhwc, weight, bias, g);
 #endif
     default:
-      return direct_conv2d_nhwc_portable(x_nhwc, weight, bias, g);
+      return winograd ? winograd_conv2d_nhwc_portable(x_nhwc, weight, bias, g)
+                      : direct_conv2d_nhwc_portable(x_nhwc, weight, bias, g);
   }
 }
 

@@ -2,8 +2,8 @@
 //
 // The instruction-set level is read from CPUID once. MINIPLACES_CPU_ISA
 // (portable | avx2 | avx512) lowers it, never raises it: asking for a level
-// the CPU lacks is an error. MINIPLACES_CPU_ALGO (auto | direct | gemm)
-// forces an algorithm where it applies. Both are read on every call, so a
+// the CPU lacks is an error. MINIPLACES_CPU_ALGO (auto | direct | gemm |
+// winograd) forces an algorithm where it applies. Both are read on every call, so a
 // test can change them between calls.
 #pragma once
 
@@ -17,7 +17,8 @@ namespace miniplaces_ext::cpu {
 // Instruction-set levels, lowest first: each one includes the ones before it.
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
-enum class Algo : int { automatic = 0, direct = 1, gemm = 2 };
+// The algorithms a CPU convolution can run. `automatic` is only a request.
+enum class Algo : int { automatic = 0, direct = 1, gemm = 2, winograd = 3 };
 
 const char* isa_name(Isa isa);
 
@@ -33,27 +34,38 @@ Isa chosen_isa();
 // MINIPLACES_CPU_ALGO if set (checked), else Algo::automatic.
 Algo chosen_algo();
 
-// True when the direct kernel computes this float32 problem at the chosen ISA
-// level: always when MINIPLACES_CPU_ALGO=direct, never when =gemm, and by
-// default where it is faster than im2col + GEMM (vector ISAs, enough output
-// channels per group to fill the register block).
-bool use_direct_conv(const ConvGeometry& g, at::ScalarType dtype);
+// True when the Winograd F(4x4, 3x3) kernel can compute this convolution
+// (3x3, stride 1, dilation 1, one group).
+bool winograd_applies(const ConvGeometry& g);
+
+// The algorithm that computes this problem (never `automatic`):
+//  - non-float32 dtypes: gemm (im2col + GEMM), whatever is asked;
+//  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
+//    where it applies, else what `auto` picks;
+//  - auto: Winograd for 3x3 stride-1 layers with enough tiles to fill the
+//    threads, the direct kernel where its register block is filled, else gemm.
+//    The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
+Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype);
 
 // out [N, Ho, Wo, Cout] (NHWC, contiguous) of the convolution of the
 // contiguous NHWC float32 input x [N, H, W, C] with weight [Cout, Cg, kh, kw],
-// computed by the direct kernel of the chosen ISA level.
-at::Tensor direct_conv2d_nhwc(const at::Tensor& x_nhwc, const at::Tensor& weight,
-                              const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+// computed by `algo` (direct or winograd) at the chosen ISA level.
+at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
 
-// The direct kernel at each level (direct_conv_<level>.cpp). The x86 levels
-// exist only in x86-64 builds and must only be called when the CPU has them.
-at::Tensor direct_conv2d_nhwc_portable(const at::Tensor& x_nhwc, const at::Tensor& weight,
-                                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+// Each algorithm at each level ({direct_conv,winograd}_<level>.cpp). The x86
+// levels exist only in x86-64 builds and must only be called when the CPU has them.
+#define MINIPLACES_DECLARE_NHWC_KERNEL(name)                                                  \
+  at::Tensor name(const at::Tensor& x_nhwc, const at::Tensor& weight,                        \
+                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_portable)
+MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_portable)
 #if defined(__x86_64__)
-at::Tensor direct_conv2d_nhwc_avx2(const at::Tensor& x_nhwc, const at::Tensor& weight,
-                                   const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
-at::Tensor direct_conv2d_nhwc_avx512(const at::Tensor& x_nhwc, const at::Tensor& weight,
-                                     const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_avx2)
+MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_avx2)
+MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_avx512)
+MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_avx512)
 #endif
+#undef MINIPLACES_DECLARE_NHWC_KERNEL
 
 } // namespace miniplaces_ext::cpu

@@ -4,30 +4,26 @@
 //
 // DirectConv<Vec> is instantiated by one file per ISA level
 // (direct_conv_{portable,avx2,avx512}.cpp), each compiled for its own target,
-// with a traits type Vec that provides:
-//   Reg                     one vector register of kLanes floats
-//   kLanes, kMaxPixels      lanes per register; pixels per micro-kernel call
-//   zero(), broadcast(f), load(p), load_partial(p, n), fma(a, b, c) = a*b + c,
-//   add(a, b), store_partial(p, r, n)     (n <= kLanes valid lanes)
-// Every function here is a member of a class template over Vec, so the
-// per-ISA instantiations never share a symbol (no ODR mix-up between targets).
+// with the vector traits of vec_<isa>.h. Every function here is a member of a
+// class template over Vec, so the per-ISA instantiations never share a symbol
+// (no ODR mix-up between targets).
 //
 // Zero padding is never materialised: taps outside the input are skipped.
 // Rows are checked per kernel row; columns only for the few output pixels near
 // the left/right border, which run one at a time, so the blocked interior loop
 // has no bounds checks. The weight is packed per group into blocks of
 // kBlock = 2 * kLanes output channels, [group][block][kh][kw][Cg][kBlock].
-// One micro-kernel call computes R <= kMaxPixels consecutive output pixels x
-// kBlock channels in 2R accumulators: per input channel it loads two weight
-// vectors and broadcasts one input value per pixel (2R FMAs per R + 2 loads).
+// One register block (register_block.h) computes R <= kMaxRows consecutive
+// output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
 // Work is split over (group, block, n, oh) rows; each output element is
 // written by one thread, so results do not depend on the thread count.
 //
-// Include this header only after <ATen/ATen.h>, <ATen/Parallel.h> and
-// <algorithm>, so that a target pragma around it applies to this code alone.
+// Include this header only after <ATen/ATen.h>, <ATen/Parallel.h>, <algorithm>
+// and the vector traits, so that a target pragma around it applies to this code alone.
 #pragma once
 
 #include "../conv.h"
+#include "register_block.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -40,9 +36,8 @@ namespace miniplaces_ext::cpu {
 
 template <typename Vec>
 struct DirectConv {
-  using Reg = typename Vec::Reg;
   static constexpr int64_t kBlock = 2 * Vec::kLanes;
-  static constexpr int kMaxPixels = Vec::kMaxPixels;
+  static constexpr int kMaxRows = Vec::kMaxRows;
 
   struct Args {
     const float* x;       // input [N, H, W, C]
@@ -60,11 +55,7 @@ struct DirectConv {
     static_assert(R == 1 || !kCheckColumns, "column checks are for single pixels");
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels_per_group();
-    Reg acc0[R], acc1[R];
-    for (int r = 0; r < R; ++r) {
-      acc0[r] = Vec::zero();
-      acc1[r] = Vec::zero();
-    }
+    RegisterBlock<Vec, R> acc;
     const int64_t pixel_step = g.stride_w * g.in_channels;
     const float* wblock = a.weight + (grp * a.blocks + blk) * g.kernel_h * g.kernel_w * cg * kBlock;
     for (int64_t i = 0; i < g.kernel_h; ++i) {
@@ -78,38 +69,19 @@ struct DirectConv {
           continue;
         }
         const float* xrow = a.x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_channels + grp * cg;
-        const float* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
-        for (int64_t c = 0; c < cg; ++c) {
-          const Reg w0 = Vec::load(wtap + c * kBlock);
-          const Reg w1 = Vec::load(wtap + c * kBlock + Vec::kLanes);
-          for (int r = 0; r < R; ++r) {
-            const Reg xv = Vec::broadcast(xrow[r * pixel_step + c]);
-            acc0[r] = Vec::fma(xv, w0, acc0[r]);
-            acc1[r] = Vec::fma(xv, w1, acc1[r]);
-          }
-        }
+        acc.accumulate(xrow, pixel_step, wblock + (i * g.kernel_w + j) * cg * kBlock, cg);
       }
     }
     const int64_t co0 = blk * kBlock;  // first output channel of the block within the group
-    const int valid = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels_per_group() - co0));
-    const int valid0 = std::min(valid, Vec::kLanes);
-    const int valid1 = std::max(0, valid - Vec::kLanes);
+    const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels_per_group() - co0));
     const int64_t col = grp * g.out_channels_per_group() + co0;
-    Reg b0 = Vec::zero(), b1 = Vec::zero();
-    if (a.bias != nullptr) {
-      b0 = Vec::load_partial(a.bias + col, valid0);
-      b1 = Vec::load_partial(a.bias + col + Vec::kLanes, valid1);
-    }
     float* dst = a.out + ((n * g.out_h + oh) * g.out_w + ow0) * g.out_channels + col;
-    for (int r = 0; r < R; ++r) {
-      Vec::store_partial(dst + r * g.out_channels, Vec::add(acc0[r], b0), valid0);
-      Vec::store_partial(dst + r * g.out_channels + Vec::kLanes, Vec::add(acc1[r], b1), valid1);
-    }
+    acc.store(dst, g.out_channels, a.bias != nullptr ? a.bias + col : nullptr, columns);
   }
 
   using PixelKernel = void (*)(const Args&, int64_t, int64_t, int64_t, int64_t, int64_t);
 
-  // Interior micro-kernels for every pixel count 1..kMaxPixels (index 0 unused),
+  // Interior micro-kernels for every pixel count 1..kMaxRows (index 0 unused),
   // so the tail of a run needs no masking.
   template <size_t... R>
   static constexpr std::array<PixelKernel, sizeof...(R) + 1> interior_table(std::index_sequence<R...>) {
@@ -117,7 +89,7 @@ struct DirectConv {
   }
 
   static void rows(const Args& a) {
-    static constexpr auto kInterior = interior_table(std::make_index_sequence<kMaxPixels>{});
+    static constexpr auto kInterior = interior_table(std::make_index_sequence<kMaxRows>{});
     const ConvGeometry& g = a.g;
     // Output columns [lo, hi) read only input columns inside [0, W) for every tap.
     const int64_t lo = std::min(g.out_w, (g.pad_w + g.stride_w - 1) / g.stride_w);
@@ -133,8 +105,8 @@ struct DirectConv {
         for (int64_t ow = 0; ow < lo; ++ow) {
           micro_kernel<1, true>(a, grp, blk, n, oh, ow);
         }
-        for (int64_t ow0 = lo; ow0 < hi; ow0 += kMaxPixels) {
-          kInterior[std::min<int64_t>(kMaxPixels, hi - ow0)](a, grp, blk, n, oh, ow0);
+        for (int64_t ow0 = lo; ow0 < hi; ow0 += kMaxRows) {
+          kInterior[std::min<int64_t>(kMaxRows, hi - ow0)](a, grp, blk, n, oh, ow0);
         }
         for (int64_t ow = hi; ow < g.out_w; ++ow) {
           micro_kernel<1, true>(a, grp, blk, n, oh, ow);

@@ -1,0 +1,33 @@
+// The Winograd F(4x4, 3x3) kernel (winograd_kernel.h) compiled for AVX2 + FMA by a target pragma
+// (never -march); cpu_dispatch.cpp calls it only on CPUs that have AVX2 and FMA. x86-64 builds
+// only.
+#if defined(__x86_64__)
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <vector>
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+#include "cpu_dispatch.h"
+#include "vec_avx2.h"
+#include "winograd_kernel.h"
+
+namespace miniplaces_ext::cpu {
+
+at::Tensor winograd_conv2d_nhwc_avx2(const at::Tensor& x_nhwc, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+  return WinogradConv<Avx2>::run(x_nhwc, weight, bias, g);
+}
+
+} // namespace miniplaces_ext::cpu
+
+#pragma GCC pop_options
+
+#endif // __x86_64__
