@@ -11,7 +11,8 @@ from miniplaces_ext import _library
 
 LIBRARY_PATH = _library.load()
 
-from miniplaces_ext._library import cpu_capabilities, cuda_kernels_built  # noqa: E402
+from miniplaces_ext._library import (  # noqa: E402
+    clear_weight_cache, cpu_capabilities, cpu_conv_algorithm, cuda_kernels_built, weight_cache_size)
 from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
 from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
 
@@ -20,12 +21,15 @@ __all__ = [
     "Conv1dFunction",
     "Conv2d",
     "Conv2dFunction",
+    "clear_weight_cache",
     "conv1d",
     "conv2d",
     "cpu_capabilities",
+    "cpu_conv_algorithm",
     "cuda_kernels_built",
     "restore_convs",
     "swap_convs",
+    "weight_cache_size",
 ]
 
 try:  # an invalid MINIPLACES_CPU_ISA/ALGO is reported once, at import, in one line

@@ -54,8 +54,36 @@ def cpu_capabilities() -> dict[str, object]:
     ``{"detected": "avx2", "chosen": "avx2", "algo": "auto", "supported": ["portable", "avx2"]}``:
     the highest instruction-set level of this CPU, the level in use (lowered by
     ``MINIPLACES_CPU_ISA=portable|avx2|avx512``), the algorithm switch
-    (``MINIPLACES_CPU_ALGO=auto|direct|gemm``) and every level this CPU can run.
+    (``MINIPLACES_CPU_ALGO=auto|direct|gemm|winograd``) and every level this CPU can run.
     Raises RuntimeError if either switch is invalid or asks for more than the CPU has.
     """
     fields = dict(item.split("=", 1) for item in torch.ops.miniplaces_ext.cpu_capabilities().split())
     return {**fields, "supported": fields["supported"].split(",")}
+
+
+def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | tuple[int, int] = 1,
+                       padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                       groups: int = 1) -> str:
+    """The algorithm our CPU forward pass runs for this 2-D convolution: ``"winograd"``,
+    ``"direct"`` or ``"gemm"`` (im2col + GEMM), as chosen by ``MINIPLACES_CPU_ALGO`` and the
+    ISA level. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
+    def pair(v: int | tuple[int, int]) -> list[int]:
+        return [v, v] if isinstance(v, int) else list(v)
+
+    return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, pair(stride), pair(padding), pair(dilation),
+                                                       groups)
+
+
+def clear_weight_cache() -> None:
+    """Forgets the packed weights the CPU kernels keep between inference calls.
+
+    Under ``torch.inference_mode()`` each weight is packed for its kernel once and reused
+    while the tensor lives and its version counter is unchanged, which every in-place op
+    on it bumps. Changes made through ``.data`` bypass that counter: call this after them.
+    """
+    torch.ops.miniplaces_ext.clear_weight_cache()
+
+
+def weight_cache_size() -> int:
+    """How many packed weights the CPU kernels hold (see :func:`clear_weight_cache`)."""
+    return torch.ops.miniplaces_ext.weight_cache_size()

@@ -2,17 +2,22 @@
 
     python -m miniplaces_ext.bench                       # CPU, batch 32, fp32
     python -m miniplaces_ext.bench --json bench.json     # also write the results
+    python -m miniplaces_ext.bench --plot bench.png       # and a bar chart of the ratios
     python -m miniplaces_ext.bench --device cuda --batch-size 64 256 --models
 
 For each distinct conv layer of ResNet-18-2018 and AlexNet-2018 (128x128
 input) it times forward and forward+backward of ours and torch's and reports
-the ratio ours/torch (< 1 means we are faster). "model" rows add the layers
-up, weighted by how often each occurs in the network.
+the ratio ours/torch (< 1 means we are faster), the algorithm our CPU path
+chose, and forward GFLOP/s of both as a share of this machine's measured
+float32 FMA peak. "model" rows add the layers up, weighted by how often each
+occurs in the network; the geomean rows average the per-layer ratios.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import platform
 import statistics
 import sys
 import time
@@ -72,6 +77,17 @@ LAYERS = [
 ]
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def _timer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -103,7 +119,9 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
     w = w.to(device, dtype).requires_grad_()
     x.requires_grad_()
     args = (None, layer.stride, layer.padding)
-    row = {**asdict(layer), "batch": batch, "gflop": layer.flops(batch) / 1e9}
+    row = {**asdict(layer), "batch": batch, "gflop": layer.flops(batch) / 1e9,
+           "algo": miniplaces_ext.cpu_conv_algorithm(x, w, layer.stride, layer.padding)
+           if device.type == "cpu" else "implicit-gemm"}
     for label, conv in (("torch", F.conv2d), ("ours", miniplaces_ext.conv2d)):
         with torch.no_grad():
             row[f"{label}_fwd_ms"] = time_ms(lambda: conv(x, w, *args), device, min_time)
@@ -116,6 +134,8 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
         row[f"{label}_fwdbwd_ms"] = time_ms(fwd_bwd, device, min_time)
     row["fwd_ratio"] = row["ours_fwd_ms"] / row["torch_fwd_ms"]
     row["fwdbwd_ratio"] = row["ours_fwdbwd_ms"] / row["torch_fwdbwd_ms"]
+    for label in ("torch", "ours"):
+        row[f"{label}_fwd_gflops"] = row["gflop"] / row[f"{label}_fwd_ms"] * 1e3
     return row
 
 
@@ -139,16 +159,25 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
     return rows
 
 
+def geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per-network totals (each layer weighted by its count) and their ratios."""
+    """Per-network totals (each layer weighted by its count), their ratios, and the geomean of
+    the per-layer ratios."""
     totals = []
     for net in sorted({r["net"] for r in rows}):
         sel = [r for r in rows if r["net"] == net]
         total = {"net": net, "name": "model (all conv layers)", "count": sum(r["count"] for r in sel)}
-        for key in ("torch_fwd_ms", "ours_fwd_ms", "torch_fwdbwd_ms", "ours_fwdbwd_ms"):
+        for key in ("torch_fwd_ms", "ours_fwd_ms", "torch_fwdbwd_ms", "ours_fwdbwd_ms", "gflop"):
             total[key] = sum(r[key] * r["count"] for r in sel)
         total["fwd_ratio"] = total["ours_fwd_ms"] / total["torch_fwd_ms"]
         total["fwdbwd_ratio"] = total["ours_fwdbwd_ms"] / total["torch_fwdbwd_ms"]
+        for label in ("torch", "ours"):
+            total[f"{label}_fwd_gflops"] = total["gflop"] / total[f"{label}_fwd_ms"] * 1e3
+        total["fwd_geomean"] = geomean([r["fwd_ratio"] for r in sel])
+        total["fwdbwd_geomean"] = geomean([r["fwdbwd_ratio"] for r in sel])
         sel3 = [r for r in sel if r["kernel"] == 3]
         if sel3:
             for kind in ("fwd", "fwdbwd"):
@@ -159,21 +188,51 @@ def summarise(rows: list[dict]) -> list[dict]:
     return totals
 
 
-def format_table(rows: list[dict], totals: list[dict]) -> str:
-    """A plain-text table of the results."""
-    head = f"{'net':9} {'layer':26} {'x':>2} {'torch fwd':>10} {'ours fwd':>9} {'ratio':>6} " \
-           f"{'torch f+b':>10} {'ours f+b':>9} {'ratio':>6}"
+def format_table(rows: list[dict], totals: list[dict], peak_gflops: float | None) -> str:
+    """A plain-text table of the results (times in ms; GFLOP/s and % of peak of the forward)."""
+    head = f"{'net':9} {'layer':24} {'x':>2} {'algo':>8} {'torch fwd':>10} {'ours fwd':>9} {'ratio':>6} " \
+           f"{'torch f+b':>10} {'ours f+b':>9} {'ratio':>6} {'GFLOP/s torch':>14} {'ours':>6}"
+    if peak_gflops:
+        head += f" {'% peak torch':>13} {'ours':>5}"
     lines = [head, "-" * len(head)]
     for r in [*rows, *totals]:
-        lines.append(
-            f"{r['net']:9} {r['name']:26} {r['count']:>2} {r['torch_fwd_ms']:>10.2f} {r['ours_fwd_ms']:>9.2f} "
-            f"{r['fwd_ratio']:>6.2f} {r['torch_fwdbwd_ms']:>10.2f} {r['ours_fwdbwd_ms']:>9.2f} {r['fwdbwd_ratio']:>6.2f}"
-        )
+        line = (f"{r['net']:9} {r['name'][:24]:24} {r['count']:>2} {r.get('algo', ''):>8} {r['torch_fwd_ms']:>10.2f} "
+                f"{r['ours_fwd_ms']:>9.2f} {r['fwd_ratio']:>6.2f} {r['torch_fwdbwd_ms']:>10.2f} "
+                f"{r['ours_fwdbwd_ms']:>9.2f} {r['fwdbwd_ratio']:>6.2f} {r['torch_fwd_gflops']:>14.1f} "
+                f"{r['ours_fwd_gflops']:>6.1f}")
+        if peak_gflops:
+            line += f" {100 * r['torch_fwd_gflops'] / peak_gflops:>12.0f}% {100 * r['ours_fwd_gflops'] / peak_gflops:>4.0f}%"
+        lines.append(line)
     for t in totals:
+        lines.append(f"{t['net']}: geomean of layer ratios forward {t['fwd_geomean']:.2f}, "
+                     f"forward+backward {t['fwdbwd_geomean']:.2f}")
         if "3x3_fwd_ratio" in t:
             lines.append(f"{t['net']}: 3x3 layers ratio forward {t['3x3_fwd_ratio']:.2f}, "
                          f"forward+backward {t['3x3_fwdbwd_ratio']:.2f}")
+    if peak_gflops:
+        lines.append(f"measured float32 FMA peak of {torch.get_num_threads()} threads: {peak_gflops:.1f} GFLOP/s")
     return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: str, title: str) -> None:
+    """A horizontal bar chart of ours/torch time per layer (forward and forward+backward)."""
+    from miniplaces_ext.cli import new_figure, save_figure
+
+    rows = [(run["batch"], r) for run in runs for r in run["layers"]]
+    labels = [f"{r['net']} {r['name']} [{r.get('algo', '')}]" + (f" b{b}" if len(runs) > 1 else "")
+              for b, r in rows]
+    fig = new_figure(figsize=(9, 0.32 * len(rows) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    ys = range(len(rows))
+    ax.barh([y - 0.2 for y in ys], [r["fwd_ratio"] for _, r in rows], height=0.4, label="forward")
+    ax.barh([y + 0.2 for y in ys], [r["fwdbwd_ratio"] for _, r in rows], height=0.4, label="forward+backward")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time ours / torch (< 1: ours faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--models", action="store_true",
                         help="also time whole-network eval (images/s) with and without swap_convs")
+    parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the ratios to PNG")
+    parser.add_argument("--no-peak", action="store_true", help="skip measuring the CPU's FMA peak (~1 s)")
     cli.add_json_arg(parser, "all rows and totals")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -209,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     layers = [l for l in LAYERS if args.net in ("all", l.net)]
 
     say = cli.table_printer(args)
+    peak = None
+    if device.type == "cpu" and not args.no_peak:
+        peak = max(torch.ops.miniplaces_ext.cpu_fma_peak_gflops() for _ in range(3))
     report = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-              "cpu": miniplaces_ext.cpu_capabilities(),
+              "cpu": miniplaces_ext.cpu_capabilities(), "cpu_model": cpu_model(), "fma_peak_gflops": peak,
               "torch": torch.__version__, "channels_last": args.channels_last, "runs": []}
     for batch in batches:
         rows = []
@@ -219,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_layer(layer, batch, device, dtype, args.channels_last, args.min_time))
         totals = summarise(rows)
         say(f"\nbatch {batch}, {args.dtype}, {device}, {torch.get_num_threads()} threads, times in ms")
-        say(format_table(rows, totals))
+        say(format_table(rows, totals, peak))
         run = {"batch": batch, "layers": rows, "totals": totals}
         if args.models:
             run["models"] = bench_models(batch, device, dtype, args.min_time)
@@ -229,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         report["runs"].append(run)
     if args.json:
         cli.write_json(args.json, report)
+    if args.plot:
+        plot(report["runs"], args.plot, f"{report['cpu_model']}, {report['threads']} threads, {args.dtype}, "
+                                        f"torch {torch.__version__}")
+        log.info("wrote %s", args.plot)
     return 0
 
 

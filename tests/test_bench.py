@@ -3,16 +3,37 @@ from __future__ import annotations
 
 import json
 
+import torch
+
+import miniplaces_ext
 from miniplaces_ext import bench
 
 
 def test_bench_smoke(tmp_path, capsys):
-    out = tmp_path / "bench.json"
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     assert bench.main(["--net", "alexnet", "--batch-size", "2", "--min-time", "0", "--models", "--json",
-                       str(out)]) == 0
+                       str(out), "--plot", str(png)]) == 0
     report = json.loads(out.read_text())
     run = report["runs"][0]
     assert [r["name"] for r in run["layers"]] == [l.name for l in bench.LAYERS if l.net == "alexnet"]
     assert all(r["fwd_ratio"] > 0 and r["fwdbwd_ratio"] > 0 for r in run["layers"])
     assert {m["net"] for m in run["models"]} == {"resnet18", "alexnet"}
-    assert "3x3 layers ratio" in capsys.readouterr().out
+    assert [r["algo"] for r in run["layers"]] == [
+        miniplaces_ext.cpu_conv_algorithm(torch.empty(2, l.in_channels, l.size, l.size, device="meta"),
+                                          torch.empty(l.out_channels, l.in_channels, l.kernel, l.kernel, device="meta"),
+                                          l.stride, l.padding)
+        for l in bench.LAYERS if l.net == "alexnet"]
+    assert report["fma_peak_gflops"] > 0
+    assert all(0 < r["ours_fwd_gflops"] for r in run["layers"])
+    printed = capsys.readouterr().out
+    assert "3x3 layers ratio" in printed and "geomean of layer ratios" in printed and "FMA peak" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_algorithm_choice_is_reported():
+    """cpu_conv_algorithm names what the dispatcher runs; forcing a switch changes the answer."""
+    x, w = torch.empty(32, 64, 32, 32, device="meta"), torch.empty(64, 64, 3, 3, device="meta")
+    level = miniplaces_ext.cpu_capabilities()["chosen"]
+    assert miniplaces_ext.cpu_conv_algorithm(x, w, 1, 1) == ("gemm" if level == "portable" else "winograd")
+    assert miniplaces_ext.cpu_conv_algorithm(x, w, 2, 1) == ("gemm" if level == "portable" else "direct")
+    assert miniplaces_ext.cpu_conv_algorithm(x.double(), w.double(), 1, 1) == "gemm"

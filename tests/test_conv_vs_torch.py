@@ -205,3 +205,23 @@ def test_autocast_applies_to_the_raw_ops_and_their_gradients(device, dims):
     # float64 is not lowered, as in torch's policy
     with torch.autocast(device, dtype=dtype):
         assert op(x.double(), w.double(), b.double(), *conf).dtype == torch.float64
+
+
+@pytest.mark.parametrize("column_bytes", ["1", "5000"])
+def test_gemm_path_in_chunks_matches_torch(column_bytes, monkeypatch):
+    """The im2col buffer limit lowered so each chunk holds one image (or a few): forward and all
+    gradients of the chunked GEMM path, grouped, stride 2, with bias, equal torch's."""
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
+    monkeypatch.setenv("MINIPLACES_CPU_COLUMN_BYTES", column_bytes)
+    x = torch.randn(5, 4, 9, 11)
+    w = torch.randn(6, 2, 3, 3) * 0.2
+    b = torch.randn(6)
+    ours, theirs = run_both(2, x, w, b, (2, 1, 1, 2, "zeros"))
+    assert_same(ours, theirs, torch.float32)
+
+
+def test_invalid_column_limit_is_refused(monkeypatch):
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
+    monkeypatch.setenv("MINIPLACES_CPU_COLUMN_BYTES", "lots")
+    with pytest.raises(RuntimeError, match="MINIPLACES_CPU_COLUMN_BYTES=lots is not a positive number"):
+        me.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 2, 2))

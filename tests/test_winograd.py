@@ -119,3 +119,36 @@ def test_forced_winograd_elsewhere_takes_the_default(monkeypatch):
     for w, kwargs in [(torch.randn(16, 8, 3, 3), dict(stride=2, padding=1)), (torch.randn(16, 8, 5, 5), {}),
                       (torch.randn(16, 4, 3, 3), dict(groups=2, padding=1))]:
         assert torch.equal(_run("winograd", monkeypatch, x, w, **kwargs), _run("auto", monkeypatch, x, w, **kwargs))
+
+
+@pytest.mark.parametrize("algo", ["winograd", "direct"])
+def test_inference_weight_cache_follows_the_weight(algo, monkeypatch):
+    """Under inference_mode the packed weight is kept and reused, and an in-place change of the
+    weight (a new version) or a new weight tensor is never answered from a stale entry; training
+    and no_grad calls cache nothing."""
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", algo)
+    me.clear_weight_cache()
+    conv = me.Conv2d(16, 16, 3, padding=1)
+    x = torch.randn(4, 16, 16, 16)
+    conv(x)  # grad mode on: a training step packs afresh every call
+    with torch.no_grad():
+        conv(x)
+    assert me.weight_cache_size() == 0
+    infer = torch.inference_mode()(conv)
+    first = infer(x)
+    assert me.weight_cache_size() == 1
+    assert torch.equal(infer(x), first) and me.weight_cache_size() == 1
+    with torch.no_grad():
+        conv.weight.mul_(-1)  # in place: bumps the version counter
+    torch.testing.assert_close(infer(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
+    conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))  # a new tensor
+    torch.testing.assert_close(infer(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
+    conv.weight.data.zero_()  # through .data: the version counter cannot see it; clearing is documented
+    me.clear_weight_cache()
+    torch.testing.assert_close(infer(x), conv.bias.detach().view(1, -1, 1, 1).expand(4, -1, 16, 16))
+    del conv, infer
+    fresh = me.Conv2d(16, 16, 3, padding=1)
+    with torch.inference_mode():  # the next insert forgets entries of tensors that are gone
+        fresh(x)
+    assert me.weight_cache_size() == 1
+    me.clear_weight_cache()

@@ -12,8 +12,8 @@
 // images so the column buffer stays bounded. Pointwise (1x1, stride 1, no
 // padding) convolutions skip im2col and multiply the input in place.
 //
-// Where cpu_dispatch.cpp chooses the direct (direct_conv_*.cpp) or Winograd
-// (winograd_*.cpp) kernel, it computes the forward pass, and grad_input of
+// Where cpu_dispatch.cpp chooses the direct (direct_conv_kernel.h) or Winograd
+// (winograd_kernel.h) kernel, it computes the forward pass, and grad_input of
 // stride-1 convolutions as the forward convolution of grad_output with the
 // flipped, transposed weight.
 #include "cpu_dispatch.h"
@@ -22,20 +22,32 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 namespace miniplaces_ext::cpu {
 namespace {
 
-// Upper bound on the im2col buffer of one chunk; at least one image is used.
-constexpr int64_t kColumnBufferBytes = int64_t{64} << 20;
+// Upper bound on the im2col buffer of one chunk (at least one image is used):
+// 64 MiB, or MINIPLACES_CPU_COLUMN_BYTES (tests lower it to run many chunks).
+int64_t column_buffer_bytes() {
+  const char* value = std::getenv("MINIPLACES_CPU_COLUMN_BYTES");
+  if (value == nullptr || *value == '\0') {
+    return int64_t{64} << 20;
+  }
+  char* end = nullptr;
+  const long long bytes = std::strtoll(value, &end, 10);
+  TORCH_CHECK(*end == '\0' && bytes > 0, "MINIPLACES_CPU_COLUMN_BYTES=", value, " is not a positive number of bytes");
+  return bytes;
+}
 
 int64_t images_per_chunk(const ConvGeometry& g, int64_t element_size) {
   const int64_t per_image = std::max<int64_t>(1, g.out_pixels() * g.patch_size() * element_size);
-  return std::clamp<int64_t>(kColumnBufferBytes / per_image, 1, std::max<int64_t>(g.batch, 1));
+  return std::clamp<int64_t>(column_buffer_bytes() / per_image, 1, std::max<int64_t>(g.batch, 1));
 }
 
 // Fills col[count * out_pixels, patch_size] with the receptive fields of the
@@ -229,7 +241,9 @@ at::Tensor conv2d_forward(
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
   if (const Algo algo = choose_algo(g, input.scalar_type()); algo != Algo::gemm) {
-    return to_nchw(nhwc_conv2d(algo, nhwc(input), weight, bias, g), conv_output_memory_format(input));
+    // Under torch.inference_mode the packed weight is kept for the next call.
+    return to_nchw(nhwc_conv2d(algo, nhwc(input), weight, bias, g, c10::InferenceMode::is_enabled()),
+                   conv_output_memory_format(input));
   }
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
   if (g.batch > 0) {
@@ -278,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const auto t = transposed_geometry(g);
     const Algo algo = t.has_value() ? choose_algo(*t, input.scalar_type()) : Algo::gemm;
     if (algo != Algo::gemm) {
-      grad_input = to_nchw(nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t),
+      grad_input = to_nchw(nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t, false),
                            conv_output_memory_format(input));
       need_input = false;
     }

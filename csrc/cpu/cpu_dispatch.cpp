@@ -1,6 +1,7 @@
 // CPU feature detection, the MINIPLACES_CPU_ISA / MINIPLACES_CPU_ALGO switches,
 // and the choice of kernel for each call (see cpu_dispatch.h).
 #include "cpu_dispatch.h"
+#include "packed_weights.h"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -42,7 +43,7 @@ int find_name(const char* value, const char* const (&names)[N]) {
 // Fewest 4x4 output tiles for which `auto` picks Winograd (measured: see docs/winograd.md).
 constexpr int64_t kWinogradMinTiles = 32;
 
-// Output channels of one direct-kernel register block (two vector registers).
+// Output channels of one register block (two vector registers) at each level.
 int64_t direct_block(Isa isa) {
   switch (isa) {
     case Isa::avx512:
@@ -124,24 +125,26 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
 }
 
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight) {
   TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.scalar_type() == at::kFloat,
               "NHWC conv kernels: expected a contiguous NHWC float32 input");
   TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
               "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
+  const Isa isa = chosen_isa();
+  const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
   const bool winograd = algo == Algo::winograd;
-  switch (chosen_isa()) {
+  switch (isa) {
 #if defined(__x86_64__)
     case Isa::avx512:
-      return winograd ? winograd_conv2d_nhwc_avx512(x_nhwc, weight, bias, g)
-                      : direct_conv2d_nhwc_avx512(x_nhwc, weight, bias, g);
+      return winograd ? winograd_conv2d_nhwc_avx512(x_nhwc, packed, bias, g)
+                      : direct_conv2d_nhwc_avx512(x_nhwc, packed, bias, g);
     case Isa::avx2:
-      return winograd ? winograd_conv2d_nhwc_avx2(x_nhwc, weight, bias, g)
-                      : direct_conv2d_nhwc_avx2(x_nhwc, weight, bias, g);
+      return winograd ? winograd_conv2d_nhwc_avx2(x_nhwc, packed, bias, g)
+                      : direct_conv2d_nhwc_avx2(x_nhwc, packed, bias, g);
 #endif
     default:
-      return winograd ? winograd_conv2d_nhwc_portable(x_nhwc, weight, bias, g)
-                      : direct_conv2d_nhwc_portable(x_nhwc, weight, bias, g);
+      return winograd ? winograd_conv2d_nhwc_portable(x_nhwc, packed, bias, g)
+                      : direct_conv2d_nhwc_portable(x_nhwc, packed, bias, g);
   }
 }
 
@@ -158,10 +161,36 @@ std::string cpu_capabilities() {
       " algo=" + kAlgoNames[static_cast<int>(chosen_algo())] + " supported=" + supported;
 }
 
+// The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd.
+std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
+  return kAlgoNames[static_cast<int>(choose_algo(g, input.scalar_type()))];
+}
+
+// GFLOP/s of float32 FMAs on all of torch's threads at the chosen ISA level.
+double cpu_fma_peak_gflops() {
+  constexpr int64_t kSteps = int64_t{1} << 24;  // ~0.1 s per thread on a 3 GHz AVX2 core
+  switch (chosen_isa()) {
+#if defined(__x86_64__)
+    case Isa::avx512:
+      return fma_peak_gflops_avx512(kSteps);
+    case Isa::avx2:
+      return fma_peak_gflops_avx2(kSteps);
+#endif
+    default:
+      return fma_peak_gflops_portable(kSteps);
+  }
+}
+
 } // namespace
 
 TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
+  m.def("cpu_fma_peak_gflops() -> float", &cpu_fma_peak_gflops);
   m.def("cpu_capabilities() -> str", &cpu_capabilities);
+  m.def("cpu_conv_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups) -> str",
+        &cpu_conv_algorithm);
 }
 
 } // namespace miniplaces_ext::cpu

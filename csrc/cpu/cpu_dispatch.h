@@ -49,14 +49,16 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype);
 
 // out [N, Ho, Wo, Cout] (NHWC, contiguous) of the convolution of the
 // contiguous NHWC float32 input x [N, H, W, C] with weight [Cout, Cg, kh, kw],
-// computed by `algo` (direct or winograd) at the chosen ISA level.
+// computed by `algo` (direct or winograd) at the chosen ISA level. With
+// `cache_weight` the packed weight is kept for the next call (packed_weights.h).
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight);
 
-// Each algorithm at each level ({direct_conv,winograd}_<level>.cpp). The x86
-// levels exist only in x86-64 builds and must only be called when the CPU has them.
+// Each algorithm at each level (kernels_<level>.cpp), given the weight packed
+// for it (packed_weights.h). The x86 levels exist only in x86-64 builds and
+// must only be called when the CPU has them.
 #define MINIPLACES_DECLARE_NHWC_KERNEL(name)                                                  \
-  at::Tensor name(const at::Tensor& x_nhwc, const at::Tensor& weight,                        \
+  at::Tensor name(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,                 \
                   const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
 MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_portable)
 MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_portable)
@@ -67,5 +69,12 @@ MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_avx512)
 MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_avx512)
 #endif
 #undef MINIPLACES_DECLARE_NHWC_KERNEL
+
+// Measured float32 FMA throughput of all threads at each level (fma_peak.h).
+double fma_peak_gflops_portable(int64_t steps);
+#if defined(__x86_64__)
+double fma_peak_gflops_avx2(int64_t steps);
+double fma_peak_gflops_avx512(int64_t steps);
+#endif
 
 } // namespace miniplaces_ext::cpu

@@ -3,7 +3,7 @@
 // out[n, oh, ow, co] = bias[co] + sum_{i, j, c} x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] * W[co, c, i, j]
 //
 // DirectConv<Vec> is instantiated by one file per ISA level
-// (direct_conv_{portable,avx2,avx512}.cpp), each compiled for its own target,
+// (kernels_{portable,avx2,avx512}.cpp), each compiled for its own target,
 // with the vector traits of vec_<isa>.h. Every function here is a member of a
 // class template over Vec, so the per-ISA instantiations never share a symbol
 // (no ODR mix-up between targets).
@@ -11,8 +11,9 @@
 // Zero padding is never materialised: taps outside the input are skipped.
 // Rows are checked per kernel row; columns only for the few output pixels near
 // the left/right border, which run one at a time, so the blocked interior loop
-// has no bounds checks. The weight is packed per group into blocks of
-// kBlock = 2 * kLanes output channels, [group][block][kh][kw][Cg][kBlock].
+// has no bounds checks. The weight comes packed per group into blocks of
+// kBlock = 2 * kLanes output channels, [group][block][kh][kw][Cg][kBlock]
+// (pack_direct_weight in packed_weights.cpp).
 // One register block (register_block.h) computes R <= kMaxRows consecutive
 // output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
 // Work is split over (group, block, n, oh) rows; each output element is
@@ -115,22 +116,12 @@ struct DirectConv {
     });
   }
 
-  // [Cout, Cg, kh, kw] -> [groups][blocks][kh][kw][Cg][kBlock], zero-filled past Coutg.
-  static at::Tensor pack_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t blocks) {
-    const int64_t coutg = g.out_channels_per_group();
-    const int64_t cg = g.in_channels_per_group();
-    at::Tensor padded = at::zeros({g.groups, blocks * kBlock, cg, g.kernel_h, g.kernel_w}, weight.options());
-    padded.narrow(1, 0, coutg).copy_(weight.view({g.groups, coutg, cg, g.kernel_h, g.kernel_w}));
-    // [g, blocks, kBlock, Cg, kh, kw] -> [g, blocks, kh, kw, Cg, kBlock]
-    return padded.view({g.groups, blocks, kBlock, cg, g.kernel_h, g.kernel_w})
-        .permute({0, 1, 4, 5, 3, 2})
-        .contiguous();
-  }
-
-  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+  // `packed` is pack_direct_weight(weight, g, kBlock).
+  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         const ConvGeometry& g) {
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
-    const at::Tensor w = pack_weight(weight.contiguous(), g, blocks);
+    TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
+    const at::Tensor& w = packed;
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
     if (g.batch > 0) {

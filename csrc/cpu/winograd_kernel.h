@@ -1,5 +1,5 @@
 // Winograd F(4x4, 3x3) float32 convolution in NHWC, written once for every
-// vector ISA (instantiated by winograd_{portable,avx2,avx512}.cpp with the
+// vector ISA (instantiated by kernels_{portable,avx2,avx512}.cpp with the
 // traits of vec_<isa>.h, each compiled for its own target).
 //
 // For 3x3, stride 1, dilation 1, one group. The output is cut into 4x4 tiles;
@@ -15,9 +15,9 @@
 // Blocking: a thread takes kTilesPerBlock tiles at a time; it transforms their
 // input into V (fused zero padding), runs the 36 products with the register
 // block of register_block.h against the pre-transformed weight U (packed
-// [36][blocks][Cin][kBlock], kBlock = 2 * kLanes output channels), and
-// transforms M back into the output (+ bias). V and M stay in the thread's
-// cache; U is transformed once per call, in float64, then rounded.
+// [36][blocks][Cin][kBlock], kBlock = 2 * kLanes output channels, by
+// winograd_transform_weight in packed_weights.cpp), and transforms M back into
+// the output (+ bias). V and M stay in the thread's cache.
 // Each output element is written by one thread: results do not depend on the
 // number of threads.
 //
@@ -39,10 +39,6 @@
 #include <vector>
 
 namespace miniplaces_ext::cpu {
-
-// The transformed weight U[xi][block][Cin][block_width] (xi = 6*row + column of
-// G w G^T, output channels zero-padded to whole blocks), computed in float64.
-at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_width);
 
 template <typename Vec>
 struct WinogradConv {
@@ -228,11 +224,12 @@ struct WinogradConv {
     });
   }
 
-  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+  // `u` is winograd_transform_weight(weight, kBlock).
+  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
                         const ConvGeometry& g) {
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
     const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
-    const at::Tensor u = winograd_transform_weight(weight, kBlock);
+    TORCH_CHECK(u.numel() == kPoints * blocks * kBlock * g.in_channels, "Winograd: transformed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
     if (out.numel() > 0) {

@@ -1,0 +1,48 @@
+// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h) instantiated for
+// AVX-512F, compiled for it by a target pragma (never -march). cpu_dispatch.cpp calls these only
+// on CPUs that have AVX-512F. x86-64 builds only.
+#if defined(__x86_64__)
+
+// Everything outside the target region is included first, so that the pragma applies to the
+// kernels alone (inline library code compiled for AVX could otherwise leak to other callers).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <utility>
+#include <vector>
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+
+#include "cpu_dispatch.h"
+#include "vec_avx512.h"
+#include "direct_conv_kernel.h"
+#include "winograd_kernel.h"
+#include "fma_peak.h"
+
+namespace miniplaces_ext::cpu {
+
+at::Tensor direct_conv2d_nhwc_avx512(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+                                    const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+  return DirectConv<Avx512>::run(x_nhwc, packed_weight, bias, g);
+}
+
+at::Tensor winograd_conv2d_nhwc_avx512(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+                                      const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+  return WinogradConv<Avx512>::run(x_nhwc, packed_weight, bias, g);
+}
+
+double fma_peak_gflops_avx512(int64_t steps) {
+  return FmaPeak<Avx512>::gflops(steps);
+}
+
+} // namespace miniplaces_ext::cpu
+
+#pragma GCC pop_options
+
+#endif // __x86_64__

@@ -1,0 +1,38 @@
+// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h) instantiated for
+// any CPU, with the vector traits of vec_portable.h (GCC/Clang vector extensions: no target-
+// specific code). Everything outside the target region is included first, so that the pragma
+// applies to the kernels alone (inline library code compiled for AVX could otherwise leak to other
+// callers).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "cpu_dispatch.h"
+#include "vec_portable.h"
+#include "direct_conv_kernel.h"
+#include "winograd_kernel.h"
+#include "fma_peak.h"
+
+namespace miniplaces_ext::cpu {
+
+at::Tensor direct_conv2d_nhwc_portable(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+                                      const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+  return DirectConv<Portable>::run(x_nhwc, packed_weight, bias, g);
+}
+
+at::Tensor winograd_conv2d_nhwc_portable(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+                                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
+  return WinogradConv<Portable>::run(x_nhwc, packed_weight, bias, g);
+}
+
+double fma_peak_gflops_portable(int64_t steps) {
+  return FmaPeak<Portable>::gflops(steps);
+}
+
+} // namespace miniplaces_ext::cpu

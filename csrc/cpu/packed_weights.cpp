@@ -1,0 +1,161 @@
+// Weights in the layouts the NHWC kernels read (shared by every ISA level), and
+// the inference cache of them (see packed_weights.h).
+#include "packed_weights.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/intrusive_ptr.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+
+namespace miniplaces_ext::cpu {
+namespace {
+
+// G of F(4, 3) for the interpolation points 0, 1, -1, 2, -2 and infinity.
+constexpr double kG[6][3] = {
+    {1.0 / 4, 0.0, 0.0},
+    {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+    {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6},
+    {1.0 / 24, -1.0 / 12, 1.0 / 6},
+    {0.0, 0.0, 1.0},
+};
+
+} // namespace
+
+at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width) {
+  const int64_t coutg = g.out_channels_per_group();
+  const int64_t cg = g.in_channels_per_group();
+  const int64_t blocks = (coutg + block_width - 1) / block_width;
+  at::Tensor padded = at::zeros({g.groups, blocks * block_width, cg, g.kernel_h, g.kernel_w}, weight.options());
+  padded.narrow(1, 0, coutg).copy_(weight.reshape({g.groups, coutg, cg, g.kernel_h, g.kernel_w}));
+  // [g, blocks, width, Cg, kh, kw] -> [g, blocks, kh, kw, Cg, width]
+  return padded.view({g.groups, blocks, block_width, cg, g.kernel_h, g.kernel_w})
+      .permute({0, 1, 4, 5, 3, 2})
+      .contiguous();
+}
+
+// U = G w G^T per (output, input) channel pair, in float64, rounded once to
+// float32 and written straight into the packed layout.
+at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_width) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.scalar_type() == at::kFloat,
+              "Winograd weight transform: expected a float32 [Cout, Cin, 3, 3] weight, got ",
+              weight.scalar_type(), " ", weight.sizes());
+  const at::Tensor w = weight.contiguous();
+  const int64_t cout = w.size(0), cin = w.size(1);
+  const int64_t blocks = (cout + block_width - 1) / block_width;
+  // [36][blocks][Cin][block_width]; output channels past Cout stay zero.
+  at::Tensor u = cout % block_width == 0 ? at::empty({36, blocks, cin, block_width}, w.options())
+                                         : at::zeros({36, blocks, cin, block_width}, w.options());
+  const float* src = w.const_data_ptr<float>();
+  float* dst = u.mutable_data_ptr<float>();
+  at::parallel_for(0, cout, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co) {
+      const int64_t blk = co / block_width, lane = co % block_width;
+      for (int64_t ci = 0; ci < cin; ++ci) {
+        const float* k = src + (co * cin + ci) * 9;
+        double gk[6][3];  // G k
+        for (int i = 0; i < 6; ++i) {
+          for (int j = 0; j < 3; ++j) {
+            gk[i][j] = kG[i][0] * k[j] + kG[i][1] * k[3 + j] + kG[i][2] * k[6 + j];
+          }
+        }
+        for (int i = 0; i < 6; ++i) {  // (G k) G^T
+          for (int j = 0; j < 6; ++j) {
+            const double v = gk[i][0] * kG[j][0] + gk[i][1] * kG[j][1] + gk[i][2] * kG[j][2];
+            dst[(((i * 6 + j) * blocks + blk) * cin + ci) * block_width + lane] = static_cast<float>(v);
+          }
+        }
+      }
+    }
+  });
+  return u;
+}
+
+} // namespace miniplaces_ext::cpu
+
+namespace miniplaces_ext::cpu {
+namespace {
+
+// One cached layout of one weight tensor. The tensor is held weakly: the entry
+// is dropped once the tensor is gone, and never matches a new tensor that
+// happens to reuse its address.
+struct CacheEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> tensor;
+  int64_t version;
+  const void* data;
+  at::Tensor packed;
+};
+
+class WeightCache {
+ public:
+  at::Tensor get(const at::Tensor& weight, int64_t layout, const std::function<at::Tensor()>& pack) {
+    const Key key{weight.unsafeGetTensorImpl(), layout};
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = entries_.find(key);
+      if (it != entries_.end() && !it->second.tensor.expired() && it->second.version == weight._version() &&
+          it->second.data == weight.const_data_ptr()) {
+        return it->second.packed;
+      }
+    }
+    at::Tensor packed = pack();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end();) {  // forget tensors that are gone
+      it = it->second.tensor.expired() ? entries_.erase(it) : std::next(it);
+    }
+    entries_.insert_or_assign(key, CacheEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+                                                  weight.getIntrusivePtr()),
+                                              weight._version(), weight.const_data_ptr(), packed});
+    return packed;
+  }
+
+  int64_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<int64_t>(entries_.size());
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.clear();
+  }
+
+ private:
+  using Key = std::pair<const c10::TensorImpl*, int64_t>;
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return std::hash<const void*>()(k.first) * 31 + std::hash<int64_t>()(k.second); }
+  };
+  std::mutex mutex_;
+  std::unordered_map<Key, CacheEntry, KeyHash> entries_;
+};
+
+WeightCache& weight_cache() {
+  static WeightCache cache;
+  return cache;
+}
+
+} // namespace
+
+at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
+                         bool cacheable) {
+  const auto pack = [&] {
+    return algo == Algo::winograd ? winograd_transform_weight(weight, block_width)
+                                  : pack_direct_weight(weight, g, block_width);
+  };
+  if (!cacheable) {
+    return pack();
+  }
+  // A layout is the algorithm, the block width and the number of groups.
+  const int64_t layout = (static_cast<int64_t>(algo) << 48) | (block_width << 32) | g.groups;
+  return weight_cache().get(weight, layout, pack);
+}
+
+TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
+  m.def("weight_cache_size() -> int", [] { return weight_cache().size(); });
+  m.def("clear_weight_cache() -> ()", [] { weight_cache().clear(); });
+}
+
+} // namespace miniplaces_ext::cpu

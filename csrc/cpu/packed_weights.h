@@ -1,0 +1,34 @@
+// Weights in the layouts the NHWC kernels read, and a cache of them for inference.
+//
+// Packing costs a pass over the weight per call (Winograd's transform: 36
+// values per 9, in float64). Under torch.inference_mode the result is kept,
+// keyed by the weight tensor and its layout, and reused while the tensor is
+// alive, its version counter (bumped by every in-place op on it) is unchanged
+// and its data pointer is the same. (Inside the op, a training forward and a
+// no_grad call look alike, so neither is cached.) In-place changes through
+// `.data` bypass the version counter: call miniplaces_ext.clear_weight_cache().
+#pragma once
+
+#include "cpu_dispatch.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+
+namespace miniplaces_ext::cpu {
+
+// [Cout, Cg, kh, kw] -> [groups][blocks][kh][kw][Cg][block_width] for the
+// direct kernel, output channels zero-filled past Cout/groups.
+at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width);
+
+// The Winograd F(4x4, 3x3) weight U[xi][block][Cin][block_width] (xi = 6*row +
+// column of G w G^T, output channels zero-padded to whole blocks), in float64
+// then rounded to float32.
+at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_width);
+
+// The weight packed for `algo` (direct or winograd) with `block_width` output
+// channels per block; from the cache when `cacheable` and packed before.
+at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
+                         bool cacheable);
+
+} // namespace miniplaces_ext::cpu
