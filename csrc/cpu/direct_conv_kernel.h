@@ -16,8 +16,9 @@
 // (pack_direct_weight in packed_weights.cpp).
 // One register block (register_block.h) computes R <= kMaxRows consecutive
 // output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
-// Work is split over (group, block, n, oh) rows; each output element is
-// written by one thread, so results do not depend on the thread count.
+// Work is split over (group, block, n, oh) rows, ordered so that the smaller
+// operand stays in cache; each output element is written by one thread, so
+// results do not depend on the thread count.
 //
 // Include this header only after <ATen/ATen.h>, <ATen/Parallel.h>, <algorithm>
 // and the vector traits, so that a target pragma around it applies to this code alone.
@@ -39,6 +40,8 @@ template <typename Vec>
 struct DirectConv {
   static constexpr int64_t kBlock = 2 * Vec::kLanes;
   static constexpr int kMaxRows = Vec::kMaxRows;
+  // A group's packed weight up to this size is kept in cache across output rows.
+  static constexpr int64_t kWeightInCacheBytes = int64_t{2} << 20;
 
   struct Args {
     const float* x;       // input [N, H, W, C]
@@ -97,11 +100,24 @@ struct DirectConv {
     const int64_t last_ok = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;  // ow * sw must not exceed this
     const int64_t hi = std::max(lo, std::min(g.out_w, last_ok < 0 ? int64_t{0} : last_ok / g.stride_w + 1));
     const int64_t rows = g.groups * a.blocks * g.batch * g.out_h;
+    // Which operand stays in cache: with a small weight (a group's packed weight
+    // within kWeightInCacheBytes) the blocks of one output row run back to back,
+    // so the input rows are read once and the weight stays; otherwise each block
+    // sweeps all rows, so its weight panel stays and the input is re-read.
+    const int64_t group_weight_bytes = a.blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(float));
+    const bool blocks_inner = group_weight_bytes <= kWeightInCacheBytes;
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t oh = t % g.out_h;
-        const int64_t n = (t / g.out_h) % g.batch;
-        const int64_t blk = (t / (g.out_h * g.batch)) % a.blocks;
+        int64_t blk, oh, n;
+        if (blocks_inner) {
+          blk = t % a.blocks;
+          oh = (t / a.blocks) % g.out_h;
+          n = (t / (a.blocks * g.out_h)) % g.batch;
+        } else {
+          oh = t % g.out_h;
+          n = (t / g.out_h) % g.batch;
+          blk = (t / (g.out_h * g.batch)) % a.blocks;
+        }
         const int64_t grp = t / (g.out_h * g.batch * a.blocks);
         for (int64_t ow = 0; ow < lo; ++ow) {
           micro_kernel<1, true>(a, grp, blk, n, oh, ow);
