@@ -1,6 +1,7 @@
 """Shared test helpers: devices, seeded tensors, the real-data location."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -10,13 +11,6 @@ import torch
 
 import miniplaces_ext
 from miniplaces_ext import models
-
-# torch 2.14.1's oneDNN (mkldnn) conv path corrupts its primitive cache on this
-# machine: a process that ran some of its channels_last/strided convs dies with
-# SIGSEGV in dnnl's primitive_cache_t destructor at exit (reproduced without
-# importing miniplaces_ext). The tests only need torch as a reference, so they
-# use its native conv kernels; the benchmark still measures oneDNN.
-torch.backends.mkldnn.enabled = False
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +61,41 @@ def use_cpu_kernel(monkeypatch, cpu_kernel: tuple[str, str]) -> None:
     if isa:
         monkeypatch.setenv("MINIPLACES_CPU_ISA", isa)
     monkeypatch.setenv("MINIPLACES_CPU_ALGO", algo)
+
+
+def onednn_defect_applies(x: torch.Tensor, w: torch.Tensor, stride, padding) -> bool:
+    """True for the convolutions whose weight gradient torch 2.14.1's oneDNN (v3.12) computes
+    wrongly on x86 CPUs: a 1x1 kernel with stride > 1 or padding (oneDNN's "reduce to unit
+    stride" path), a channels_last float32 input and fewer input channels than a oneDNN block
+    (uxlfoundation/oneDNN#6035: it writes past its workspace, so grad_weight is garbage, the
+    call can hang, and a later primitive-cache destructor can SIGSEGV at exit). Reproduced
+    here: every grad_weight element wrong against float64, torch's native path right."""
+    def positive(v) -> bool:
+        return not isinstance(v, str) and any(int(p) > 0 for p in ((v,) if isinstance(v, int) else v))
+
+    strided = any(int(s) > 1 for s in ((stride,) if isinstance(stride, int) else stride))
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and w.dim() == 4
+            and tuple(w.shape[2:]) == (1, 1) and (strided or positive(padding)) and w.shape[1] < 16
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def torch_reference(x: torch.Tensor, w: torch.Tensor, stride, padding):
+    """Context for computing torch's reference (forward and backward) for this convolution:
+    oneDNN, torch's default CPU path, except where onednn_defect_applies, which takes torch's
+    native kernel."""
+    if onednn_defect_applies(x, w, stride, padding):
+        return _onednn_off()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 def pytest_configure(config):

@@ -1,12 +1,14 @@
 """Outputs and all three gradients equal torch.nn.functional's (float32 tight, float64)."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import DEVICE_KERNELS, DEVICES, use_cpu_kernel
+from conftest import DEVICE_KERNELS, DEVICES, onednn_defect_applies, torch_reference, use_cpu_kernel
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 # Winograd's float32 error is ~2e-5 x max|output| (docs/winograd.md; held to that bound in
@@ -14,7 +16,7 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10
 WINOGRAD_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: TOL[torch.float64]}
 
 
-def torch_conv(dims, x, w, b, stride, padding, dilation, groups, mode):
+def torch_conv_mode(dims, x, w, b, stride, padding, dilation, groups, mode):
     """The reference: torch's own nn.ConvNd semantics for padding modes."""
     conv = F.conv2d if dims == 2 else F.conv1d
     if mode == "zeros":
@@ -27,11 +29,13 @@ def torch_conv(dims, x, w, b, stride, padding, dilation, groups, mode):
 def run_both(dims, x, w, b, conf):
     """Forward + backward through ours and torch's; returns both (out, dx, dw, db) tuples."""
     results = []
-    for fn in (lambda *a: (me.conv2d if dims == 2 else me.conv1d)(*a), lambda *a: torch_conv(dims, *a)):
+    for fn, context in ((lambda *a: (me.conv2d if dims == 2 else me.conv1d)(*a), contextlib.nullcontext()),
+                        (lambda *a: torch_conv_mode(dims, *a), torch_reference(x, w, conf[0], conf[1]))):
         leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
-        out = fn(*leaves, *conf)
-        grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
-        out.backward(grad)
+        with context:
+            out = fn(*leaves, *conf)
+            grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+            out.backward(grad)
         results.append((out.detach(), *[t.grad if t is not None else None for t in leaves]))
     return results
 
@@ -225,3 +229,16 @@ def test_invalid_column_limit_is_refused(monkeypatch):
     monkeypatch.setenv("MINIPLACES_CPU_COLUMN_BYTES", "lots")
     with pytest.raises(RuntimeError, match="MINIPLACES_CPU_COLUMN_BYTES=lots is not a positive number"):
         me.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 2, 2))
+
+
+def test_reference_leaves_onednn_only_where_it_is_wrong():
+    """The references run on torch's default CPU path (oneDNN) everywhere except the
+    configuration of uxlfoundation/oneDNN#6035 (conftest.onednn_defect_applies)."""
+    assert torch.backends.mkldnn.enabled
+    cl = torch.randn(3, 4, 20, 20).contiguous(memory_format=torch.channels_last)
+    assert onednn_defect_applies(cl, torch.randn(16, 4, 1, 1), 2, 0)
+    assert not onednn_defect_applies(cl.contiguous(), torch.randn(16, 4, 1, 1), 2, 0)  # NCHW input
+    assert not onednn_defect_applies(cl, torch.randn(16, 4, 1, 1), 1, 0)  # unit stride, no padding
+    assert not onednn_defect_applies(cl, torch.randn(16, 4, 3, 3), 2, 1)  # not 1x1
+    wide = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    assert not onednn_defect_applies(wide, torch.randn(128, 64, 1, 1), 2, 0)  # ResNet's downsample

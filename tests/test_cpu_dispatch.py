@@ -86,3 +86,26 @@ def test_direct_kernel_tails(isa, out_channels, width, monkeypatch):
     b = torch.randn(out_channels, generator=gen)
     ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
     torch.testing.assert_close(me.conv2d(x, w, b, padding=1).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_one_openmp_runtime_and_torch_threads():
+    """Our parallel loops are at::parallel_for, i.e. torch's pool: the process holds one OpenMP
+    runtime (torch's), and our direct and Winograd kernels give the same bits with 1 thread as
+    with several (each output element is computed by one thread)."""
+    x, w = torch.randn(8, 32, 20, 20), torch.randn(48, 32, 3, 3)
+    me.conv2d(x, w)
+    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                if "libgomp" in line or "libiomp" in line or "libomp" in line}
+    assert len(runtimes) <= 1, runtimes
+    threads = torch.get_num_threads()
+    for algo in ("winograd", "direct"):
+        os.environ["MINIPLACES_CPU_ALGO"] = algo
+        try:
+            torch.set_num_threads(max(2, threads))
+            many = me.conv2d(x, w, padding=1)
+            torch.set_num_threads(1)
+            one = me.conv2d(x, w, padding=1)
+        finally:
+            torch.set_num_threads(threads)
+            del os.environ["MINIPLACES_CPU_ALGO"]
+        assert torch.equal(one, many), algo

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import miniplaces_ext as me
+from conftest import torch_reference
 
 EXAMPLES = int(os.environ.get("MINIPLACES_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("MINIPLACES_FUZZ_RANDOM") is None,
@@ -91,7 +92,8 @@ def check(cfg, dims):
     x, w, b = _make(cfg, dims)
     ours_fn = me.conv2d if dims == 2 else me.conv1d
     try:
-        theirs = _run(lambda *a: reference(dims, *a), x, w, b, cfg)
+        with torch_reference(x, w, cfg["stride"], cfg["padding"]):
+            theirs = _run(lambda *a: reference(dims, *a), x, w, b, cfg)
     except (RuntimeError, ValueError) as exc:
         with pytest.raises((RuntimeError, ValueError)) as info:
             _run(ours_fn, x, w, b, cfg)
