@@ -90,8 +90,9 @@ def test_direct_kernel_tails(isa, out_channels, width, monkeypatch):
 
 def test_one_openmp_runtime_and_torch_threads():
     """Our parallel loops are at::parallel_for, i.e. torch's pool: the process holds one OpenMP
-    runtime (torch's), and our direct and Winograd kernels give the same bits with 1 thread as
-    with several (each output element is computed by one thread)."""
+    runtime (torch's), and our direct and Winograd kernels and the bias gradient give the same
+    bits with 1 thread as with several (each output element is computed by one thread; the bias
+    gradient's row chunks are fixed)."""
     x, w = torch.randn(8, 32, 20, 20), torch.randn(48, 32, 3, 3)
     me.conv2d(x, w)
     runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
@@ -109,3 +110,12 @@ def test_one_openmp_runtime_and_torch_threads():
             torch.set_num_threads(threads)
             del os.environ["MINIPLACES_CPU_ALGO"]
         assert torch.equal(one, many), algo
+    dy = torch.randn(4, 48, 40, 40)  # the bias gradient: 6,400 rows in fixed chunks, 3 column blocks
+    grad_bias = []
+    for n in (max(2, threads), 1):
+        torch.set_num_threads(n)
+        grad_bias.append(torch.ops.miniplaces_ext.conv2d_backward(
+            dy, torch.randn(4, 32, 42, 42), w, [1, 1], [0, 0], [1, 1], 1, [False, False, True])[2])
+    torch.set_num_threads(threads)
+    assert torch.equal(*grad_bias)
+    torch.testing.assert_close(grad_bias[0].double(), dy.double().sum((0, 2, 3)), rtol=1e-5, atol=1e-3)

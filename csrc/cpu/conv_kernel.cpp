@@ -122,25 +122,39 @@ void col2im(const scalar_t* dcol, scalar_t* dx, const ConvGeometry& g, int64_t n
 }
 
 // out[c] = sum over rows of m[rows, cols] (the bias gradient), accumulated in
-// the op-math type, each column summed by one thread in a fixed order.
+// the op-math type. Work is split over (row chunk, column block) so every
+// thread has some even when there are few columns; chunk partial sums are then
+// added in chunk order. The chunking is fixed, so results do not depend on the
+// number of threads.
 template <typename scalar_t>
 void column_sums(const scalar_t* m, scalar_t* out, int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kBlock = 16;
-  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t c0 = b * kBlock;
+  constexpr int64_t kRowChunk = 2048;
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+  const int64_t chunks = std::max<int64_t>(1, (rows + kRowChunk - 1) / kRowChunk);
+  std::vector<acc_t> partial(chunks * cols);
+  at::parallel_for(0, chunks * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task / blocks, c0 = (task % blocks) * kBlock;
       const int64_t width = std::min(kBlock, cols - c0);
       acc_t acc[kBlock] = {};
-      for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t r = chunk * kRowChunk; r < std::min(rows, (chunk + 1) * kRowChunk); ++r) {
         const scalar_t* row = m + r * cols + c0;
         for (int64_t c = 0; c < width; ++c) {
           acc[c] += static_cast<acc_t>(row[c]);
         }
       }
-      for (int64_t c = 0; c < width; ++c) {
-        out[c0 + c] = static_cast<scalar_t>(acc[c]);
+      std::copy_n(acc, width, partial.begin() + chunk * cols + c0);
+    }
+  });
+  at::parallel_for(0, cols, kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      acc_t sum = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        sum += partial[chunk * cols + c];
       }
+      out[c] = static_cast<scalar_t>(sum);
     }
   });
 }
