@@ -100,7 +100,7 @@ def _run(algo: str, monkeypatch, *args, **kwargs) -> torch.Tensor:
 def test_auto_takes_winograd_where_it_pays(monkeypatch):
     """auto = Winograd bit for bit on a ResNet layer with many tiles (and not the direct kernel's
     bits); with few tiles, or for stride 2, auto is the direct kernel bit for bit."""
-    if SUPPORTED[-1] == "portable":
+    if me.cpu_capabilities()["chosen"] == "portable":
         pytest.skip("at the portable level auto takes im2col + GEMM")
     x, w = torch.randn(8, 64, 32, 32), torch.randn(64, 64, 3, 3)
     auto = _run("auto", monkeypatch, x, w, padding=1)
