@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from torch.nn.modules.utils import _pair
 
 REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps -e ."
 
@@ -67,10 +68,7 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
     """The algorithm our CPU forward pass runs for this 2-D convolution: ``"winograd"``,
     ``"direct"`` or ``"gemm"`` (im2col + GEMM), as chosen by ``MINIPLACES_CPU_ALGO`` and the
     ISA level. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
-    def pair(v: int | tuple[int, int]) -> list[int]:
-        return [v, v] if isinstance(v, int) else list(v)
-
-    return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, pair(stride), pair(padding), pair(dilation),
+    return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),
                                                        groups)
 
 

@@ -216,12 +216,10 @@ def format_table(rows: list[dict], totals: list[dict], peak_gflops: float | None
 
 def plot(runs: list[dict], path: str, title: str) -> None:
     """A horizontal bar chart of ours/torch time per layer (forward and forward+backward)."""
-    from miniplaces_ext.cli import new_figure, save_figure
-
     rows = [(run["batch"], r) for run in runs for r in run["layers"]]
     labels = [f"{r['net']} {r['name']} [{r.get('algo', '')}]" + (f" b{b}" if len(runs) > 1 else "")
               for b, r in rows]
-    fig = new_figure(figsize=(9, 0.32 * len(rows) + 1.6), layout="constrained")
+    fig = cli.new_figure(figsize=(9, 0.32 * len(rows) + 1.6), layout="constrained")
     ax = fig.add_subplot()
     ys = range(len(rows))
     ax.barh([y - 0.2 for y in ys], [r["fwd_ratio"] for _, r in rows], height=0.4, label="forward")
@@ -232,7 +230,7 @@ def plot(runs: list[dict], path: str, title: str) -> None:
     ax.set_xlabel("time ours / torch (< 1: ours faster)")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, path)
+    cli.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

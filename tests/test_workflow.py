@@ -7,7 +7,7 @@ import torch
 
 from miniplaces_ext import data, evaluate, models, predict
 from miniplaces_ext import nn as ext_nn
-from conftest import PROVIDED_WEIGHTS as PROVIDED, REPO, miniplaces_root, requires_data
+from conftest import PROVIDED_WEIGHTS, REPO, miniplaces_root, requires_data, requires_weights
 
 
 @requires_data
@@ -68,9 +68,9 @@ def test_missing_weights_explains(tmp_path, monkeypatch):
 
 
 @requires_data
-@pytest.mark.skipif(not PROVIDED.exists(), reason="provided ResNet-18 weights not found")
+@requires_weights
 def test_provided_resnet_custom_equals_native_on_real_images():
-    model = models.load_checkpoint("resnet18", PROVIDED)
+    model = models.load_checkpoint("resnet18", PROVIDED_WEIGHTS)
     images = torch.stack([data.MiniplacesDataset(miniplaces_root(), "val")[i].image for i in range(16)])
     with torch.no_grad():
         native = model(images)

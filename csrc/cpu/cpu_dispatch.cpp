@@ -56,6 +56,20 @@ int64_t direct_block(Isa isa) {
   return 8;
 }
 
+// The kernels of a level this CPU has.
+const IsaKernels& kernels(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::avx512:
+      return avx512_kernels();
+    case Isa::avx2:
+      return avx2_kernels();
+#endif
+    default:
+      return portable_kernels();
+  }
+}
+
 } // namespace
 
 const char* isa_name(Isa isa) {
@@ -132,20 +146,8 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& we
               "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
   const Isa isa = chosen_isa();
   const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
-  const bool winograd = algo == Algo::winograd;
-  switch (isa) {
-#if defined(__x86_64__)
-    case Isa::avx512:
-      return winograd ? winograd_conv2d_nhwc_avx512(x_nhwc, packed, bias, g)
-                      : direct_conv2d_nhwc_avx512(x_nhwc, packed, bias, g);
-    case Isa::avx2:
-      return winograd ? winograd_conv2d_nhwc_avx2(x_nhwc, packed, bias, g)
-                      : direct_conv2d_nhwc_avx2(x_nhwc, packed, bias, g);
-#endif
-    default:
-      return winograd ? winograd_conv2d_nhwc_portable(x_nhwc, packed, bias, g)
-                      : direct_conv2d_nhwc_portable(x_nhwc, packed, bias, g);
-  }
+  const IsaKernels& k = kernels(isa);
+  return (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g);
 }
 
 namespace {
@@ -171,16 +173,7 @@ std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight
 // GFLOP/s of float32 FMAs on all of torch's threads at the chosen ISA level.
 double cpu_fma_peak_gflops() {
   constexpr int64_t kSteps = int64_t{1} << 24;  // ~0.1 s per thread on a 3 GHz AVX2 core
-  switch (chosen_isa()) {
-#if defined(__x86_64__)
-    case Isa::avx512:
-      return fma_peak_gflops_avx512(kSteps);
-    case Isa::avx2:
-      return fma_peak_gflops_avx2(kSteps);
-#endif
-    default:
-      return fma_peak_gflops_portable(kSteps);
-  }
+  return kernels(chosen_isa()).fma_peak_gflops(kSteps);
 }
 
 } // namespace

@@ -54,27 +54,22 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype);
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight);
 
-// Each algorithm at each level (kernels_<level>.cpp), given the weight packed
-// for it (packed_weights.h). The x86 levels exist only in x86-64 builds and
-// must only be called when the CPU has them.
-#define MINIPLACES_DECLARE_NHWC_KERNEL(name)                                                  \
-  at::Tensor name(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,                 \
-                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
-MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_portable)
-MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_portable)
-#if defined(__x86_64__)
-MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_avx2)
-MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_avx2)
-MINIPLACES_DECLARE_NHWC_KERNEL(direct_conv2d_nhwc_avx512)
-MINIPLACES_DECLARE_NHWC_KERNEL(winograd_conv2d_nhwc_avx512)
-#endif
-#undef MINIPLACES_DECLARE_NHWC_KERNEL
+// The kernels of one ISA level (kernels_<level>.cpp), taking the weight packed
+// for them (packed_weights.h). The x86 levels exist only in x86-64 builds and
+// must only be used when the CPU has them.
+struct IsaKernels {
+  using NhwcConv = at::Tensor (*)(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+                                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+  NhwcConv direct;
+  NhwcConv winograd;
+  // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).
+  double (*fma_peak_gflops)(int64_t steps);
+};
 
-// Measured float32 FMA throughput of all threads at each level (fma_peak.h).
-double fma_peak_gflops_portable(int64_t steps);
+const IsaKernels& portable_kernels();
 #if defined(__x86_64__)
-double fma_peak_gflops_avx2(int64_t steps);
-double fma_peak_gflops_avx512(int64_t steps);
+const IsaKernels& avx2_kernels();
+const IsaKernels& avx512_kernels();
 #endif
 
 } // namespace miniplaces_ext::cpu

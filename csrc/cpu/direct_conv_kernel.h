@@ -137,11 +137,10 @@ struct DirectConv {
                         const ConvGeometry& g) {
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
     TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
-    const at::Tensor& w = packed;
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
     if (g.batch > 0) {
-      rows(Args{x_nhwc.const_data_ptr<float>(), w.const_data_ptr<float>(),
+      rows(Args{x_nhwc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
                 b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g, blocks});
     }
     return out;

@@ -27,18 +27,9 @@
 
 namespace miniplaces_ext::cpu {
 
-at::Tensor direct_conv2d_nhwc_avx2(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
-  return DirectConv<Avx2>::run(x_nhwc, packed_weight, bias, g);
-}
-
-at::Tensor winograd_conv2d_nhwc_avx2(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                    const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
-  return WinogradConv<Avx2>::run(x_nhwc, packed_weight, bias, g);
-}
-
-double fma_peak_gflops_avx2(int64_t steps) {
-  return FmaPeak<Avx2>::gflops(steps);
+const IsaKernels& avx2_kernels() {
+  static constexpr IsaKernels kKernels{&DirectConv<Avx2>::run, &WinogradConv<Avx2>::run, &FmaPeak<Avx2>::gflops};
+  return kKernels;
 }
 
 } // namespace miniplaces_ext::cpu

@@ -27,18 +27,9 @@
 
 namespace miniplaces_ext::cpu {
 
-at::Tensor direct_conv2d_nhwc_avx512(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                    const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
-  return DirectConv<Avx512>::run(x_nhwc, packed_weight, bias, g);
-}
-
-at::Tensor winograd_conv2d_nhwc_avx512(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                      const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
-  return WinogradConv<Avx512>::run(x_nhwc, packed_weight, bias, g);
-}
-
-double fma_peak_gflops_avx512(int64_t steps) {
-  return FmaPeak<Avx512>::gflops(steps);
+const IsaKernels& avx512_kernels() {
+  static constexpr IsaKernels kKernels{&DirectConv<Avx512>::run, &WinogradConv<Avx512>::run, &FmaPeak<Avx512>::gflops};
+  return kKernels;
 }
 
 } // namespace miniplaces_ext::cpu

@@ -21,18 +21,9 @@
 
 namespace miniplaces_ext::cpu {
 
-at::Tensor direct_conv2d_nhwc_portable(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                      const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
-  return DirectConv<Portable>::run(x_nhwc, packed_weight, bias, g);
-}
-
-at::Tensor winograd_conv2d_nhwc_portable(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g) {
-  return WinogradConv<Portable>::run(x_nhwc, packed_weight, bias, g);
-}
-
-double fma_peak_gflops_portable(int64_t steps) {
-  return FmaPeak<Portable>::gflops(steps);
+const IsaKernels& portable_kernels() {
+  static constexpr IsaKernels kKernels{&DirectConv<Portable>::run, &WinogradConv<Portable>::run, &FmaPeak<Portable>::gflops};
+  return kKernels;
 }
 
 } // namespace miniplaces_ext::cpu

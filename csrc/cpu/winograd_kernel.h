@@ -62,6 +62,11 @@ struct WinogradConv {
     int64_t tiles_h, tiles_w;
   };
 
+  // (image, tile row, tile column) of tile number `tile`.
+  static std::array<int64_t, 3> tile_position(const Args& a, int64_t tile) {
+    return {tile / (a.tiles_w * a.tiles_h), (tile / a.tiles_w) % a.tiles_h, tile % a.tiles_w};
+  }
+
   // r = B^T d for one column of six vectors.
   static void input_1d(const Reg d[kIn], Reg r[kIn]) {
     const Reg four = Vec::broadcast(4.f), two = Vec::broadcast(2.f);
@@ -90,9 +95,7 @@ struct WinogradConv {
   // Writes B^T d B of tile `tile`, channels [c0, c0 + lanes), to v[xi * v_stride].
   static void transform_input(const Args& a, int64_t tile, int64_t c0, int lanes, float* v, int64_t v_stride) {
     const ConvGeometry& g = a.g;
-    const int64_t tw = tile % a.tiles_w;
-    const int64_t th = (tile / a.tiles_w) % a.tiles_h;
-    const int64_t n = tile / (a.tiles_w * a.tiles_h);
+    const auto [n, th, tw] = tile_position(a, tile);
     const int64_t ih0 = th * kOut - g.pad_h, iw0 = tw * kOut - g.pad_w;
     Reg d[kIn][kIn];
     for (int i = 0; i < kIn; ++i) {
@@ -137,9 +140,7 @@ struct WinogradConv {
   static void transform_output(const Args& a, int64_t tile, int64_t c0, int lanes, const float* m,
                                int64_t m_stride) {
     const ConvGeometry& g = a.g;
-    const int64_t tw = tile % a.tiles_w;
-    const int64_t th = (tile / a.tiles_w) % a.tiles_h;
-    const int64_t n = tile / (a.tiles_w * a.tiles_h);
+    const auto [n, th, tw] = tile_position(a, tile);
     Reg t[kOut][kIn];
     for (int j = 0; j < kIn; ++j) {  // t = A^T m, column by column
       Reg column[kIn], y[kOut];
