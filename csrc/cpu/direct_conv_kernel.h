@@ -8,10 +8,12 @@
 // class template over Vec, so the per-ISA instantiations never share a symbol
 // (no ODR mix-up between targets).
 //
-// Zero padding is never materialised: taps outside the input are skipped.
-// Rows are checked per kernel row; columns only for the few output pixels near
-// the left/right border, which run one at a time, so the blocked interior loop
-// has no bounds checks. The weight comes packed per group into blocks of
+// Zero padding is never materialised: taps outside the input are skipped
+// when a whole kernel row is outside; within a row, a pixel block whose tap
+// falls partly left or right of the input reads those pixels from a row of
+// zeros (one pointer per pixel), so border pixels share the register block
+// and the interior blocks have no bounds checks. The weight comes packed per
+// group into blocks of
 // kBlock = 2 * kLanes output channels, [group][block][kh][kw][Cg][kBlock]
 // (pack_direct_weight in packed_weights.cpp).
 // One register block (register_block.h) computes R <= kMaxRows consecutive
@@ -47,16 +49,16 @@ struct DirectConv {
     const float* x;       // input [N, H, W, C]
     const float* weight;  // packed [groups][blocks][kh][kw][Cg][kBlock]
     const float* bias;    // [Cout] or nullptr
+    const float* zeros;   // Cg zeros: what a pixel left or right of the input reads
     float* out;           // [N, Ho, Wo, Cout]
     const ConvGeometry& g;
     int64_t blocks;       // register blocks per group
   };
 
-  // R output pixels starting at ow0. With kCheckColumns (R == 1 only) taps
-  // left or right of the input are skipped; otherwise all columns must be inside.
+  // R output pixels starting at ow0. With kCheckColumns, taps left or right of
+  // the input read zeros; otherwise all columns must be inside.
   template <int R, bool kCheckColumns>
   static void micro_kernel(const Args& a, int64_t grp, int64_t blk, int64_t n, int64_t oh, int64_t ow0) {
-    static_assert(R == 1 || !kCheckColumns, "column checks are for single pixels");
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels_per_group();
     RegisterBlock<Vec, R> acc;
@@ -67,13 +69,25 @@ struct DirectConv {
       if (ih < 0 || ih >= g.in_h) {
         continue;
       }
+      const float* xrow = a.x + (n * g.in_h + ih) * g.in_w * g.in_channels + grp * cg;
       for (int64_t j = 0; j < g.kernel_w; ++j) {
-        const int64_t iw = ow0 * g.stride_w - g.pad_w + j * g.dilation_w;
-        if (kCheckColumns && (iw < 0 || iw >= g.in_w)) {
+        const int64_t iw0 = ow0 * g.stride_w - g.pad_w + j * g.dilation_w;  // input column of the first pixel
+        const float* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
+        if (!kCheckColumns || (iw0 >= 0 && iw0 + (R - 1) * g.stride_w < g.in_w)) {
+          acc.accumulate(xrow + iw0 * g.in_channels, pixel_step, wtap, cg);
           continue;
         }
-        const float* xrow = a.x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_channels + grp * cg;
-        acc.accumulate(xrow, pixel_step, wblock + (i * g.kernel_w + j) * cg * kBlock, cg);
+        const float* pixels[R];
+        bool any_inside = false;
+        for (int r = 0; r < R; ++r) {
+          const int64_t iw = iw0 + r * g.stride_w;
+          const bool inside = iw >= 0 && iw < g.in_w;
+          pixels[r] = inside ? xrow + iw * g.in_channels : a.zeros;
+          any_inside = any_inside || inside;
+        }
+        if (any_inside) {
+          acc.accumulate(pixels, wtap, cg);
+        }
       }
     }
     const int64_t co0 = blk * kBlock;  // first output channel of the block within the group
@@ -84,21 +98,26 @@ struct DirectConv {
   }
 
   using PixelKernel = void (*)(const Args&, int64_t, int64_t, int64_t, int64_t, int64_t);
+  using KernelTable = std::array<PixelKernel, kMaxRows + 1>;
 
-  // Interior micro-kernels for every pixel count 1..kMaxRows (index 0 unused),
-  // so the tail of a run needs no masking.
-  template <size_t... R>
-  static constexpr std::array<PixelKernel, sizeof...(R) + 1> interior_table(std::index_sequence<R...>) {
-    return {nullptr, &micro_kernel<static_cast<int>(R) + 1, false>...};
+  // Micro-kernels for every pixel count 1..kMaxRows (index 0 unused), so the
+  // tail of a run needs no masking.
+  template <bool kCheckColumns, size_t... R>
+  static constexpr KernelTable kernel_table(std::index_sequence<R...>) {
+    return {nullptr, &micro_kernel<static_cast<int>(R) + 1, kCheckColumns>...};
   }
 
   static void rows(const Args& a) {
-    static constexpr auto kInterior = interior_table(std::make_index_sequence<kMaxRows>{});
+    static constexpr KernelTable kInterior = kernel_table<false>(std::make_index_sequence<kMaxRows>{});
+    static constexpr KernelTable kBorder = kernel_table<true>(std::make_index_sequence<kMaxRows>{});
     const ConvGeometry& g = a.g;
     // Output columns [lo, hi) read only input columns inside [0, W) for every tap.
     const int64_t lo = std::min(g.out_w, (g.pad_w + g.stride_w - 1) / g.stride_w);
     const int64_t last_ok = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;  // ow * sw must not exceed this
     const int64_t hi = std::max(lo, std::min(g.out_w, last_ok < 0 ? int64_t{0} : last_ok / g.stride_w + 1));
+    // A row of output pixels in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5).
+    const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
+    const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
     const int64_t rows = g.groups * a.blocks * g.batch * g.out_h;
     // Which operand stays in cache: with a small weight (a group's packed weight
     // within kWeightInCacheBytes) the blocks of one output row run back to back,
@@ -119,14 +138,12 @@ struct DirectConv {
           blk = (t / (g.out_h * g.batch)) % a.blocks;
         }
         const int64_t grp = t / (g.out_h * g.batch * a.blocks);
-        for (int64_t ow = 0; ow < lo; ++ow) {
-          micro_kernel<1, true>(a, grp, blk, n, oh, ow);
-        }
-        for (int64_t ow0 = lo; ow0 < hi; ow0 += kMaxRows) {
-          kInterior[std::min<int64_t>(kMaxRows, hi - ow0)](a, grp, blk, n, oh, ow0);
-        }
-        for (int64_t ow = hi; ow < g.out_w; ++ow) {
-          micro_kernel<1, true>(a, grp, blk, n, oh, ow);
+        int64_t ow0 = 0;
+        for (int64_t run = 0; run < runs; ++run) {
+          const int64_t len = run_len + (run < longer_runs ? 1 : 0);
+          const bool border = ow0 < lo || ow0 + len > hi;
+          (border ? kBorder : kInterior)[len](a, grp, blk, n, oh, ow0);
+          ow0 += len;
         }
       }
     });
@@ -140,8 +157,10 @@ struct DirectConv {
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
     if (g.batch > 0) {
+      const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x_nhwc.options());
       rows(Args{x_nhwc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
-                b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g, blocks});
+                b.defined() ? b.const_data_ptr<float>() : nullptr, zeros.const_data_ptr<float>(),
+                out.mutable_data_ptr<float>(), g, blocks});
     }
     return out;
   }

@@ -41,6 +41,19 @@ struct RegisterBlock {
     }
   }
 
+  // The same with one pointer per row: acc[r][j] += sum_k rows[r][k] * b[k * kColumns + j].
+  void accumulate(const float* const (&rows)[R], const float* b, int64_t depth) {
+    for (int64_t k = 0; k < depth; ++k) {
+      const Reg b0 = Vec::load(b + k * kColumns);
+      const Reg b1 = Vec::load(b + k * kColumns + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const Reg av = Vec::broadcast(rows[r][k]);
+        acc0[r] = Vec::fma(av, b0, acc0[r]);
+        acc1[r] = Vec::fma(av, b1, acc1[r]);
+      }
+    }
+  }
+
   // dst[r * dst_row_stride + j] = acc[r][j] (+ bias[j]) for j < columns;
   // bias may be null.
   void store(float* dst, int64_t dst_row_stride, const float* bias, int columns) const {
