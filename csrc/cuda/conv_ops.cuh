@@ -1,0 +1,109 @@
+// The host side of the CUDA convolution ops, written once over a Launcher:
+// which kernels run, on which grids, with which buffers.
+//
+// A Launcher supplies
+//   at::Tensor input(const at::Tensor&)                  the operand as the kernels read it (contiguous)
+//   at::Tensor empty(at::IntArrayRef, at::TensorOptions)  storage every element of which a kernel writes
+//   void launch(const char* name, Kernel, dim3 grid, dim3 block, args...)
+// CudaLauncher (conv_kernel.cu) launches on the current CUDA stream;
+// HostLauncher (csrc/cuda_on_cpu/conv_on_cpu.cpp) runs the same kernels on
+// the CPU, thread by thread, with guarded buffers.
+#pragma once
+
+#include "conv_kernels.cuh"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <array>
+#include <tuple>
+
+namespace miniplaces_ext::cuda {
+
+constexpr int64_t kMaxGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
+
+// One implicit GEMM per value of z in [0, z_count), in launches of at most
+// kMaxGridYZ values of z each.
+template <typename Launcher, typename Problem>
+void launch_gemm(Launcher& launcher, const char* name, const Problem& p, int64_t z_count) {
+  const int64_t rows = p.rows(), cols = p.cols();
+  if (rows == 0 || cols == 0 || z_count == 0) {
+    return;
+  }
+  const int64_t grid_n = (cols + kTileN - 1) / kTileN;
+  TORCH_CHECK(grid_n <= kMaxGridYZ, "too many output columns for one CUDA launch: ", cols);
+  const int64_t grid_m = (rows + kTileM - 1) / kTileM;
+  for (int64_t z0 = 0; z0 < z_count; z0 += kMaxGridYZ) {
+    const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n),
+                    static_cast<unsigned>(std::min(kMaxGridYZ, z_count - z0)));
+    launcher.launch(name, implicit_gemm_kernel<Problem>, grid, dim3(kThreads), p, rows, cols, z0);
+  }
+}
+
+template <typename Launcher>
+at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at::Tensor& input,
+                          const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const at::Tensor x = launcher.input(input);
+  const at::Tensor w = launcher.input(weight);
+  const at::Tensor b = bias.has_value() && bias->defined() ? launcher.input(*bias) : at::Tensor();
+  at::Tensor out = launcher.empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_forward_cuda", [&] {
+    ForwardProblem<scalar_t> p{x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+                               Geo(geo)};
+    launch_gemm(launcher, "implicit_gemm<forward>", p, geo.groups);
+  });
+  return out.contiguous(conv_output_memory_format(input));
+}
+
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launcher, const ConvGeometry& geo,
+                                                               const at::Tensor& grad_output, const at::Tensor& input,
+                                                               const at::Tensor& weight,
+                                                               std::array<bool, 3> output_mask) {
+  const at::Tensor dy = launcher.input(grad_output);
+  const at::Tensor x = launcher.input(input);
+  const at::Tensor w = launcher.input(weight);
+  at::Tensor grad_input, grad_weight, grad_bias;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (output_mask[0]) {
+      grad_input = launcher.empty(x.sizes(), x.options());
+      GradInputProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                   grad_input.mutable_data_ptr<scalar_t>(), Geo(geo)};
+      launch_gemm(launcher, "implicit_gemm<grad_input>", p, geo.groups);
+      grad_input = grad_input.contiguous(conv_output_memory_format(input));
+    }
+    if (output_mask[1]) {
+      const int64_t total = geo.batch * geo.out_pixels();
+      const int64_t size = w.numel();
+      grad_weight = launcher.empty(w.sizes(), w.options());
+      if (total == 0) {
+        grad_weight.zero_();
+      } else {
+        // About 32 reduction chunks of at least 1024 pixels keep the GPU busy.
+        // Every workspace element is written by the GEMM: no zero fill.
+        const int64_t chunk = std::max<int64_t>(1024, (total + 31) / 32);
+        const int64_t splits = (total + chunk - 1) / chunk;
+        at::Tensor workspace = launcher.empty({splits, size}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        GradWeightProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                      workspace.mutable_data_ptr<acc_t>(), Geo(geo), geo.groups, splits, chunk};
+        launch_gemm(launcher, "implicit_gemm<grad_weight>", p, geo.groups * splits);
+        launcher.launch("sum_splits", sum_splits_kernel<acc_t, scalar_t>,
+                        dim3(static_cast<unsigned>((size + kThreads - 1) / kThreads)), dim3(kThreads),
+                        workspace.const_data_ptr<acc_t>(), grad_weight.mutable_data_ptr<scalar_t>(), splits, size);
+      }
+    }
+    if (output_mask[2]) {
+      grad_bias = launcher.empty({geo.out_channels}, x.options());
+      launcher.launch("bias_grad", bias_grad_kernel<scalar_t>, dim3(static_cast<unsigned>(geo.out_channels)),
+                      dim3(kThreads), dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), geo.batch,
+                      geo.out_channels, geo.out_pixels());
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+} // namespace miniplaces_ext::cuda

@@ -1,0 +1,51 @@
+// Runs a CUDA grid on the CPU: every block in turn, each of its threads a
+// fiber with its own stack, with real __syncthreads semantics.
+//
+// Between two barriers the threads of a block run one after another, each up
+// to its next barrier, in the order the Schedule says (forward, reverse or a
+// seeded random permutation, drawn anew for every block and barrier phase).
+// A kernel whose result depends on that order has a race (a missing
+// __syncthreads, or shared memory written by one thread and read by another
+// in the same phase): running it under several schedules and comparing
+// exposes it. Threads that wait at different __syncthreads lines, or
+// that wait while others of the block have returned, are reported as errors.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+// CUDA's launch-shape type, as its runtime defines it.
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace miniplaces_ext::cuda_on_cpu {
+
+enum class ThreadOrder { kForward, kReverse, kRandom };
+
+struct Schedule {
+  ThreadOrder order = ThreadOrder::kForward;
+  uint64_t seed = 0;  // for kRandom
+};
+
+// "forward", "reverse" or "random"; anything else is an error.
+ThreadOrder parse_thread_order(const std::string& name);
+
+// The built-in variables of the thread that runs now (what threadIdx & co. read).
+struct ThreadContext {
+  dim3 thread_idx, block_idx, block_dim, grid_dim;
+};
+extern ThreadContext current_thread;
+
+// Calls kernel_body() once per thread of every block of `grid`; checks CUDA's
+// launch limits first. Errors (limits, barrier misuse, a fault in a guarded
+// buffer) are thrown as c10::Error after the grid is abandoned.
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, const Schedule& schedule);
+
+// __syncthreads() at source line `line`: the calling fiber waits until every
+// thread of its block arrives (at the same line, or it is an error).
+void syncthreads(int line);
+
+} // namespace miniplaces_ext::cuda_on_cpu

@@ -1,0 +1,122 @@
+// The CUDA convolution kernels run on the CPU: csrc/cuda/conv_ops.cuh's host
+// code with a launcher that executes csrc/cuda/conv_kernels.cuh thread by
+// thread (block_runner.h), every buffer in guarded memory (guarded_memory.h).
+//
+// Ops (CPU tensors, same arguments as conv2d_forward/backward):
+//   miniplaces_ext::cuda_on_cpu_conv2d_forward, cuda_on_cpu_conv2d_backward
+//   miniplaces_ext::cuda_on_cpu_configure(order, seed, guard)  how the next launches run
+//   miniplaces_ext::cuda_on_cpu_launches()                    kernels launched since the last call
+// tests/test_cuda_on_cpu.py drives them.
+#include "../conv.h"
+#include "guarded_memory.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+// After every library header: the CUDA keywords become macros from here on.
+#include "device_api.h"
+#include "../cuda/conv_ops.cuh"
+
+namespace miniplaces_ext::cuda_on_cpu {
+namespace {
+
+struct Settings {
+  Schedule schedule;
+  GuardSide guard = GuardSide::kAfter;
+  std::vector<std::string> launches;
+};
+Settings settings;
+std::mutex settings_mutex;
+
+// Fills floating-point storage with NaN so that an element no kernel writes shows up.
+void poison(at::Tensor& t) {
+  if (at::isFloatingType(t.scalar_type())) {
+    t.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+class HostLauncher {
+ public:
+  at::Tensor input(const at::Tensor& t) const {
+    at::Tensor copy = guarded_empty(t.sizes(), t.options(), guard_);
+    copy.copy_(t);
+    return copy;
+  }
+
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
+    at::Tensor t = guarded_empty(sizes, options, guard_);
+    poison(t);
+    return t;
+  }
+
+  template <typename... Params, typename... Args>
+  void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) const {
+    {
+      std::lock_guard<std::mutex> lock(settings_mutex);
+      settings.launches.emplace_back(name);
+    }
+    run_grid(grid, block, [&] { kernel(args...); }, schedule_);
+  }
+
+ private:
+  Schedule schedule_ = settings.schedule;
+  GuardSide guard_ = settings.guard;
+};
+
+void check_cpu(const at::Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu(), "the CUDA-on-CPU harness takes CPU tensors, got one on ", input.device());
+}
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const ConvGeometry geo = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  check_cpu(input);
+  HostLauncher launcher;
+  return cuda::conv2d_forward(launcher, geo, input, weight, bias);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                        const at::Tensor& weight, at::IntArrayRef stride,
+                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                        int64_t groups, std::array<bool, 3> output_mask) {
+  const ConvGeometry geo = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, geo);
+  check_cpu(input);
+  HostLauncher launcher;
+  return cuda::conv2d_backward(launcher, geo, grad_output, input, weight, output_mask);
+}
+
+void configure(const std::string& order, int64_t seed, const std::string& guard) {
+  std::lock_guard<std::mutex> lock(settings_mutex);
+  settings.schedule = Schedule{parse_thread_order(order), static_cast<uint64_t>(seed)};
+  settings.guard = parse_guard_side(guard);
+}
+
+std::vector<std::string> launches() {
+  std::lock_guard<std::mutex> lock(settings_mutex);
+  return std::exchange(settings.launches, {});
+}
+
+} // namespace
+
+TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
+  m.def(
+      "cuda_on_cpu_conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "cuda_on_cpu_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("cuda_on_cpu_configure(str order, int seed, str guard) -> ()", &configure);
+  m.def("cuda_on_cpu_launches() -> str[]", &launches);
+}
+
+TORCH_LIBRARY_IMPL(miniplaces_ext, CPU, m) {
+  m.impl("cuda_on_cpu_conv2d_forward", &forward);
+  m.impl("cuda_on_cpu_conv2d_backward", &backward);
+}
+
+} // namespace miniplaces_ext::cuda_on_cpu

@@ -1,0 +1,80 @@
+// Kernels with deliberate bugs, to show that the CUDA-on-CPU harness catches
+// each kind (tests/test_cuda_on_cpu.py): a missing __syncthreads, an
+// out-of-bounds read, a barrier not every thread reaches. Op:
+//   miniplaces_ext::cuda_on_cpu_selftest(kernel, input, order) -> Tensor
+// runs one block of input.numel() threads, out[t] = f(input, t), with the
+// threads of each barrier phase in the given order (block_runner.h).
+#include "guarded_memory.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "device_api.h"
+
+namespace miniplaces_ext::cuda_on_cpu {
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+// out[t] = in[(t + 1) % n] through shared memory; with kBarrier false the read
+// may happen before the neighbour's write (a race).
+template <bool kBarrier>
+__global__ void rotate_through_shared(const float* in, float* out, int n) {
+  __shared__ float staged[kMaxThreads];
+  const int t = threadIdx.x;
+  staged[t] = in[t];
+  if (kBarrier) {
+    __syncthreads();
+  }
+  out[t] = staged[(t + 1) % n];
+}
+
+// out[t] = in[t + 1]: the last thread reads one element past the end.
+__global__ void read_past_end(const float* in, float* out, int n) {
+  const int t = threadIdx.x;
+  out[t] = t + 1 <= n ? in[t + 1] : 0.0f;
+}
+
+// Only the first half of the block reaches the barrier.
+__global__ void divergent_barrier(const float* in, float* out, int n) {
+  const int t = threadIdx.x;
+  if (t < n / 2) {
+    __syncthreads();
+  }
+  out[t] = in[t];
+}
+
+at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const std::string& order) {
+  TORCH_CHECK(input.dim() == 1 && input.scalar_type() == at::kFloat && input.numel() >= 2 &&
+                  input.numel() <= kMaxThreads,
+              "selftest input: a float32 vector of 2..1024 elements");
+  at::Tensor in = guarded_empty(input.sizes(), input.options(), GuardSide::kAfter);
+  in.copy_(input);
+  at::Tensor out = guarded_empty(input.sizes(), input.options(), GuardSide::kAfter);
+  const int n = static_cast<int>(input.numel());
+  void (*body)(const float*, float*, int) = nullptr;
+  if (kernel == "rotate") {
+    body = rotate_through_shared<true>;
+  } else if (kernel == "rotate_without_barrier") {
+    body = rotate_through_shared<false>;
+  } else if (kernel == "read_past_end") {
+    body = read_past_end;
+  } else {
+    TORCH_CHECK(kernel == "divergent_barrier", "unknown selftest kernel '", kernel, "'");
+    body = divergent_barrier;
+  }
+  const float* in_ptr = in.const_data_ptr<float>();
+  float* out_ptr = out.mutable_data_ptr<float>();
+  run_grid(dim3(1), dim3(static_cast<unsigned>(n)), [&] { body(in_ptr, out_ptr, n); },
+           Schedule{parse_thread_order(order), 0});
+  return out.clone();
+}
+
+} // namespace
+
+TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
+  m.def("cuda_on_cpu_selftest(str kernel, Tensor input, str order) -> Tensor", &selftest);
+}
+} // namespace miniplaces_ext::cuda_on_cpu

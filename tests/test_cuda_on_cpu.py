@@ -1,0 +1,199 @@
+"""Our CUDA kernels, executed on the CPU by the harness in csrc/cuda_on_cpu/.
+
+The same source nvcc compiles (csrc/cuda/conv_kernels.cuh, launched by conv_ops.cuh) is
+compiled as host C++ and run thread by thread with real __syncthreads semantics, every
+buffer behind a guard page and every output pre-filled with NaN. Each configuration runs
+under several thread orders (a race shows up as a difference between them) and is compared
+with float64 torch.nn.functional within a bound derived from the reduction length and the
+dtype's epsilon (so a half-precision accumulator would fail). Runs on CPU-only machines.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import miniplaces_ext  # noqa: F401  (loads the ops)
+
+OPS = torch.ops.miniplaces_ext
+ORDERS = ["forward", "reverse", "random"]
+KERNELS = {"implicit_gemm<forward>", "implicit_gemm<grad_input>", "implicit_gemm<grad_weight>", "sum_splits",
+           "bias_grad"}
+
+CASES = [
+    # (N, C, H, W, Cout, (kh, kw), stride, padding, dilation, groups)
+    (2, 3, 9, 7, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 6, 8, 8, 12, (3, 3), (2, 2), (1, 1), (1, 1), 3),       # strided, grouped
+    (1, 8, 7, 9, 8, (5, 5), (1, 1), (2, 2), (1, 1), 8),        # depthwise
+    (3, 4, 10, 10, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1),     # 1x1 stride 2
+    (2, 3, 17, 17, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1),      # stem-like
+    (2, 3, 23, 23, 8, (11, 11), (4, 4), (2, 2), (1, 1), 1),    # AlexNet-like
+    (2, 4, 10, 9, 6, (2, 4), (1, 2), (1, 2), (2, 1), 2),       # asymmetric everything
+    (1, 20, 6, 5, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # K = 180 (12 k-tiles), 70 cols (2 column tiles)
+    (2, 5, 9, 8, 4, (3, 3), (1, 1), (0, 0), (2, 2), 1),        # dilation without padding
+]
+SPLIT_K_CASE = (3, 2, 20, 20, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # 1,200 pixels: 2 split-K chunks
+
+EPS = {torch.float64: torch.finfo(torch.float64).eps, torch.float32: torch.finfo(torch.float32).eps,
+       torch.float16: torch.finfo(torch.float16).eps, torch.bfloat16: torch.finfo(torch.bfloat16).eps}
+
+
+@pytest.fixture(autouse=True)
+def _default_harness():
+    OPS.cuda_on_cpu_configure("forward", 0, "after")
+    OPS.cuda_on_cpu_launches()
+    yield
+    OPS.cuda_on_cpu_configure("forward", 0, "after")
+
+
+def _inputs(case, dtype, layout, seed=0):
+    n, c, h, w, cout, k, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    weight = torch.randn(cout, c // groups, *k, generator=g).to(dtype)
+    bias = torch.randn(cout, generator=g).to(dtype)
+    x_ref = x.double()
+    out_shape = F.conv2d(x_ref, weight.double(), None, stride, padding, dilation, groups).shape
+    dy = torch.randn(out_shape, generator=g).to(dtype)
+    if layout == "channels_last":
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    return x, weight, bias, dy
+
+
+def _harness(x, weight, bias, dy, case):
+    *_, stride, padding, dilation, groups = case
+    conf = (list(stride), list(padding), list(dilation), groups)
+    out = OPS.cuda_on_cpu_conv2d_forward(x, weight, bias, *conf)
+    grads = OPS.cuda_on_cpu_conv2d_backward(dy, x, weight, *conf, [True, True, True])
+    return (out, *grads)
+
+
+def _reference(x, weight, bias, dy, case):
+    """float64 torch results and, from the same maths on |operands|, each element's sum of |products|."""
+    *_, stride, padding, dilation, groups = case
+    results = []
+    for transform in (lambda t: t.detach().double().clone(), lambda t: t.detach().double().abs()):
+        leaves = [transform(t).requires_grad_() for t in (x, weight, bias)]
+        out = F.conv2d(*leaves, stride, padding, dilation, groups)
+        out.backward(transform(dy))
+        results.append((out.detach(), *[t.grad for t in leaves]))
+    return results
+
+
+def _reduction_lengths(case):
+    n, c, h, w, cout, (kh, kw), stride, padding, dilation, groups = case
+    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    pixels = n * out_h * out_w
+    # forward: Cg*kh*kw (+1 for the bias); grad_input: Coutg*kh*kw; grad_weight, grad_bias: N*Ho*Wo
+    return c // groups * kh * kw + 1, cout // groups * kh * kw, pixels, pixels
+
+
+def _assert_within_bound(got, ref, abs_ref, k, dtype, name):
+    """|got - ref| <= eps_out*|ref| + K*eps_acc*sum|products|: fp32 accumulation, one rounding to dtype."""
+    eps_acc = EPS[torch.float64] if dtype == torch.float64 else EPS[torch.float32]
+    bound = EPS[dtype] * ref.abs() + k * eps_acc * abs_ref + 1e-300
+    err = (got.double() - ref).abs()
+    worst = (err / bound).max().item()
+    assert worst <= 1.0, f"{name}: error {err.max().item():.3g} exceeds the derived bound by {worst:.2f}x"
+
+
+def _check_case(case, dtype, layout, order, guard="after"):
+    OPS.cuda_on_cpu_configure(order, 1234, guard)
+    x, weight, bias, dy = _inputs(case, dtype, layout)
+    got = _harness(x, weight, bias, dy, case)
+    (ref, abs_ref) = _reference(x, weight, bias, dy, case)
+    names = ("output", "grad_input", "grad_weight", "grad_bias")
+    for name, g, r, a, k in zip(names, got, ref, abs_ref, _reduction_lengths(case)):
+        assert g.dtype == dtype and g.shape == r.shape, name
+        assert not g.isnan().any(), f"{name}: elements no kernel wrote (NaN poison left)"
+        _assert_within_bound(g, r, a, k, dtype, name)
+    expect_cl = layout == "channels_last" and x.shape[1] > 1 and not x.is_contiguous()
+    assert got[0].is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
+    assert got[1].is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
+    return got
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5][0]}{c[5][1]}-g{c[9]}")
+def test_float32_every_thread_order_same_bits(case):
+    """Correct under each thread order, and bit-identical across them (no race)."""
+    results = [_check_case(case, torch.float32, "contiguous", order) for order in ORDERS]
+    for order, other in zip(ORDERS[1:], results[1:]):
+        for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), results[0], other):
+            assert torch.equal(a, b), f"{name} differs between thread orders forward and {order}: a race"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES[:7], ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5][0]}{c[5][1]}")
+def test_other_dtypes(case, dtype):
+    _check_case(case, dtype, "contiguous", "random")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]], ids=["3x3", "stride2-groups", "asymmetric"])
+def test_channels_last(case, dtype):
+    _check_case(case, dtype, "channels_last", "random")
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[6]], ids=["3x3", "stem", "asymmetric"])
+def test_guard_before_the_buffers(case):
+    """Guard pages before each buffer: any read or write below an operand's first element faults."""
+    _check_case(case, torch.float32, "contiguous", "forward", guard="before")
+
+
+def test_split_k_reduction_is_exact_and_deterministic():
+    """grad_weight over 1,200 pixels runs as 2 split-K chunks summed by sum_splits, same bits every order."""
+    results = [_check_case(SPLIT_K_CASE, torch.float32, "contiguous", order) for order in ORDERS]
+    for other in results[1:]:
+        assert torch.equal(results[0][2], other[2])
+
+
+def test_every_kernel_is_executed():
+    _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward")
+    launched = OPS.cuda_on_cpu_launches()
+    assert set(launched) == KERNELS
+    assert launched.count("implicit_gemm<grad_weight>") == 1  # one launch, both chunks on blockIdx.z
+
+
+def test_empty_batch():
+    case = (0, 4, 6, 6, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, dy = _inputs(case, torch.float32, "contiguous")
+    out, dx, dw, db = _harness(x, weight, bias, dy, case)
+    assert out.shape == (0, 8, 6, 6) and dx.shape == x.shape
+    assert torch.equal(dw, torch.zeros_like(weight)) and torch.equal(db, torch.zeros_like(bias))
+
+
+# The harness itself: kernels with deliberate bugs (csrc/cuda_on_cpu/harness_selftest.cpp).
+
+def test_harness_runs_a_correct_shared_memory_kernel():
+    x = torch.randn(64)
+    for order in ORDERS:
+        assert torch.equal(OPS.cuda_on_cpu_selftest("rotate", x, order), x.roll(-1))
+
+
+def test_harness_exposes_a_missing_barrier():
+    """Without __syncthreads the result depends on the thread order: a race the harness makes visible."""
+    x1, x2 = torch.randn(64), torch.randn(64)
+    reverse = OPS.cuda_on_cpu_selftest("rotate_without_barrier", x1, "reverse")
+    forward = OPS.cuda_on_cpu_selftest("rotate_without_barrier", x2, "forward")
+    # reverse: each thread's neighbour wrote before it read (but the last one);
+    # forward: each thread read before its neighbour wrote, i.e. the previous launch's data
+    assert torch.equal(reverse[:-1], x1.roll(-1)[:-1])
+    assert torch.equal(forward[:-1], x1.roll(-1)[:-1]) and not torch.equal(forward, x2.roll(-1))
+
+
+def test_harness_catches_out_of_bounds_reads():
+    with pytest.raises(RuntimeError, match="0 bytes past the end of a 256-byte buffer.*thread 63"):
+        OPS.cuda_on_cpu_selftest("read_past_end", torch.randn(64), "forward")
+
+
+def test_harness_catches_barrier_divergence():
+    with pytest.raises(RuntimeError, match="barrier divergence"):
+        OPS.cuda_on_cpu_selftest("divergent_barrier", torch.randn(64), "random")
+
+
+def test_harness_checks_launch_settings():
+    with pytest.raises(RuntimeError, match="thread order must be"):
+        OPS.cuda_on_cpu_configure("sideways", 0, "after")
+    with pytest.raises(RuntimeError, match="guard must be"):
+        OPS.cuda_on_cpu_configure("forward", 0, "middle")
