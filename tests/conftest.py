@@ -98,6 +98,36 @@ def _onednn_off():
         torch.backends.mkldnn.enabled = enabled
 
 
+_EPS = {dtype: torch.finfo(dtype).eps for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+
+
+def conv_reference_with_bounds(x, weight, bias, dy, stride, padding, dilation, groups):
+    """float64 (output, grad_input, grad_weight, grad_bias) of F.conv2d for these operands
+    (as given: low-precision ones already rounded), the same maths on |operands| (each
+    element's sum of |products|), and each result's reduction length K."""
+    results = []
+    for transform in (lambda t: t.detach().double().clone(), lambda t: t.detach().double().abs()):
+        leaves = [transform(t).requires_grad_() for t in (x, weight, bias)]
+        out = torch.nn.functional.conv2d(*leaves, stride, padding, dilation, groups)
+        out.backward(transform(dy))
+        results.append((out.detach(), *[t.grad for t in leaves]))
+    cout, cg, kh, kw = weight.shape
+    pixels = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    lengths = (cg * kh * kw + 1, cout // groups * kh * kw, pixels, pixels)  # forward counts the bias
+    return results[0], results[1], lengths
+
+
+def assert_within_accumulation_bound(got, ref, abs_ref, k, name=""):
+    """|got - ref| <= eps(dtype)*|ref| + K*eps(acc)*sum|products| elementwise: what a sum of K
+    products accumulated in float32 (float64 for float64) and rounded once to got's dtype can
+    be off by. A float16/bfloat16 accumulator exceeds it by far."""
+    eps_acc = _EPS[torch.float64] if got.dtype == torch.float64 else _EPS[torch.float32]
+    bound = _EPS[got.dtype] * ref.abs() + k * eps_acc * abs_ref + 1e-300
+    err = (got.double() - ref).abs()
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"{name}: error {err.max().item():.3g} exceeds the derived bound {worst:.2f}x"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and a CUDA build (skips otherwise)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext  # noqa: F401  (loads the ops)
+from conftest import assert_within_accumulation_bound, conv_reference_with_bounds
 
 OPS = torch.ops.miniplaces_ext
 ORDERS = ["forward", "reverse", "random"]
@@ -33,10 +34,6 @@ CASES = [
     (2, 5, 9, 8, 4, (3, 3), (1, 1), (0, 0), (2, 2), 1),        # dilation without padding
 ]
 SPLIT_K_CASE = (3, 2, 20, 20, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # 1,200 pixels: 2 split-K chunks
-
-EPS = {torch.float64: torch.finfo(torch.float64).eps, torch.float32: torch.finfo(torch.float32).eps,
-       torch.float16: torch.finfo(torch.float16).eps, torch.bfloat16: torch.finfo(torch.bfloat16).eps}
-
 
 @pytest.fixture(autouse=True)
 def _default_harness():
@@ -68,46 +65,17 @@ def _harness(x, weight, bias, dy, case):
     return (out, *grads)
 
 
-def _reference(x, weight, bias, dy, case):
-    """float64 torch results and, from the same maths on |operands|, each element's sum of |products|."""
-    *_, stride, padding, dilation, groups = case
-    results = []
-    for transform in (lambda t: t.detach().double().clone(), lambda t: t.detach().double().abs()):
-        leaves = [transform(t).requires_grad_() for t in (x, weight, bias)]
-        out = F.conv2d(*leaves, stride, padding, dilation, groups)
-        out.backward(transform(dy))
-        results.append((out.detach(), *[t.grad for t in leaves]))
-    return results
-
-
-def _reduction_lengths(case):
-    n, c, h, w, cout, (kh, kw), stride, padding, dilation, groups = case
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    pixels = n * out_h * out_w
-    # forward: Cg*kh*kw (+1 for the bias); grad_input: Coutg*kh*kw; grad_weight, grad_bias: N*Ho*Wo
-    return c // groups * kh * kw + 1, cout // groups * kh * kw, pixels, pixels
-
-
-def _assert_within_bound(got, ref, abs_ref, k, dtype, name):
-    """|got - ref| <= eps_out*|ref| + K*eps_acc*sum|products|: fp32 accumulation, one rounding to dtype."""
-    eps_acc = EPS[torch.float64] if dtype == torch.float64 else EPS[torch.float32]
-    bound = EPS[dtype] * ref.abs() + k * eps_acc * abs_ref + 1e-300
-    err = (got.double() - ref).abs()
-    worst = (err / bound).max().item()
-    assert worst <= 1.0, f"{name}: error {err.max().item():.3g} exceeds the derived bound by {worst:.2f}x"
-
-
 def _check_case(case, dtype, layout, order, guard="after"):
     OPS.cuda_on_cpu_configure(order, 1234, guard)
     x, weight, bias, dy = _inputs(case, dtype, layout)
     got = _harness(x, weight, bias, dy, case)
-    (ref, abs_ref) = _reference(x, weight, bias, dy, case)
+    *_, stride, padding, dilation, groups = case
+    ref, abs_ref, lengths = conv_reference_with_bounds(x, weight, bias, dy, stride, padding, dilation, groups)
     names = ("output", "grad_input", "grad_weight", "grad_bias")
-    for name, g, r, a, k in zip(names, got, ref, abs_ref, _reduction_lengths(case)):
+    for name, g, r, a, k in zip(names, got, ref, abs_ref, lengths):
         assert g.dtype == dtype and g.shape == r.shape, name
         assert not g.isnan().any(), f"{name}: elements no kernel wrote (NaN poison left)"
-        _assert_within_bound(g, r, a, k, dtype, name)
+        assert_within_accumulation_bound(g, r, a, k, name)
     expect_cl = layout == "channels_last" and x.shape[1] > 1 and not x.is_contiguous()
     assert got[0].is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
     assert got[1].is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
