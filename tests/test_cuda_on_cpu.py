@@ -9,9 +9,13 @@ dtype's epsilon (so a half-precision accumulator would fail). Runs on CPU-only m
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import miniplaces_ext  # noqa: F401  (loads the ops)
 from conftest import assert_within_accumulation_bound, conv_reference_with_bounds
@@ -65,8 +69,8 @@ def _harness(x, weight, bias, dy, case):
     return (out, *grads)
 
 
-def _check_case(case, dtype, layout, order, guard="after"):
-    OPS.cuda_on_cpu_configure(order, 1234, guard)
+def _check_case(case, dtype, layout, order, guard="after", max_grid_z=65535):
+    OPS.cuda_on_cpu_configure(order, 1234, guard, max_grid_z)
     x, weight, bias, dy = _inputs(case, dtype, layout)
     got = _harness(x, weight, bias, dy, case)
     *_, stride, padding, dilation, groups = case
@@ -123,6 +127,36 @@ def test_every_kernel_is_executed():
     assert launched.count("implicit_gemm<grad_weight>") == 1  # one launch, both chunks on blockIdx.z
 
 
+def test_more_groups_than_one_launch_takes():
+    """groups x split-K chunks above the grid's z limit run as several launches (limit lowered to 2)."""
+    case = (2, 10, 20, 20, 5, (3, 3), (1, 1), (1, 1), (1, 1), 5)  # 5 groups; grad_weight: 5 x 1 split
+    _check_case(case, torch.float32, "contiguous", "random", max_grid_z=2)
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<forward>") == 3
+    _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward", max_grid_z=1)
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_weight>") == 2
+
+
+FUZZ_EXAMPLES = int(os.environ.get("MINIPLACES_FUZZ_EXAMPLES", "100"))
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_against_torch(data):
+    """Random valid configurations (deep run: MINIPLACES_FUZZ_EXAMPLES=1000)."""
+    groups = data.draw(st.sampled_from([1, 2, 3]))
+    kernel = (data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5)))
+    dilation = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    padding = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
+    extent = [d * (k - 1) + 1 - 2 * p for k, d, p in zip(kernel, dilation, padding)]
+    h, w = (data.draw(st.integers(max(1, e), max(1, e) + 9)) for e in extent)
+    case = (data.draw(st.integers(1, 3)), groups * data.draw(st.integers(1, 4)), h, w,
+            groups * data.draw(st.integers(1, 6)), kernel, (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))),
+            padding, dilation, groups)
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    layout = data.draw(st.sampled_from(["contiguous", "channels_last"]))
+    _check_case(case, dtype, layout, data.draw(st.sampled_from(ORDERS)), data.draw(st.sampled_from(["after", "before"])))
+
+
 def test_empty_batch():
     case = (0, 4, 6, 6, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     x, weight, bias, dy = _inputs(case, torch.float32, "contiguous")
@@ -165,3 +199,5 @@ def test_harness_checks_launch_settings():
         OPS.cuda_on_cpu_configure("sideways", 0, "after")
     with pytest.raises(RuntimeError, match="guard must be"):
         OPS.cuda_on_cpu_configure("forward", 0, "middle")
+    with pytest.raises(RuntimeError, match="max_grid_z must be"):
+        OPS.cuda_on_cpu_configure("forward", 0, "after", 0)

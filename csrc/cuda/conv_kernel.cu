@@ -19,6 +19,8 @@ class CudaLauncher {
 
   at::Tensor input(const at::Tensor& t) const { return t.contiguous(); }
 
+  static constexpr int64_t max_grid_z() { return kMaxGridYZ; }
+
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const { return at::empty(sizes, options); }
 
   template <typename... Params, typename... Args>

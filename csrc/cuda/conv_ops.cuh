@@ -5,6 +5,7 @@
 //   at::Tensor input(const at::Tensor&)                  the operand as the kernels read it (contiguous)
 //   at::Tensor empty(at::IntArrayRef, at::TensorOptions)  storage every element of which a kernel writes
 //   void launch(const char* name, Kernel, dim3 grid, dim3 block, args...)
+//   int64_t max_grid_z()                                  the largest gridDim.z it launches
 // CudaLauncher (conv_kernel.cu) launches on the current CUDA stream;
 // HostLauncher (csrc/cuda_on_cpu/conv_on_cpu.cpp) runs the same kernels on
 // the CPU, thread by thread, with guarded buffers.
@@ -24,7 +25,7 @@ namespace miniplaces_ext::cuda {
 constexpr int64_t kMaxGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
 
 // One implicit GEMM per value of z in [0, z_count), in launches of at most
-// kMaxGridYZ values of z each.
+// launcher.max_grid_z() values of z each.
 template <typename Launcher, typename Problem>
 void launch_gemm(Launcher& launcher, const char* name, const Problem& p, int64_t z_count) {
   const int64_t rows = p.rows(), cols = p.cols();
@@ -34,9 +35,10 @@ void launch_gemm(Launcher& launcher, const char* name, const Problem& p, int64_t
   const int64_t grid_n = (cols + kTileN - 1) / kTileN;
   TORCH_CHECK(grid_n <= kMaxGridYZ, "too many output columns for one CUDA launch: ", cols);
   const int64_t grid_m = (rows + kTileM - 1) / kTileM;
-  for (int64_t z0 = 0; z0 < z_count; z0 += kMaxGridYZ) {
+  const int64_t max_z = launcher.max_grid_z();
+  for (int64_t z0 = 0; z0 < z_count; z0 += max_z) {
     const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n),
-                    static_cast<unsigned>(std::min(kMaxGridYZ, z_count - z0)));
+                    static_cast<unsigned>(std::min(max_z, z_count - z0)));
     launcher.launch(name, implicit_gemm_kernel<Problem>, grid, dim3(kThreads), p, rows, cols, z0);
   }
 }

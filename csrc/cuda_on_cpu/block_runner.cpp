@@ -91,20 +91,20 @@ dim3 unflatten(unsigned index, dim3 shape) {
   return dim3(index % shape.x, (index / shape.x) % shape.y, index / (shape.x * shape.y));
 }
 
-std::vector<unsigned> phase_order(unsigned threads, const Schedule& schedule, uint64_t block, uint64_t phase) {
+std::vector<unsigned> phase_order(unsigned threads, const RunOptions& options, uint64_t block, uint64_t phase) {
   std::vector<unsigned> order(threads);
   std::iota(order.begin(), order.end(), 0u);
-  if (schedule.order == ThreadOrder::kReverse) {
+  if (options.order == ThreadOrder::kReverse) {
     std::reverse(order.begin(), order.end());
-  } else if (schedule.order == ThreadOrder::kRandom) {
-    std::seed_seq seq{schedule.seed, block, phase};
+  } else if (options.order == ThreadOrder::kRandom) {
+    std::seed_seq seq{options.seed, block, phase};
     std::mt19937_64 rng(seq);
     std::shuffle(order.begin(), order.end(), rng);
   }
   return order;
 }
 
-void run_block(unsigned threads, uint64_t block_index, const Schedule& schedule) {
+void run_block(unsigned threads, uint64_t block_index, const RunOptions& options) {
   while (state.stacks.size() < threads) {
     state.stacks.push_back(std::make_unique<Stack>());
   }
@@ -118,7 +118,7 @@ void run_block(unsigned threads, uint64_t block_index, const Schedule& schedule)
     makecontext(&f.context, fiber_main, 0);
   }
   for (uint64_t phase = 0;; ++phase) {
-    for (unsigned t : phase_order(threads, schedule, block_index, phase)) {
+    for (unsigned t : phase_order(threads, options, block_index, phase)) {
       if (!state.fibers[t].finished) {
         state.running = t;
         current_thread.thread_idx = unflatten(t, current_thread.block_dim);
@@ -159,13 +159,14 @@ void syncthreads(int line) {
   swapcontext(&f.context, &state.scheduler);
 }
 
-void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, const Schedule& schedule) {
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, const RunOptions& options) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   TORCH_CHECK(threads >= 1 && threads <= kMaxThreadsPerBlock && block.z <= 64,
               "CUDA launch limits: a block has 1..1024 threads (z <= 64), got ", block.x, "x", block.y, "x", block.z);
   TORCH_CHECK(grid.x >= 1 && grid.x <= kMaxGridX && grid.y >= 1 && grid.y <= kMaxGridYZ && grid.z >= 1 &&
-                  grid.z <= kMaxGridYZ,
-              "CUDA launch limits: grid ", grid.x, "x", grid.y, "x", grid.z, " outside 2^31-1 x 65535 x 65535");
+                  grid.z <= std::min(kMaxGridYZ, options.max_grid_z),
+              "CUDA launch limits: grid ", grid.x, "x", grid.y, "x", grid.z, " outside 2^31-1 x 65535 x ",
+              std::min(kMaxGridYZ, options.max_grid_z));
   std::lock_guard<std::mutex> lock(launch_mutex);
   state.body = &kernel_body;
   current_thread.grid_dim = grid;
@@ -199,7 +200,7 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, c
       for (unsigned y = 0; y < grid.y; ++y) {
         for (unsigned x = 0; x < grid.x; ++x, ++block_index) {
           current_thread.block_idx = dim3(x, y, z);
-          run_block(static_cast<unsigned>(threads), block_index, schedule);
+          run_block(static_cast<unsigned>(threads), block_index, options);
         }
       }
     }

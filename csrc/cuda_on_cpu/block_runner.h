@@ -2,11 +2,11 @@
 // fiber with its own stack, with real __syncthreads semantics.
 //
 // Between two barriers the threads of a block run one after another, each up
-// to its next barrier, in the order the Schedule says (forward, reverse or a
+// to its next barrier, in the order RunOptions::order says (forward, reverse or a
 // seeded random permutation, drawn anew for every block and barrier phase).
 // A kernel whose result depends on that order has a race (a missing
 // __syncthreads, or shared memory written by one thread and read by another
-// in the same phase): running it under several schedules and comparing
+// in the same phase): running it under several thread orders and comparing
 // exposes it. Threads that wait at different __syncthreads lines, or
 // that wait while others of the block have returned, are reported as errors.
 #pragma once
@@ -25,9 +25,10 @@ namespace miniplaces_ext::cuda_on_cpu {
 
 enum class ThreadOrder { kForward, kReverse, kRandom };
 
-struct Schedule {
+struct RunOptions {
   ThreadOrder order = ThreadOrder::kForward;
-  uint64_t seed = 0;  // for kRandom
+  uint64_t seed = 0;            // for kRandom
+  unsigned max_grid_z = 65535;  // CUDA's limit; tests lower it to exercise multi-launch code
 };
 
 // "forward", "reverse" or "random"; anything else is an error.
@@ -42,7 +43,7 @@ extern ThreadContext current_thread;
 // Calls kernel_body() once per thread of every block of `grid`; checks CUDA's
 // launch limits first. Errors (limits, barrier misuse, a fault in a guarded
 // buffer) are thrown as c10::Error after the grid is abandoned.
-void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, const Schedule& schedule);
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, const RunOptions& options);
 
 // __syncthreads() at source line `line`: the calling fiber waits until every
 // thread of its block arrives (at the same line, or it is an error).

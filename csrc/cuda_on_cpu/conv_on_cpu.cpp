@@ -4,7 +4,7 @@
 //
 // Ops (CPU tensors, same arguments as conv2d_forward/backward):
 //   miniplaces_ext::cuda_on_cpu_conv2d_forward, cuda_on_cpu_conv2d_backward
-//   miniplaces_ext::cuda_on_cpu_configure(order, seed, guard)  how the next launches run
+//   miniplaces_ext::cuda_on_cpu_configure(order, seed, guard, max_grid_z)  how the next launches run
 //   miniplaces_ext::cuda_on_cpu_launches()                    kernels launched since the last call
 // tests/test_cuda_on_cpu.py drives them.
 #include "../conv.h"
@@ -25,7 +25,7 @@ namespace miniplaces_ext::cuda_on_cpu {
 namespace {
 
 struct Settings {
-  Schedule schedule;
+  RunOptions options;
   GuardSide guard = GuardSide::kAfter;
   std::vector<std::string> launches;
 };
@@ -47,6 +47,8 @@ class HostLauncher {
     return copy;
   }
 
+  int64_t max_grid_z() const { return options_.max_grid_z; }
+
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
     at::Tensor t = guarded_empty(sizes, options, guard_);
     poison(t);
@@ -59,11 +61,11 @@ class HostLauncher {
       std::lock_guard<std::mutex> lock(settings_mutex);
       settings.launches.emplace_back(name);
     }
-    run_grid(grid, block, [&] { kernel(args...); }, schedule_);
+    run_grid(grid, block, [&] { kernel(args...); }, options_);
   }
 
  private:
-  Schedule schedule_ = settings.schedule;
+  RunOptions options_ = settings.options;
   GuardSide guard_ = settings.guard;
 };
 
@@ -90,9 +92,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   return cuda::conv2d_backward(launcher, geo, grad_output, input, weight, output_mask);
 }
 
-void configure(const std::string& order, int64_t seed, const std::string& guard) {
+void configure(const std::string& order, int64_t seed, const std::string& guard, int64_t max_grid_z) {
+  TORCH_CHECK(max_grid_z >= 1 && max_grid_z <= cuda::kMaxGridYZ, "max_grid_z must be in 1..65535, got ", max_grid_z);
   std::lock_guard<std::mutex> lock(settings_mutex);
-  settings.schedule = Schedule{parse_thread_order(order), static_cast<uint64_t>(seed)};
+  settings.options =
+      RunOptions{parse_thread_order(order), static_cast<uint64_t>(seed), static_cast<unsigned>(max_grid_z)};
   settings.guard = parse_guard_side(guard);
 }
 
@@ -110,7 +114,7 @@ TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
   m.def(
       "cuda_on_cpu_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  m.def("cuda_on_cpu_configure(str order, int seed, str guard) -> ()", &configure);
+  m.def("cuda_on_cpu_configure(str order, int seed, str guard, int max_grid_z=65535) -> ()", &configure);
   m.def("cuda_on_cpu_launches() -> str[]", &launches);
 }
 

@@ -68,7 +68,7 @@ at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const st
   const float* in_ptr = in.const_data_ptr<float>();
   float* out_ptr = out.mutable_data_ptr<float>();
   run_grid(dim3(1), dim3(static_cast<unsigned>(n)), [&] { body(in_ptr, out_ptr, n); },
-           Schedule{parse_thread_order(order), 0});
+           RunOptions{parse_thread_order(order), 0});
   return out.clone();
 }
 
