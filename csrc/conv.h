@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 
@@ -15,7 +16,9 @@
 
 namespace miniplaces_ext {
 
-// Every size a kernel needs, derived and validated once from the op arguments.
+// Every size a kernel needs, derived and validated once from the op arguments;
+// the one description of a convolution that every CPU and CUDA kernel reads
+// (its methods are host and device code).
 struct ConvGeometry {
   int64_t batch, in_channels, in_h, in_w;
   int64_t out_channels, kernel_h, kernel_w;
@@ -23,13 +26,15 @@ struct ConvGeometry {
   int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int64_t groups;
 
-  int64_t in_channels_per_group() const { return in_channels / groups; }
-  int64_t out_channels_per_group() const { return out_channels / groups; }
+  C10_HOST_DEVICE int64_t in_channels_per_group() const { return in_channels / groups; }
+  C10_HOST_DEVICE int64_t out_channels_per_group() const { return out_channels / groups; }
+  C10_HOST_DEVICE int64_t taps() const { return kernel_h * kernel_w; }
   // Length of one im2col row: kernel_h * kernel_w * in_channels_per_group.
-  int64_t patch_size() const { return kernel_h * kernel_w * in_channels_per_group(); }
-  int64_t out_pixels() const { return out_h * out_w; }
+  C10_HOST_DEVICE int64_t patch_size() const { return taps() * in_channels_per_group(); }
+  C10_HOST_DEVICE int64_t in_pixels() const { return in_h * in_w; }
+  C10_HOST_DEVICE int64_t out_pixels() const { return out_h * out_w; }
   // True when the convolution is a plain matrix product over pixels.
-  bool is_pointwise() const {
+  C10_HOST_DEVICE bool is_pointwise() const {
     return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 &&
         pad_h == 0 && pad_w == 0;
   }

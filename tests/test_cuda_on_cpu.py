@@ -1,6 +1,6 @@
 """Our CUDA kernels, executed on the CPU by the harness in csrc/cuda_on_cpu/.
 
-The same source nvcc compiles (csrc/cuda/conv_kernels.cuh, launched by conv_ops.cuh) is
+The same source nvcc compiles (csrc/cuda/*.cuh, launched by conv_ops.cuh) is
 compiled as host C++ and run thread by thread with real __syncthreads semantics, every
 buffer behind a guard page and every output pre-filled with NaN. Each configuration runs
 under several thread orders (a race shows up as a difference between them) and is compared

@@ -1,5 +1,5 @@
 // The CUDA convolution ops: conv_ops.cuh's host code with a launcher that
-// runs conv_kernels.cuh's kernels on the current CUDA stream.
+// runs the kernels of implicit_gemm.cuh and reduction_kernels.cuh on the current CUDA stream.
 #include "conv_ops.cuh"
 
 #include <ATen/cuda/CUDAContext.h>

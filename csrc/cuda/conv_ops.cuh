@@ -11,7 +11,9 @@
 // the CPU, thread by thread, with guarded buffers.
 #pragma once
 
-#include "conv_kernels.cuh"
+#include "conv_problems.cuh"
+#include "implicit_gemm.cuh"
+#include "reduction_kernels.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -53,7 +55,7 @@ at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_forward_cuda", [&] {
     ForwardProblem<scalar_t> p{x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-                               Geo(geo)};
+                               geo, MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
     launch_gemm(launcher, "implicit_gemm<forward>", p, geo.groups);
   });
   return out.contiguous(conv_output_memory_format(input));
@@ -74,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
     if (output_mask[0]) {
       grad_input = launcher.empty(x.sizes(), x.options());
       GradInputProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                   grad_input.mutable_data_ptr<scalar_t>(), Geo(geo)};
+                                   grad_input.mutable_data_ptr<scalar_t>(), geo,
+                                   MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
       launch_gemm(launcher, "implicit_gemm<grad_input>", p, geo.groups);
       grad_input = grad_input.contiguous(conv_output_memory_format(input));
     }
@@ -91,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
         const int64_t splits = (total + chunk - 1) / chunk;
         at::Tensor workspace = launcher.empty({splits, size}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         GradWeightProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                      workspace.mutable_data_ptr<acc_t>(), Geo(geo), geo.groups, splits, chunk};
+                                      workspace.mutable_data_ptr<acc_t>(), geo,
+                                      MixedRadixStep(kStep, geo.out_h, geo.out_w), splits, chunk};
         launch_gemm(launcher, "implicit_gemm<grad_weight>", p, geo.groups * splits);
         launcher.launch("sum_splits", sum_splits_kernel<acc_t, scalar_t>,
                         dim3(static_cast<unsigned>((size + kThreads - 1) / kThreads)), dim3(kThreads),
@@ -100,9 +104,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
     }
     if (output_mask[2]) {
       grad_bias = launcher.empty({geo.out_channels}, x.options());
-      launcher.launch("bias_grad", bias_grad_kernel<scalar_t>, dim3(static_cast<unsigned>(geo.out_channels)),
+      launcher.launch("bias_grad", bias_grad_kernel<scalar_t, kThreads>, dim3(static_cast<unsigned>(geo.out_channels)),
                       dim3(kThreads), dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), geo.batch,
-                      geo.out_channels, geo.out_pixels());
+                      geo.out_channels, geo.out_pixels(), MixedRadixStep(kThreads, 1, geo.out_pixels()));
     }
   });
   return {grad_input, grad_weight, grad_bias};

@@ -1,5 +1,5 @@
 // The CUDA convolution kernels run on the CPU: csrc/cuda/conv_ops.cuh's host
-// code with a launcher that executes csrc/cuda/conv_kernels.cuh thread by
+// code with a launcher that executes its kernels (csrc/cuda/*.cuh) thread by
 // thread (block_runner.h), every buffer in guarded memory (guarded_memory.h).
 //
 // Ops (CPU tensors, same arguments as conv2d_forward/backward):
