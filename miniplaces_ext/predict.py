@@ -3,6 +3,9 @@
     python -m miniplaces_ext.predict photo.jpg [more.jpg ...] --use-custom-conv
     python -m miniplaces_ext.predict photo.jpg --arch alexnet --weights alexnet.pt --topk 3 --json
 
+Each image is also called indoor or outdoor, as the Places365 demo does: by the
+share of outdoor classes among its 10 most probable (indoor_outdoor.py).
+
 Any image size is accepted: it is resized (shorter side 128), centre-cropped
 to 128x128 and normalised like the course's training data, then fed in
 batches of --batch-size. Class names come from the checkpoint if it carries
@@ -15,16 +18,27 @@ import sys
 
 import torch
 
-from miniplaces_ext import cli, data
+from miniplaces_ext import cli, data, indoor_outdoor
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, classes: list[str], topk: int) -> list[list[dict]]:
-    """For each image of the batch, the `topk` classes with their probabilities."""
+def predict(model: torch.nn.Module, images: torch.Tensor, classes: list[str], topk: int,
+            environments: list[str] | None = None) -> list[dict]:
+    """For each image of the batch: {'top': the `topk` classes with their probabilities, and,
+    when `environments` (indoor/outdoor per class) is given, 'environment' and 'outdoor_share'}."""
     with torch.inference_mode():
         probs = model(images).float().softmax(dim=1)
     values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-    return [[{"class": classes[i], "id": int(i), "probability": float(p)} for p, i in zip(vs, ids)]
-            for vs, ids in zip(values.tolist(), indices.tolist())]
+    results = []
+    for vs, ids in zip(values.tolist(), indices.tolist()):
+        top = [{"class": classes[i], "id": int(i), "probability": float(p)} for p, i in zip(vs, ids)]
+        if environments is not None:
+            for entry in top:
+                entry["environment"] = environments[entry["id"]]
+        results.append({"top": top})
+    if environments is not None:
+        for result, env in zip(results, indoor_outdoor.vote(probs, environments)):
+            result.update(env)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.topk > len(classes):
         parser.error(f"--topk {args.topk} is more than the model's {len(classes)} classes")
 
+    environments = indoor_outdoor.environment_labels(classes)
     results, failed = {}, {}
     for start in range(0, len(args.images), args.batch_size):
         tensors, readable = [], []
@@ -57,15 +72,18 @@ def main(argv: list[str] | None = None) -> int:
                 failed[path] = str(exc)
         if tensors:
             batch = torch.stack(tensors).to(device, memory_format=torch.channels_last)
-            results.update(zip(readable, predict(model, batch, classes, args.topk)))
+            results.update(zip(readable, predict(model, batch, classes, args.topk, environments)))
     if args.json:
         cli.write_json(args.json, {"arch": args.arch, "custom_conv": args.use_custom_conv, "predictions": results,
                                    "errors": failed})
     else:
-        for path, preds in results.items():
-            print(path)
-            for rank, p in enumerate(preds, 1):
-                print(f"  {rank}. {p['class']:30s} {p['probability']:.1%}")
+        for path, result in results.items():
+            where = (f"  ({result['environment']}: {result['outdoor_share']:.0%} of the top-10 classes are outdoor)"
+                     if "environment" in result else "")
+            print(f"{path}{where}")
+            for rank, p in enumerate(result["top"], 1):
+                env = f"  {p['environment']}" if "environment" in p else ""
+                print(f"  {rank}. {p['class']:30s} {p['probability']:6.1%}{env}")
     for path, err in failed.items():
         print(f"{path}: error: {err}", file=sys.stderr)
     return 1 if failed and not results else 0

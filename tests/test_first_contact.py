@@ -44,7 +44,7 @@ def test_predict_needs_only_weights_and_a_photo(arch, photo, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "miniplaces_ext.predict", str(photo), "--arch", arch, "--weights",
                            str(weights), "--json"], capture_output=True, text=True, cwd=empty, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    preds = json.loads(proc.stdout)["predictions"][str(photo)]
+    preds = json.loads(proc.stdout)["predictions"][str(photo)]["top"]
     names = data.read_categories()
     assert len(preds) == 5 and all(p["class"] == names[p["id"]] for p in preds)
     assert sum(p["probability"] for p in preds) <= 1.0 + 1e-6
@@ -60,7 +60,7 @@ def test_checkpoint_names_win_and_are_checked(photo, tmp_path, capsys):
     names = [f"scene_{i}" for i in range(7)]
     weights = _save(tmp_path, "resnet18", {"classes": names}, num_classes=7)
     assert predict.main([str(photo), "--weights", str(weights), "--topk", "3", "--json"]) == 0
-    assert {p["class"] for p in json.loads(capsys.readouterr().out)["predictions"][str(photo)]} <= set(names)
+    assert {p["class"] for p in json.loads(capsys.readouterr().out)["predictions"][str(photo)]["top"]} <= set(names)
     bad = _save(tmp_path, "resnet18", {"classes": names[:5]}, num_classes=7)
     with pytest.raises(models.CheckpointError, match="names 5 classes but its last layer has 7"):
         models.load_checkpoint("resnet18", bad)
@@ -94,9 +94,9 @@ def test_predict_batches_give_the_same_answers(tmp_path, capsys):
         outs.append(json.loads(capsys.readouterr().out)["predictions"])
     assert list(outs[0]) == list(outs[1]) == images
     for path in images:
-        assert [p["id"] for p in outs[0][path]] == [p["id"] for p in outs[1][path]]
-        torch.testing.assert_close([p["probability"] for p in outs[0][path]],
-                                   [p["probability"] for p in outs[1][path]], rtol=1e-5, atol=1e-6)
+        assert [p["id"] for p in outs[0][path]["top"]] == [p["id"] for p in outs[1][path]["top"]]
+        torch.testing.assert_close([p["probability"] for p in outs[0][path]["top"]],
+                                   [p["probability"] for p in outs[1][path]["top"]], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [

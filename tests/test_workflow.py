@@ -102,7 +102,7 @@ def test_predict_cli_json(small_root, small_weights, capsys):
     code = predict.main([str(image), "--weights", str(small_weights), "--topk", "3", "--json", "--use-custom-conv"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    preds = out["predictions"][str(image)]
+    preds = out["predictions"][str(image)]["top"]
     assert len(preds) == 3 and preds[0]["probability"] >= preds[1]["probability"] >= preds[2]["probability"]
     assert all(p["class"] in data.read_categories(small_root) for p in preds)
 
