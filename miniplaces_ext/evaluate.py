@@ -3,12 +3,15 @@
     python -m miniplaces_ext.evaluate --use-custom-conv                 # ResNet-18, full val set
     python -m miniplaces_ext.evaluate --arch all --limit 500 --json results.json
     python -m miniplaces_ext.evaluate --use-custom-conv --compare-native --confusion confusion.png
+    python -m miniplaces_ext.evaluate --split test --submission submission.txt   # challenge file (kit format)
     torchrun --nproc_per_node=2 -m miniplaces_ext.evaluate --use-custom-conv     # split sharded over 2 processes
 
 Batched, with parallel decoding, a progress bar and images/s. With
 --use-custom-conv every convolution runs on miniplaces_ext's kernels;
 --compare-native also runs torch's convs on the same batches and reports how
-often the predictions agree and the largest logit difference.
+often the predictions agree and the largest logit difference. --submission writes
+every image's top-5 class ids in the development kit's format (submission.py); on
+the test split (unlabelled) that is all it reports.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from miniplaces_ext import cli, data, models, nn as ext_nn
+from miniplaces_ext import cli, data, models, nn as ext_nn, submission
 
 log = logging.getLogger("miniplaces_ext.evaluate")
 
@@ -30,7 +33,8 @@ log = logging.getLogger("miniplaces_ext.evaluate")
 def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size: int, workers: int,
              device: torch.device, native: torch.nn.Module | None = None, progress: bool = True,
              rank: int = 0, world: int = 1) -> dict:
-    """Runs `model` over `dataset`; returns accuracies, timings, per-class counts and the confusion matrix.
+    """Runs `model` over `dataset`; returns accuracies (None on an unlabelled split), timings,
+    per-class counts, the confusion matrix and every image's top-5 class ids ("top5_ids", by index).
 
     With world > 1 (torch.distributed initialised) each rank takes every world-th
     image and the counts are summed over ranks, so every rank returns the totals.
@@ -39,6 +43,7 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     top5_hits = 0
     seen = 0
+    top5_ids: dict[int, list[int]] = {}
     skipped: list[int] = []
     agree = 0
     max_delta = 0.0
@@ -54,15 +59,18 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
             x = batch.images.to(device, memory_format=torch.channels_last)
             logits = model(x).float().cpu()
             top5 = logits.topk(5, dim=1).indices
-            labels = batch.labels
-            confusion.index_put_((labels, top5[:, 0]), torch.ones_like(labels), accumulate=True)
-            top5_hits += (top5 == labels[:, None]).any(1).sum().item()
+            top5_ids.update(zip(batch.indices.tolist(), top5.tolist()))
+            labelled = batch.labels >= 0  # the test split has no labels
+            labels, top5_labelled = batch.labels[labelled], top5[labelled]
+            confusion.index_put_((labels, top5_labelled[:, 0]), torch.ones_like(labels), accumulate=True)
+            top5_hits += (top5_labelled == labels[:, None]).any(1).sum().item()
             seen += len(labels)
             if native is not None:
                 ref = native(x).float().cpu()
                 agree += (ref.argmax(1) == top5[:, 0]).sum().item()
                 max_delta = max(max_delta, (ref - logits).abs().max().item())
-            bar.set_postfix(top1=f"{confusion.diag().sum().item() / seen:.2%}", top5=f"{top5_hits / seen:.2%}")
+            if seen:
+                bar.set_postfix(top1=f"{confusion.diag().sum().item() / seen:.2%}", top5=f"{top5_hits / seen:.2%}")
     bar.close()
     if world > 1:
         counts = torch.tensor([top5_hits, seen, agree], dtype=torch.float64)
@@ -71,25 +79,30 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
         gathered: list[list[int]] = [[] for _ in range(world)]
         dist.all_gather_object(gathered, skipped)
         skipped = sorted(i for part in gathered for i in part)
+        parts: list[dict[int, list[int]]] = [{} for _ in range(world)]
+        dist.all_gather_object(parts, top5_ids)
+        top5_ids = {i: ids for part in parts for i, ids in part.items()}
         top5_hits, seen, agree = (int(v) for v in counts.tolist())
         delta = torch.tensor([max_delta], dtype=torch.float64)
         dist.all_reduce(delta, op=dist.ReduceOp.MAX)
         max_delta = delta.item()
     seconds = time.perf_counter() - start
+    processed = len(top5_ids)
     result = {
-        "images": seen,
+        "images": processed,
         "skipped": len(skipped),
         "skipped_files": [str(dataset.path(i)) for i in skipped],
-        "top1": confusion.diag().sum().item() / max(seen, 1),
-        "top5": top5_hits / max(seen, 1),
+        "top1": confusion.diag().sum().item() / seen if seen else None,
+        "top5": top5_hits / seen if seen else None,
         "seconds": seconds,
-        "images_per_second": seen / seconds if seconds else 0.0,
+        "images_per_second": processed / seconds if seconds else 0.0,
         "per_class_top1": {name: (confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
                            for i, name in enumerate(dataset.classes)},
         "confusion": confusion,
+        "top5_ids": top5_ids,
     }
     if native is not None:
-        result["agreement_with_native"] = agree / max(seen, 1)
+        result["agreement_with_native"] = agree / max(processed, 1)
         result["max_abs_logit_difference"] = max_delta
     return result
 
@@ -114,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_common_args(parser, archs=(*models.ARCHS, "all"))
-    parser.add_argument("--split", default="val", choices=["val", "train"], help="labelled split (default: val)")
+    parser.add_argument("--split", default="val", choices=["val", "train", "test"],
+                        help="split (default: val); test is unlabelled: use it with --submission")
     parser.add_argument("--batch-size", type=cli.positive_int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
     parser.add_argument("--limit", type=cli.positive_int, help="evaluate only the first N images")
@@ -123,8 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_json_arg(parser)
     parser.add_argument("--per-class", action="store_true", help="print per-class top-1 accuracy")
     parser.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix picture (one per arch)")
+    parser.add_argument("--submission", metavar="TXT",
+                        help="write every image's top-5 class ids in the challenge kit's format (one per arch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.split == "test" and not args.submission:
+        parser.error("the test split has no labels: add --submission FILE to write the challenge file")
+    if args.split == "test" and (args.confusion or args.per_class):
+        parser.error("the test split has no labels: --confusion and --per-class need val or train")
+    if args.submission and args.limit:
+        parser.error("--submission covers the whole split: drop --limit")
     if args.compare_native and not args.use_custom_conv:
         parser.error("--compare-native compares our kernels with torch's: add --use-custom-conv")
     world, rank = cli.torchrun_env()
@@ -135,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = data.MiniplacesDataset(args.data_root, args.split, limit=args.limit)
     except data.DataNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
+    if len(dataset) == 0:
+        parser.exit(2, f"error: no {args.split} images under {dataset.root / 'images' / args.split}\n")
 
     say = cli.table_printer(args)
     report = {"split": args.split, "custom_conv": args.use_custom_conv, "device": str(device), "results": {}}
@@ -144,12 +168,21 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress,
                        rank, world)
         confusion = res.pop("confusion")
+        top5_ids = res.pop("top5_ids")
         if rank != 0:
             continue
         kind = "custom convs" if args.use_custom_conv else "torch convs"
-        say(f"{arch} ({kind}) on {res['images']} {args.split} images: top-1 {res['top1']:.2%}  "
-              f"top-5 {res['top5']:.2%}  {res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"
-              + (f"  ({res['skipped']} unreadable files skipped)" if res["skipped"] else ""))
+        accuracy = f"top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  " if res["top1"] is not None else ""
+        say(f"{arch} ({kind}) on {res['images']} {args.split} images: {accuracy}"
+            f"{res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"
+            + (f"  ({res['skipped']} unreadable files skipped)" if res["skipped"] else ""))
+        if args.submission:
+            if res["skipped"]:
+                parser.exit(1, f"error: no submission written: {res['skipped']} unreadable images, e.g. "
+                               f"{res['skipped_files'][0]}\n")
+            path = args.submission if args.arch != "all" else args.submission.replace(".txt", f"_{arch}.txt")
+            submission.write(path, {dataset.items[i][0]: ids for i, ids in top5_ids.items()})
+            say(f"  submission ({len(top5_ids)} images, kit format): {path}")
         if native is not None:
             say(f"  vs torch convs: top-1 agreement {res['agreement_with_native']:.2%}, "
                   f"max |delta logit| {res['max_abs_logit_difference']:.2e}")
