@@ -32,14 +32,14 @@ LAYERS = {
     # index of the ReLU after each conv in AlexNet.features
     "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),
 }
-_ALEXNET_RELU = {"conv1": 2, "conv2": 5, "conv3": 9, "conv4": 12, "conv5": 15}
+ALEXNET_RELU = {"conv1": 2, "conv2": 5, "conv3": 9, "conv4": 12, "conv5": 15}
 
 
 def layer_activation(model: torch.nn.Module, arch: str, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The activation of `layer` for input x."""
     if arch == "resnet18":
         return model.feature_map(x, until=layer)
-    return model.features[: _ALEXNET_RELU[layer] + 1](x)
+    return model.features[: ALEXNET_RELU[layer] + 1](x)
 
 
 def _pixel_bounds(device) -> tuple[torch.Tensor, torch.Tensor]:
