@@ -1,7 +1,15 @@
-"""Top-k scene classes for image files; needs only the weights (class names ship with the package).
+"""Top-k scene classes for photos, folders and globs; needs only the weights (class names ship
+with the package).
 
     python -m miniplaces_ext.predict photo.jpg [more.jpg ...] --use-custom-conv
     python -m miniplaces_ext.predict photo.jpg --arch alexnet --weights alexnet.pt --topk 3 --json
+    python -m miniplaces_ext.predict ~/holiday/ 'scans/**/*.png' --output predictions.csv   # or .jsonl
+
+A folder means every image file under it (recursively); a pattern with * ? [ is a glob
+(** spans folders). With --output the rows (path, top-k ids, names, probabilities,
+indoor/outdoor) are appended batch by batch, so an interrupted run (Ctrl-C) resumes
+where it stopped when started again with the same --output: finished images are not
+redone. Unreadable files are skipped, counted and written as rows with an error.
 
 Each image is also called indoor or outdoor, as the Places365 demo does: by the
 share of outdoor classes among its 10 most probable (indoor_outdoor.py).
@@ -14,11 +22,121 @@ them (checkpoints from `train` do), else from the packaged Miniplaces list.
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
+import json
+import os
 import sys
+from pathlib import Path
 
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from miniplaces_ext import cli, data, indoor_outdoor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def expand_inputs(specs: list[str]) -> list[str]:
+    """Files as given; every image file under a folder (sorted, recursive); glob patterns expanded
+    (sorted, ** recursive). A folder or pattern that matches nothing is an error naming it."""
+    paths: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = sorted(str(p) for p in Path(spec).rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif glob.has_magic(spec):
+            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        else:
+            found = [spec]
+        if not found:
+            raise FileNotFoundError(f"no image files in {spec}")
+        paths.extend(found)
+    return list(dict.fromkeys(paths))  # each file once, first occurrence first
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Paths -> (index, preprocessed tensor or None, error message or None)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            with Image.open(self.paths[index]) as image:
+                return index, data.preprocess(image), None
+        except (OSError, ValueError) as exc:
+            return index, None, f"cannot read image {self.paths[index]}: {exc}"
+
+
+def _collate(items):
+    return items
+
+
+class RowWriter:
+    """Appends prediction rows to a .csv or .jsonl file, flushed per batch; knows the paths already there."""
+
+    def __init__(self, path: str, topk: int):
+        self.path = Path(path)
+        self.jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson")
+        if not self.jsonl and self.path.suffix.lower() != ".csv":
+            raise ValueError(f"--output must end in .csv or .jsonl, got {path}")
+        self.fields = ["path", *[f"{kind}{r}" for r in range(1, topk + 1) for kind in ("id", "class", "p")],
+                       "environment", "outdoor_share", "error"]
+        self.done = self._read_done()
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", newline="")
+        self.csv = None if self.jsonl else csv.DictWriter(self.file, fieldnames=self.fields)
+        if self.csv is not None and new:
+            self.csv.writeheader()
+
+    def _read_done(self) -> set[str]:
+        """Paths already in the file, after cutting off a last line an interruption left unfinished."""
+        if not self.path.exists():
+            return set()
+        text = self.path.read_bytes()
+        if text and not text.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(text.rfind(b"\n") + 1)
+        with open(self.path, newline="") as f:
+            if self.jsonl:
+                try:
+                    rows = [json.loads(line) for line in f if line.strip()]
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{self.path} is not JSON Lines written by this command: {exc}") from exc
+            else:
+                rows = list(csv.DictReader(f))
+                if rows and list(rows[0].keys()) != self.fields:
+                    raise ValueError(f"{self.path} has other columns ({', '.join(rows[0])}): not a resumable "
+                                     f"output of this command with --topk {(len(self.fields) - 4) // 3}")
+        return {row["path"] for row in rows}
+
+    def write(self, path: str, result: dict | None, error: str | None) -> None:
+        row: dict = {"path": path, "error": error}
+        if result is not None:
+            if self.jsonl:
+                row.update(result)
+            else:
+                for r, entry in enumerate(result["top"], 1):
+                    row.update({f"id{r}": entry["id"], f"class{r}": entry["class"],
+                                f"p{r}": f"{entry['probability']:.6f}"})
+                row["environment"] = result.get("environment")
+                row["outdoor_share"] = result.get("outdoor_share")
+        if self.jsonl:
+            self.file.write(json.dumps(row) + "\n")
+        else:
+            self.csv.writerow(row)
+
+    def flush(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, classes: list[str], topk: int,
@@ -44,13 +162,21 @@ def predict(model: torch.nn.Module, images: torch.Tensor, classes: list[str], to
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", metavar="IMG", help="image files (any size, any PIL format)")
+    parser.add_argument("images", nargs="+", metavar="IMG",
+                        help="image files, folders (every image under them) or glob patterns")
     cli.add_common_args(parser, data_root=False)
     parser.add_argument("--topk", type=cli.positive_int, default=5, help="how many classes per image (default: 5)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch (default: 32)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
+    parser.add_argument("--output", metavar="FILE", help="append rows to FILE.csv or FILE.jsonl; rerun to resume")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_json_arg(parser, "the predictions")
     args = parser.parse_args(argv)
     device = cli.setup(args)
+    try:
+        paths = expand_inputs(args.images)
+    except FileNotFoundError as exc:
+        parser.exit(2, f"error: {exc}\n")
     model = cli.load_model(args.arch, args, device)
     classes = model.class_names
     if classes is None:
@@ -59,21 +185,53 @@ def main(argv: list[str] | None = None) -> int:
                        f"save it as {{'state_dict': ..., 'classes': [...]}} as train does\n")
     if args.topk > len(classes):
         parser.error(f"--topk {args.topk} is more than the model's {len(classes)} classes")
+    writer = None
+    if args.output:
+        try:
+            writer = RowWriter(args.output, args.topk)
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
+        if writer.done:
+            print(f"resuming: {len(writer.done & set(paths))} of {len(paths)} images already in {args.output}",
+                  file=sys.stderr)
+        paths = [p for p in paths if p not in writer.done]
 
     environments = indoor_outdoor.environment_labels(classes)
     results, failed = {}, {}
-    for start in range(0, len(args.images), args.batch_size):
-        tensors, readable = [], []
-        for path in args.images[start:start + args.batch_size]:
-            try:
-                tensors.append(data.load_image(path))
-                readable.append(path)
-            except (OSError, ValueError) as exc:
-                failed[path] = str(exc)
-        if tensors:
-            batch = torch.stack(tensors).to(device, memory_format=torch.channels_last)
-            results.update(zip(readable, predict(model, batch, classes, args.topk, environments)))
-    if args.json:
+    files = ImageFiles(paths)
+    workers = args.workers if len(paths) > args.batch_size else 0  # one batch: decoding processes cost more
+    loader = torch.utils.data.DataLoader(files, batch_size=args.batch_size, num_workers=workers, collate_fn=_collate)
+    bar = tqdm(total=len(paths), unit="img", disable=args.no_progress or len(paths) <= args.batch_size,
+               file=sys.stderr)
+    try:
+        for batch in loader:
+            good = [(i, t) for i, t, err in batch if t is not None]
+            for i, _, err in batch:
+                if err is not None:
+                    failed[paths[i]] = err
+                    if writer:
+                        writer.write(paths[i], None, err)
+            if good:
+                images = torch.stack([t for _, t in good]).to(device, memory_format=torch.channels_last)
+                for (i, _), result in zip(good, predict(model, images, classes, args.topk, environments)):
+                    if writer:
+                        writer.write(paths[i], result, None)
+                    else:
+                        results[paths[i]] = result
+            if writer:
+                writer.flush()
+            bar.update(len(batch))
+    except KeyboardInterrupt:
+        bar.close()
+        if writer:
+            writer.close()
+            print(f"\ninterrupted: rows so far are in {args.output}; run the same command to resume", file=sys.stderr)
+        return 130
+    bar.close()
+    if writer:
+        writer.close()
+        print(f"{len(paths) - len(failed)} images predicted, {len(failed)} unreadable: {args.output}", file=sys.stderr)
+    elif args.json:
         cli.write_json(args.json, {"arch": args.arch, "custom_conv": args.use_custom_conv, "predictions": results,
                                    "errors": failed})
     else:
@@ -86,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {rank}. {p['class']:30s} {p['probability']:6.1%}{env}")
     for path, err in failed.items():
         print(f"{path}: error: {err}", file=sys.stderr)
-    return 1 if failed and not results else 0
+    return 1 if failed and len(failed) == len(paths) else 0
 
 
 def model_outputs(model: torch.nn.Module) -> int:
