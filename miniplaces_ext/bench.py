@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import platform
 import statistics
 import sys
 import time
@@ -75,17 +74,6 @@ LAYERS = [
     Layer("alexnet", "features.10 3x3", 384, 256, 3, 1, 1, 15, 1),
     Layer("alexnet", "features.13 3x3", 256, 256, 3, 1, 1, 15, 1),
 ]
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _timer(device: torch.device) -> Callable[[], None]:
@@ -272,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not args.no_peak:
         peak = max(torch.ops.miniplaces_ext.cpu_fma_peak_gflops() for _ in range(3))
     report = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-              "cpu": miniplaces_ext.cpu_capabilities(), "cpu_model": cpu_model(), "fma_peak_gflops": peak,
+              "cpu": miniplaces_ext.cpu_capabilities(), "cpu_model": cli.cpu_model(), "fma_peak_gflops": peak,
               "torch": torch.__version__, "channels_last": args.channels_last, "runs": []}
     for batch in batches:
         rows = []

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import secrets
 import sys
 from pathlib import Path
@@ -148,3 +149,14 @@ def new_figure(**kwargs):
 def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     """Saves a matplotlib figure (from new_figure) as PNG atomically."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

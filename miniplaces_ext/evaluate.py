@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from miniplaces_ext import cli, data, models, nn as ext_nn, submission
+from miniplaces_ext import cli, data, models, nn as ext_nn, report as html_report, submission
 
 log = logging.getLogger("miniplaces_ext.evaluate")
 
@@ -34,7 +34,8 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
              device: torch.device, native: torch.nn.Module | None = None, progress: bool = True,
              rank: int = 0, world: int = 1) -> dict:
     """Runs `model` over `dataset`; returns accuracies (None on an unlabelled split), timings,
-    per-class counts, the confusion matrix and every image's top-5 class ids ("top5_ids", by index).
+    per-class counts, the confusion matrix, every image's top-5 class ids ("top5_ids", by index) and
+    top-1 softmax probability ("confidence"); with `native`, torch's convs' accuracy and agreement.
 
     With world > 1 (torch.distributed initialised) each rank takes every world-th
     image and the counts are summed over ranks, so every rank returns the totals.
@@ -43,7 +44,9 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     top5_hits = 0
     seen = 0
+    native_top1 = native_top5 = 0
     top5_ids: dict[int, list[int]] = {}
+    confidence: dict[int, float] = {}
     skipped: list[int] = []
     agree = 0
     max_delta = 0.0
@@ -60,6 +63,7 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
             logits = model(x).float().cpu()
             top5 = logits.topk(5, dim=1).indices
             top5_ids.update(zip(batch.indices.tolist(), top5.tolist()))
+            confidence.update(zip(batch.indices.tolist(), logits.softmax(1).amax(1).tolist()))
             labelled = batch.labels >= 0  # the test split has no labels
             labels, top5_labelled = batch.labels[labelled], top5[labelled]
             confusion.index_put_((labels, top5_labelled[:, 0]), torch.ones_like(labels), accumulate=True)
@@ -68,21 +72,25 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
             if native is not None:
                 ref = native(x).float().cpu()
                 agree += (ref.argmax(1) == top5[:, 0]).sum().item()
+                ref5 = ref[labelled].topk(5, dim=1).indices
+                native_top1 += (ref5[:, 0] == labels).sum().item()
+                native_top5 += (ref5 == labels[:, None]).any(1).sum().item()
                 max_delta = max(max_delta, (ref - logits).abs().max().item())
             if seen:
                 bar.set_postfix(top1=f"{confusion.diag().sum().item() / seen:.2%}", top5=f"{top5_hits / seen:.2%}")
     bar.close()
     if world > 1:
-        counts = torch.tensor([top5_hits, seen, agree], dtype=torch.float64)
+        counts = torch.tensor([top5_hits, seen, agree, native_top1, native_top5], dtype=torch.float64)
         dist.all_reduce(confusion)
         dist.all_reduce(counts)
         gathered: list[list[int]] = [[] for _ in range(world)]
         dist.all_gather_object(gathered, skipped)
         skipped = sorted(i for part in gathered for i in part)
-        parts: list[dict[int, list[int]]] = [{} for _ in range(world)]
-        dist.all_gather_object(parts, top5_ids)
-        top5_ids = {i: ids for part in parts for i, ids in part.items()}
-        top5_hits, seen, agree = (int(v) for v in counts.tolist())
+        parts: list[tuple[dict, dict]] = [({}, {}) for _ in range(world)]
+        dist.all_gather_object(parts, (top5_ids, confidence))
+        top5_ids = {i: ids for part in parts for i, ids in part[0].items()}
+        confidence = {i: c for part in parts for i, c in part[1].items()}
+        top5_hits, seen, agree, native_top1, native_top5 = (int(v) for v in counts.tolist())
         delta = torch.tensor([max_delta], dtype=torch.float64)
         dist.all_reduce(delta, op=dist.ReduceOp.MAX)
         max_delta = delta.item()
@@ -100,15 +108,18 @@ def evaluate(model: torch.nn.Module, dataset: data.MiniplacesDataset, batch_size
                            for i, name in enumerate(dataset.classes)},
         "confusion": confusion,
         "top5_ids": top5_ids,
+        "confidence": confidence,
     }
     if native is not None:
         result["agreement_with_native"] = agree / max(processed, 1)
         result["max_abs_logit_difference"] = max_delta
+        result["native_top1"] = native_top1 / seen if seen else None
+        result["native_top5"] = native_top5 / seen if seen else None
     return result
 
 
-def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path: str) -> None:
-    """Writes the row-normalised confusion matrix as a PNG."""
+def confusion_figure(confusion: torch.Tensor, classes: list[str], title: str):
+    """The row-normalised confusion matrix as a matplotlib Figure."""
     norm = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
     fig = cli.new_figure(figsize=(14, 13))
     ax = fig.subplots()
@@ -120,7 +131,12 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path
     ax.set_title(title)
     fig.colorbar(im, fraction=0.03)
     fig.tight_layout()
-    cli.save_figure(fig, path, dpi=150)
+    return fig
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path: str) -> None:
+    """Writes the row-normalised confusion matrix as a PNG."""
+    cli.save_figure(confusion_figure(confusion, classes, title), path, dpi=150)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,14 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_json_arg(parser)
     parser.add_argument("--per-class", action="store_true", help="print per-class top-1 accuracy")
     parser.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix picture (one per arch)")
+    parser.add_argument("--report", metavar="HTML",
+                        help="write one self-contained HTML page: accuracy, per class, confusion, calibration "
+                             "(one per arch)")
     parser.add_argument("--submission", metavar="TXT",
                         help="write every image's top-5 class ids in the challenge kit's format (one per arch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.split == "test" and not args.submission:
         parser.error("the test split has no labels: add --submission FILE to write the challenge file")
-    if args.split == "test" and (args.confusion or args.per_class):
-        parser.error("the test split has no labels: --confusion and --per-class need val or train")
+    if args.split == "test" and (args.confusion or args.per_class or args.report):
+        parser.error("the test split has no labels: --confusion, --per-class and --report need val or train")
     if args.submission and args.limit:
         parser.error("--submission covers the whole split: drop --limit")
     if args.compare_native and not args.use_custom_conv:
@@ -169,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                        rank, world)
         confusion = res.pop("confusion")
         top5_ids = res.pop("top5_ids")
+        confidence = res.pop("confidence")
         if rank != 0:
             continue
         kind = "custom convs" if args.use_custom_conv else "torch convs"
@@ -193,6 +213,21 @@ def main(argv: list[str] | None = None) -> int:
             path = args.confusion if args.arch != "all" else args.confusion.replace(".png", f"_{arch}.png")
             plot_confusion(confusion, dataset.classes, f"{arch} ({kind}), top-1 {res['top1']:.2%}", path)
             say(f"  confusion matrix: {path}")
+        if args.report:
+            path = args.report.replace(".html", f"_{arch}.html") if args.arch == "all" else args.report
+            html_report.write_report(
+                path, title=f"Miniplaces {args.split}: {arch} ({kind})", result=res, confusion=confusion,
+                confusion_fig=confusion_figure(confusion, dataset.classes, f"{arch} ({kind})"),
+                classes=dataset.classes, labels={i: label for i, (_, label) in enumerate(dataset.items)},
+                image_paths={i: dataset.path(i) for i in top5_ids}, top5_ids=top5_ids, confidence=confidence,
+                settings={"arch": arch, "weights": str(models.find_weights(arch, args.weights)),
+                          "convolutions": kind, "split": args.split, "images": res["images"],
+                          "skipped (unreadable)": res["skipped"], "data root": str(dataset.root),
+                          "device": str(device), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "cpu": cli.cpu_model(),
+                          "command": "python -m miniplaces_ext.evaluate " + " ".join(argv or sys.argv[1:]),
+                          "date": time.strftime("%Y-%m-%d %H:%M")})
+            say(f"  report: {path}")
         report["results"][arch] = res
     if args.json and rank == 0:
         cli.write_json(args.json, report)
