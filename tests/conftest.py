@@ -139,17 +139,25 @@ def _seed():
     yield
 
 
+def copy_val_subset(root: Path, count: int) -> list[str]:
+    """Makes `root` a Miniplaces folder holding the first `count` real val images (categories.txt,
+    val.txt, an empty train.txt); returns their val.txt lines."""
+    src = miniplaces_root()
+    (root / "images" / "val").mkdir(parents=True)
+    shutil.copy(src / "categories.txt", root)
+    lines = (src / "val.txt").read_text().splitlines()[:count]
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    (root / "train.txt").write_text("")
+    for line in lines:
+        shutil.copy(src / "images" / line.split()[0], root / "images" / "val")
+    return lines
+
+
 @pytest.fixture
 def small_root(tmp_path):
     """A Miniplaces folder of 6 real val images, one of them corrupt."""
-    src = miniplaces_root()
     root = tmp_path / "mp"
-    (root / "images" / "val").mkdir(parents=True)
-    shutil.copy(src / "categories.txt", root)
-    lines = (src / "val.txt").read_text().splitlines()[:6]
-    (root / "val.txt").write_text("\n".join(lines) + "\n")
-    for line in lines:
-        shutil.copy(src / "images" / line.split()[0], root / "images" / "val")
+    lines = copy_val_subset(root, 6)
     (root / "images" / lines[2].split()[0]).write_bytes(b"not a jpeg")
     return root
 

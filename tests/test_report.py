@@ -15,22 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PROVIDED_WEIGHTS, miniplaces_root, requires_data
+from conftest import PROVIDED_WEIGHTS, copy_val_subset, requires_data
 from miniplaces_ext import evaluate, report
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    src = miniplaces_root()
     root = tmp / "mp"
-    (root / "images" / "val").mkdir(parents=True)
-    shutil.copy(src / "categories.txt", root)
-    lines = (src / "val.txt").read_text().splitlines()[:60]
-    (root / "val.txt").write_text("\n".join(lines) + "\n")
-    (root / "train.txt").write_text("")
-    for line in lines:
-        shutil.copy(src / "images" / line.split()[0], root / "images" / "val")
+    copy_val_subset(root, 60)
     weights = PROVIDED_WEIGHTS
     if not weights.exists():
         from miniplaces_ext import models

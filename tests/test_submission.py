@@ -7,23 +7,15 @@ import shutil
 
 import pytest
 
-from conftest import PROVIDED_WEIGHTS, miniplaces_root, requires_data
+from conftest import PROVIDED_WEIGHTS, copy_val_subset, requires_data
 from miniplaces_ext import evaluate, submission
 
 
 @pytest.fixture
 def val_root(tmp_path):
     """A Miniplaces folder holding the first 40 real val images (all readable)."""
-    src = miniplaces_root()
-    root = tmp_path / "mp"
-    (root / "images" / "val").mkdir(parents=True)
-    shutil.copy(src / "categories.txt", root)
-    lines = (src / "val.txt").read_text().splitlines()[:40]
-    (root / "val.txt").write_text("\n".join(lines) + "\n")
-    (root / "train.txt").write_text("")
-    for line in lines:
-        shutil.copy(src / "images" / line.split()[0], root / "images" / "val")
-    return root
+    copy_val_subset(tmp_path / "mp", 40)
+    return tmp_path / "mp"
 
 
 def _weights(small_weights):

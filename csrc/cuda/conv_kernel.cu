@@ -34,28 +34,11 @@ class CudaLauncher {
   at::cuda::CUDAStream stream_;
 };
 
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const ConvGeometry geo = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
-  CudaLauncher launcher(input);
-  return conv2d_forward(launcher, geo, input, weight, bias);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
-                                                        const at::Tensor& weight, at::IntArrayRef stride,
-                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                        int64_t groups, std::array<bool, 3> output_mask) {
-  const ConvGeometry geo = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
-  check_grad_output(grad_output, input, geo);
-  CudaLauncher launcher(input);
-  return conv2d_backward(launcher, geo, grad_output, input, weight, output_mask);
-}
-
 } // namespace
 
 TORCH_LIBRARY_IMPL(miniplaces_ext, CUDA, m) {
-  m.impl("conv2d_forward", &forward);
-  m.impl("conv2d_backward", &backward);
+  m.impl("conv2d_forward", &forward_op<CudaLauncher>);
+  m.impl("conv2d_backward", &backward_op<CudaLauncher>);
 }
 
 } // namespace miniplaces_ext::cuda

@@ -1,7 +1,7 @@
 // The host side of the CUDA convolution ops, written once over a Launcher:
 // which kernels run, on which grids, with which buffers.
 //
-// A Launcher supplies
+// A Launcher, constructed from the input (it checks the device), supplies
 //   at::Tensor input(const at::Tensor&)                  the operand as the kernels read it (contiguous)
 //   at::Tensor empty(at::IntArrayRef, at::TensorOptions)  storage every element of which a kernel writes
 //   void launch(const char* name, Kernel, dim3 grid, dim3 block, args...)
@@ -110,6 +110,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
     }
   });
   return {grad_input, grad_weight, grad_bias};
+}
+
+// The op conv2d_forward with kernels run by Launcher: checks, geometry, launches.
+template <typename Launcher>
+at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const ConvGeometry geo = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  Launcher launcher(input);
+  return conv2d_forward(launcher, geo, input, weight, bias);
+}
+
+// The op conv2d_backward with kernels run by Launcher.
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                                           const at::Tensor& weight, at::IntArrayRef stride,
+                                                           at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                           int64_t groups, std::array<bool, 3> output_mask) {
+  const ConvGeometry geo = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, geo);
+  Launcher launcher(input);
+  return conv2d_backward(launcher, geo, grad_output, input, weight, output_mask);
 }
 
 } // namespace miniplaces_ext::cuda

@@ -41,6 +41,10 @@ void poison(at::Tensor& t) {
 
 class HostLauncher {
  public:
+  explicit HostLauncher(const at::Tensor& input) {
+    TORCH_CHECK(input.device().is_cpu(), "the CUDA-on-CPU harness takes CPU tensors, got one on ", input.device());
+  }
+
   at::Tensor input(const at::Tensor& t) const {
     at::Tensor copy = guarded_empty(t.sizes(), t.options(), guard_);
     copy.copy_(t);
@@ -69,29 +73,6 @@ class HostLauncher {
   GuardSide guard_ = settings.guard;
 };
 
-void check_cpu(const at::Tensor& input) {
-  TORCH_CHECK(input.device().is_cpu(), "the CUDA-on-CPU harness takes CPU tensors, got one on ", input.device());
-}
-
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const ConvGeometry geo = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
-  check_cpu(input);
-  HostLauncher launcher;
-  return cuda::conv2d_forward(launcher, geo, input, weight, bias);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
-                                                        const at::Tensor& weight, at::IntArrayRef stride,
-                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                        int64_t groups, std::array<bool, 3> output_mask) {
-  const ConvGeometry geo = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
-  check_grad_output(grad_output, input, geo);
-  check_cpu(input);
-  HostLauncher launcher;
-  return cuda::conv2d_backward(launcher, geo, grad_output, input, weight, output_mask);
-}
-
 void configure(const std::string& order, int64_t seed, const std::string& guard, int64_t max_grid_z) {
   TORCH_CHECK(max_grid_z >= 1 && max_grid_z <= cuda::kMaxGridYZ, "max_grid_z must be in 1..65535, got ", max_grid_z);
   std::lock_guard<std::mutex> lock(settings_mutex);
@@ -119,8 +100,8 @@ TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(miniplaces_ext, CPU, m) {
-  m.impl("cuda_on_cpu_conv2d_forward", &forward);
-  m.impl("cuda_on_cpu_conv2d_backward", &backward);
+  m.impl("cuda_on_cpu_conv2d_forward", &cuda::forward_op<HostLauncher>);
+  m.impl("cuda_on_cpu_conv2d_backward", &cuda::backward_op<HostLauncher>);
 }
 
 } // namespace miniplaces_ext::cuda_on_cpu
