@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.channel < channels:
             parser.error(f"--channel must be in 0..{channels - 1} for {args.arch}.{args.layer}")
     generator = torch.Generator().manual_seed(args.seed)
-    frames: list[torch.Tensor] = [image]
+    frames = [image] if args.gif else None  # the octave frames only when a GIF is asked for
     result = dream(model, args.arch, image, args.layer, args.octaves, args.octave_scale, args.steps, args.lr,
                    args.jitter, generator, not args.no_progress, args.channel, class_id, args.tile, frames)
     cli.save_image(to_image(result), args.out)

@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from miniplaces_ext import cli, data, indoor_outdoor
@@ -67,10 +66,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            with Image.open(self.paths[index]) as image:
-                return index, data.preprocess(image), None
-        except (OSError, ValueError) as exc:
-            return index, None, f"cannot read image {self.paths[index]}: {exc}"
+            return index, data.load_image(self.paths[index]), None
+        except (OSError, ValueError) as exc:  # load_image's message names the file
+            return index, None, str(exc)
 
 
 def _collate(items):
