@@ -36,6 +36,7 @@ CASES = [
     (2, 4, 10, 9, 6, (2, 4), (1, 2), (1, 2), (2, 1), 2),       # asymmetric everything
     (1, 20, 6, 5, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # K = 180 (12 k-tiles), 70 cols (2 column tiles)
     (2, 5, 9, 8, 4, (3, 3), (1, 1), (0, 0), (2, 2), 1),        # dilation without padding
+    (2, 3, 9, 10, 4, (3, 3), (2, 2), (2, 1), (2, 2), 1),       # stride 2 x dilation 2: odd phases read by no tap
 ]
 SPLIT_K_CASE = (3, 2, 20, 20, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # 1,200 pixels: 2 split-K chunks
 
@@ -56,8 +57,8 @@ def _inputs(case, dtype, layout, seed=0):
     x_ref = x.double()
     out_shape = F.conv2d(x_ref, weight.double(), None, stride, padding, dilation, groups).shape
     dy = torch.randn(out_shape, generator=g).to(dtype)
-    if layout == "channels_last":
-        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":  # as a model converted with .to(memory_format=torch.channels_last) has them
+        x, dy, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy, weight))
     return x, weight, bias, dy
 
 
@@ -125,6 +126,14 @@ def test_every_kernel_is_executed():
     launched = OPS.cuda_on_cpu_launches()
     assert set(launched) == KERNELS
     assert launched.count("implicit_gemm<grad_weight>") == 1  # one launch, both chunks on blockIdx.z
+
+
+@pytest.mark.parametrize("case, phases", [(CASES[0], 1), (CASES[1], 4), (CASES[5], 16), (CASES[6], 2)],
+                         ids=["stride1", "stride2", "stride4", "stride1x2"])
+def test_strided_grad_input_runs_one_sub_convolution_per_phase(case, phases):
+    """grad_input at stride (sh, sw) is sh*sw GEMMs, each over the taps that reach its pixels only."""
+    _check_case(case, torch.float32, "contiguous", "random")
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input>") == phases
 
 
 def test_more_groups_than_one_launch_takes():

@@ -17,11 +17,14 @@ class CudaLauncher {
     TORCH_CHECK(input.is_cuda(), "the CUDA conv kernel got an input on ", input.device());
   }
 
-  at::Tensor input(const at::Tensor& t) const { return t.contiguous(); }
+  // The kernels read any strides: no copy.
+  const at::Tensor& input(const at::Tensor& t) const { return t; }
 
   static constexpr int64_t max_grid_z() { return kMaxGridYZ; }
 
-  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const { return at::empty(sizes, options); }
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat memory_format) const {
+    return at::empty(sizes, options.memory_format(memory_format));
+  }
 
   template <typename... Params, typename... Args>
   void launch(const char* /*name*/, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) const {

@@ -1,9 +1,13 @@
 // The host side of the CUDA convolution ops, written once over a Launcher:
 // which kernels run, on which grids, with which buffers.
 //
+// The kernels address every tensor through its strides (Strides4), so operands
+// are read in the layout the caller has (NCHW or channels_last, no copies) and
+// outputs are written in the layout torch would return (conv_output_memory_format).
+//
 // A Launcher, constructed from the input (it checks the device), supplies
-//   at::Tensor input(const at::Tensor&)                  the operand as the kernels read it (contiguous)
-//   at::Tensor empty(at::IntArrayRef, at::TensorOptions)  storage every element of which a kernel writes
+//   at::Tensor input(const at::Tensor&)                  the operand as the kernels read it (same strides)
+//   at::Tensor empty(sizes, options, memory_format)      storage every element of which a kernel writes
 //   void launch(const char* name, Kernel, dim3 grid, dim3 block, args...)
 //   int64_t max_grid_z()                                  the largest gridDim.z it launches
 // CudaLauncher (conv_kernel.cu) launches on the current CUDA stream;
@@ -45,20 +49,29 @@ void launch_gemm(Launcher& launcher, const char* name, const Problem& p, int64_t
   }
 }
 
+inline Strides4 strides_of(const at::Tensor& t) { return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
 template <typename Launcher>
 at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at::Tensor& input,
                           const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const at::Tensor x = launcher.input(input);
   const at::Tensor w = launcher.input(weight);
   const at::Tensor b = bias.has_value() && bias->defined() ? launcher.input(*bias) : at::Tensor();
-  at::Tensor out = launcher.empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options());
+  at::Tensor out = launcher.empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options(),
+                                  conv_output_memory_format(input));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_forward_cuda", [&] {
-    ForwardProblem<scalar_t> p{x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-                               geo, MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
+    ForwardProblem<scalar_t> p{x.const_data_ptr<scalar_t>(),
+                               w.const_data_ptr<scalar_t>(),
+                               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                               out.mutable_data_ptr<scalar_t>(),
+                               strides_of(x),
+                               strides_of(w),
+                               strides_of(out),
+                               geo,
+                               MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
     launch_gemm(launcher, "implicit_gemm<forward>", p, geo.groups);
   });
-  return out.contiguous(conv_output_memory_format(input));
+  return out;
 }
 
 template <typename Launcher>
@@ -74,17 +87,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (output_mask[0]) {
-      grad_input = launcher.empty(x.sizes(), x.options());
-      GradInputProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                   grad_input.mutable_data_ptr<scalar_t>(), geo,
-                                   MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
-      launch_gemm(launcher, "implicit_gemm<grad_input>", p, geo.groups);
-      grad_input = grad_input.contiguous(conv_output_memory_format(input));
+      // One sub-convolution per (row, column) phase of the stride: only the taps that contribute.
+      grad_input = launcher.empty(x.sizes(), x.options(), conv_output_memory_format(input));
+      for (int64_t rh = 0; rh < geo.stride_h; ++rh) {
+        for (int64_t rw = 0; rw < geo.stride_w; ++rw) {
+          const StridePhase ph(rh, geo.stride_h, geo.pad_h, geo.dilation_h, geo.kernel_h, geo.in_h);
+          const StridePhase pw(rw, geo.stride_w, geo.pad_w, geo.dilation_w, geo.kernel_w, geo.in_w);
+          GradInputProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(),
+                                       w.const_data_ptr<scalar_t>(),
+                                       grad_input.mutable_data_ptr<scalar_t>(),
+                                       strides_of(dy),
+                                       strides_of(w),
+                                       strides_of(grad_input),
+                                       geo,
+                                       ph,
+                                       pw,
+                                       MixedRadixStep(kStep, std::max<int64_t>(ph.tap_count, 1),
+                                                      std::max<int64_t>(pw.tap_count, 1))};
+          launch_gemm(launcher, "implicit_gemm<grad_input>", p, geo.groups);
+        }
+      }
     }
     if (output_mask[1]) {
       const int64_t total = geo.batch * geo.out_pixels();
       const int64_t size = w.numel();
-      grad_weight = launcher.empty(w.sizes(), w.options());
+      grad_weight = launcher.empty(w.sizes(), w.options(), at::MemoryFormat::Contiguous);
       if (total == 0) {
         grad_weight.zero_();
       } else {
@@ -92,10 +119,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
         // Every workspace element is written by the GEMM: no zero fill.
         const int64_t chunk = std::max<int64_t>(1024, (total + 31) / 32);
         const int64_t splits = (total + chunk - 1) / chunk;
-        at::Tensor workspace = launcher.empty({splits, size}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-        GradWeightProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                      workspace.mutable_data_ptr<acc_t>(), geo,
-                                      MixedRadixStep(kStep, geo.out_h, geo.out_w), splits, chunk};
+        at::Tensor workspace = launcher.empty({splits, size}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value),
+                                              at::MemoryFormat::Contiguous);
+        GradWeightProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(),
+                                      x.const_data_ptr<scalar_t>(),
+                                      workspace.mutable_data_ptr<acc_t>(),
+                                      strides_of(dy),
+                                      strides_of(x),
+                                      geo,
+                                      MixedRadixStep(kStep, geo.out_h, geo.out_w),
+                                      splits,
+                                      chunk};
         launch_gemm(launcher, "implicit_gemm<grad_weight>", p, geo.groups * splits);
         launcher.launch("sum_splits", sum_splits_kernel<acc_t, scalar_t>,
                         dim3(static_cast<unsigned>((size + kThreads - 1) / kThreads)), dim3(kThreads),
@@ -103,10 +137,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
       }
     }
     if (output_mask[2]) {
-      grad_bias = launcher.empty({geo.out_channels}, x.options());
+      grad_bias = launcher.empty({geo.out_channels}, x.options(), at::MemoryFormat::Contiguous);
       launcher.launch("bias_grad", bias_grad_kernel<scalar_t, kThreads>, dim3(static_cast<unsigned>(geo.out_channels)),
                       dim3(kThreads), dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), geo.batch,
-                      geo.out_channels, geo.out_pixels(), MixedRadixStep(kThreads, 1, geo.out_pixels()));
+                      geo.out_pixels(), strides_of(dy), MixedRadixStep(kThreads, geo.out_h, geo.out_w));
     }
   });
   return {grad_input, grad_weight, grad_bias};

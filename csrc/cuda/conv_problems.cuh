@@ -1,10 +1,18 @@
 // The three passes of a convolution as implicit GEMMs, C[z][m, n] = sum_k A(m, k) * B(k, n),
-// each read straight from the tensors (NCHW, no im2col buffer):
+// each read straight from the tensors in whatever layout they have (NCHW, NHWC or any
+// other strides: no copies, no im2col buffer):
 //   forward      out[m = (n,oh,ow), co]  = sum_{k = (c,i,j)}    x(n, c, oh*s-p+i*d, ...) * W[co, k]
 //   grad_input   dx[m = (n,ih,iw), c]    = sum_{k = (co,i,j)}   dy(n, co, oh, ow) * W[co, c, i, j],
 //                                          (oh, ow) the output pixel whose tap (i, j) reads (ih, iw)
 //   grad_weight  dW[co, col = (c,i,j)]   = sum_{k = (n,oh,ow)}  dy(n, co, oh, ow) * x(n, c, ...)
 // z enumerates groups (and, for grad_weight, split-K chunks of the reduction).
+//
+// grad_input of a strided convolution is run as stride_h * stride_w
+// sub-convolutions, one per StridePhase pair: the input pixels whose
+// (ih + pad) leave the same remainder modulo the stride are read only by the
+// taps with i * dilation of that remainder, so each sub-problem visits only
+// the taps that contribute (a quarter of them at stride 2) and finds their
+// output pixel without a division.
 //
 // A problem tells implicit_gemm.cuh how to read its operands. Index maths that
 // depends only on a thread's row of A or column of B is done once per thread
@@ -15,6 +23,7 @@
 
 #include "../conv.h"
 #include "mixed_radix_cursor.cuh"
+#include "strides4.cuh"
 
 #include <ATen/OpMathType.h>
 
@@ -22,13 +31,44 @@
 
 namespace miniplaces_ext::cuda {
 
+// One dimension of one grad_input sub-convolution: the input positions
+// in_first + u * stride (u < in_count), whose (position + pad) % stride == remainder,
+// and the taps tap_first + t * tap_period (t < tap_count) that read them.
+// Tap t of position u reads output position out_first(u) - t * out_step.
+struct StridePhase {
+  int64_t in_first, in_count;
+  int64_t tap_first, tap_period, tap_count;
+  int64_t out_step;
+
+  static int64_t gcd(int64_t a, int64_t b) { return b == 0 ? a : gcd(b, a % b); }
+
+  StridePhase(int64_t remainder, int64_t stride, int64_t pad, int64_t dilation, int64_t kernel, int64_t in_size) {
+    in_first = ((remainder - pad) % stride + stride) % stride;
+    in_count = in_first < in_size ? (in_size - in_first + stride - 1) / stride : 0;
+    tap_period = stride / gcd(stride, dilation);
+    tap_first = -1;
+    for (int64_t i = 0; i < tap_period && tap_first < 0; ++i) {
+      if ((i * dilation) % stride == remainder) tap_first = i;
+    }
+    tap_count = tap_first >= 0 && tap_first < kernel ? (kernel - tap_first + tap_period - 1) / tap_period : 0;
+    if (tap_first < 0) tap_first = 0;
+    out_step = tap_period * dilation / stride;
+  }
+  // Output position read by tap 0 at input position `in`: exact, as (in + pad - tap_first * dilation) % stride == 0.
+  __host__ __device__ int64_t out_first(int64_t in, int64_t pad, int64_t dilation, int64_t stride) const {
+    return (in + pad - tap_first * dilation) / stride;
+  }
+};
+
 template <typename scalar_t>
 struct ForwardProblem {
   using acc_t = at::opmath_type<scalar_t>;
+  using input_t = scalar_t;
   const scalar_t* x;
   const scalar_t* weight;
   const scalar_t* bias;  // or nullptr
   scalar_t* out;
+  Strides4 xs, ws, os;
   ConvGeometry g;
   MixedRadixStep k_step;  // over k = (c, i, j): radices kernel_h, kernel_w
 
@@ -48,86 +88,98 @@ struct ForwardProblem {
   __host__ __device__ Row a_row(int64_t z, int64_t m) const {
     if (m >= rows()) return Row{nullptr, 0, 0, false};
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = m / g.out_pixels();
-    return Row{x + (n * g.in_channels + z * g.in_channels_per_group()) * g.in_pixels(), oh * g.stride_h - g.pad_h,
+    return Row{x + xs.at(n, z * g.in_channels_per_group(), 0, 0), oh * g.stride_h - g.pad_h,
                ow * g.stride_w - g.pad_w, true};
   }
   __host__ __device__ Col b_col(int64_t z, int64_t co) const {
     if (co >= cols()) return Col{nullptr, false};
-    return Col{weight + (z * g.out_channels_per_group() + co) * g.patch_size(), true};
+    return Col{weight + ws.at(z * g.out_channels_per_group() + co, 0, 0, 0), true};
   }
   __host__ __device__ acc_t a(const Row& r, const MixedRadixCursor& k) const {
     const int64_t ih = r.top + k.mid * g.dilation_h, iw = r.left + k.low * g.dilation_w;
     if (!r.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
-    return static_cast<acc_t>(r.x[(k.high * g.in_h + ih) * g.in_w + iw]);
+    return static_cast<acc_t>(r.x[xs.at(0, k.high, ih, iw)]);
   }
   __host__ __device__ acc_t b(const MixedRadixCursor& k, const Col& c) const {
-    return c.valid ? static_cast<acc_t>(c.w[k.linear]) : acc_t(0);
+    return c.valid ? static_cast<acc_t>(c.w[ws.at(0, k.high, k.mid, k.low)]) : acc_t(0);
   }
   __host__ __device__ void store(int64_t z, int64_t m, int64_t co, acc_t v) const {
-    const int64_t p = m % g.out_pixels(), n = m / g.out_pixels(), oc = z * g.out_channels_per_group() + co;
+    const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = m / g.out_pixels();
+    const int64_t oc = z * g.out_channels_per_group() + co;
     if (bias != nullptr) v += static_cast<acc_t>(bias[oc]);
-    out[(n * g.out_channels + oc) * g.out_pixels() + p] = static_cast<scalar_t>(v);
+    out[os.at(n, oc, oh, ow)] = static_cast<scalar_t>(v);
   }
 };
 
+// grad_input for the input pixels of one (row phase, column phase): see the top of this file.
 template <typename scalar_t>
 struct GradInputProblem {
   using acc_t = at::opmath_type<scalar_t>;
+  using input_t = scalar_t;
   const scalar_t* dy;
   const scalar_t* weight;
   scalar_t* dx;
+  Strides4 dys, ws, dxs;
   ConvGeometry g;
-  MixedRadixStep k_step;  // over k = (co, i, j): radices kernel_h, kernel_w
+  StridePhase ph, pw;
+  MixedRadixStep k_step;  // over k = (co, t, u): radices ph.tap_count, pw.tap_count
 
-  struct Row {  // input pixel m = (n, ih, iw)
+  struct Row {  // input pixel m = (n, ih, iw) of the phase
     const scalar_t* dy;  // image n, first output channel of the group
-    int64_t th, tw;      // ih + pad_h, iw + pad_w: tap (i, j) reads output pixel ((th - i*dh)/sh, (tw - j*dw)/sw)
+    int64_t oh, ow;      // output pixel read by the phase's first tap
     bool valid;
   };
   struct Col {  // input channel c of the group
-    const scalar_t* w;  // W[group's first output channel, c, 0, 0]
+    const scalar_t* w;  // W[group's first output channel, c, first tap]
     bool valid;
   };
 
-  __host__ __device__ int64_t rows() const { return g.batch * g.in_pixels(); }
+  __host__ __device__ int64_t rows() const { return g.batch * ph.in_count * pw.in_count; }
   __host__ __device__ int64_t cols() const { return g.in_channels_per_group(); }
   __host__ __device__ void k_range(int64_t, int64_t& k0, int64_t& k1) const {
     k0 = 0;
-    k1 = g.out_channels_per_group() * g.taps();
+    k1 = g.out_channels_per_group() * ph.tap_count * pw.tap_count;
+  }
+  __host__ __device__ void pixel(int64_t m, int64_t& n, int64_t& ih, int64_t& iw) const {
+    iw = pw.in_first + (m % pw.in_count) * g.stride_w;
+    ih = ph.in_first + ((m / pw.in_count) % ph.in_count) * g.stride_h;
+    n = m / (pw.in_count * ph.in_count);
   }
   __host__ __device__ Row a_row(int64_t z, int64_t m) const {
     if (m >= rows()) return Row{nullptr, 0, 0, false};
-    const int64_t iw = m % g.in_w, ih = (m / g.in_w) % g.in_h, n = m / g.in_pixels();
-    return Row{dy + (n * g.out_channels + z * g.out_channels_per_group()) * g.out_pixels(), ih + g.pad_h,
-               iw + g.pad_w, true};
+    int64_t n, ih, iw;
+    pixel(m, n, ih, iw);
+    return Row{dy + dys.at(n, z * g.out_channels_per_group(), 0, 0), ph.out_first(ih, g.pad_h, g.dilation_h, g.stride_h),
+               pw.out_first(iw, g.pad_w, g.dilation_w, g.stride_w), true};
   }
   __host__ __device__ Col b_col(int64_t z, int64_t c) const {
     if (c >= cols()) return Col{nullptr, false};
-    return Col{weight + (z * g.out_channels_per_group() * g.in_channels_per_group() + c) * g.taps(), true};
+    return Col{weight + ws.at(z * g.out_channels_per_group(), c, ph.tap_first, pw.tap_first), true};
   }
   __host__ __device__ acc_t a(const Row& r, const MixedRadixCursor& k) const {
-    const int64_t th = r.th - k.mid * g.dilation_h, tw = r.tw - k.low * g.dilation_w;
-    if (!r.valid || th < 0 || tw < 0 || th % g.stride_h != 0 || tw % g.stride_w != 0) return acc_t(0);
-    const int64_t oh = th / g.stride_h, ow = tw / g.stride_w;
-    if (oh >= g.out_h || ow >= g.out_w) return acc_t(0);
-    return static_cast<acc_t>(r.dy[(k.high * g.out_h + oh) * g.out_w + ow]);
+    const int64_t oh = r.oh - k.mid * ph.out_step, ow = r.ow - k.low * pw.out_step;
+    if (!r.valid || oh < 0 || oh >= g.out_h || ow < 0 || ow >= g.out_w) return acc_t(0);
+    return static_cast<acc_t>(r.dy[dys.at(0, k.high, oh, ow)]);
   }
   __host__ __device__ acc_t b(const MixedRadixCursor& k, const Col& c) const {
     if (!c.valid) return acc_t(0);
-    return static_cast<acc_t>(c.w[k.high * g.patch_size() + k.mid * g.kernel_w + k.low]);
+    return static_cast<acc_t>(c.w[ws.at(k.high, 0, k.mid * ph.tap_period, k.low * pw.tap_period)]);
   }
   __host__ __device__ void store(int64_t z, int64_t m, int64_t c, acc_t v) const {
-    const int64_t p = m % g.in_pixels(), n = m / g.in_pixels();
-    dx[(n * g.in_channels + z * g.in_channels_per_group() + c) * g.in_pixels() + p] = static_cast<scalar_t>(v);
+    int64_t n, ih, iw;
+    pixel(m, n, ih, iw);
+    dx[dxs.at(n, z * g.in_channels_per_group() + c, ih, iw)] = static_cast<scalar_t>(v);
   }
 };
 
 template <typename scalar_t>
 struct GradWeightProblem {
   using acc_t = at::opmath_type<scalar_t>;
+  using input_t = scalar_t;
   const scalar_t* dy;
   const scalar_t* x;
   acc_t* workspace;  // [splits][groups][coutg][cg*kh*kw]
+  Strides4 dys, xs;
   ConvGeometry g;
   MixedRadixStep k_step;  // over k = (n, oh, ow): radices out_h, out_w
   int64_t splits, chunk;  // z = group * splits + split; split s reduces pixels [s*chunk, (s+1)*chunk)
@@ -151,22 +203,22 @@ struct GradWeightProblem {
   }
   __host__ __device__ Row a_row(int64_t z, int64_t co) const {
     if (co >= rows()) return Row{nullptr, false};
-    return Row{dy + ((z / splits) * g.out_channels_per_group() + co) * g.out_pixels(), true};
+    return Row{dy + dys.at(0, (z / splits) * g.out_channels_per_group() + co, 0, 0), true};
   }
   __host__ __device__ Col b_col(int64_t z, int64_t col) const {
     if (col >= cols()) return Col{nullptr, 0, 0, false};
     const int64_t c = col / g.taps(), i = (col / g.kernel_w) % g.kernel_h, j = col % g.kernel_w;
-    return Col{x + ((z / splits) * g.in_channels_per_group() + c) * g.in_pixels(), i * g.dilation_h - g.pad_h,
+    return Col{x + xs.at(0, (z / splits) * g.in_channels_per_group() + c, 0, 0), i * g.dilation_h - g.pad_h,
                j * g.dilation_w - g.pad_w, true};
   }
   __host__ __device__ acc_t a(const Row& r, const MixedRadixCursor& k) const {
     if (!r.valid) return acc_t(0);
-    return static_cast<acc_t>(r.dy[k.high * g.out_channels * g.out_pixels() + k.mid * g.out_w + k.low]);
+    return static_cast<acc_t>(r.dy[dys.at(k.high, 0, k.mid, k.low)]);
   }
   __host__ __device__ acc_t b(const MixedRadixCursor& k, const Col& c) const {
     const int64_t ih = k.mid * g.stride_h + c.top, iw = k.low * g.stride_w + c.left;
     if (!c.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
-    return static_cast<acc_t>(c.x[k.high * g.in_channels * g.in_pixels() + ih * g.in_w + iw]);
+    return static_cast<acc_t>(c.x[xs.at(k.high, 0, ih, iw)]);
   }
   __host__ __device__ void store(int64_t z, int64_t co, int64_t col, acc_t v) const {
     const int64_t grp = z / splits, s = z % splits;

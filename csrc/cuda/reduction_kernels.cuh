@@ -3,6 +3,7 @@
 #pragma once
 
 #include "mixed_radix_cursor.cuh"
+#include "strides4.cuh"
 
 #include <ATen/OpMathType.h>
 
@@ -20,18 +21,19 @@ __global__ void sum_splits_kernel(const acc_t* parts, scalar_t* out, int64_t spl
   out[i] = static_cast<scalar_t>(total);
 }
 
-// grad_bias[co] = sum over n, pixels of dy[n, co, :]: one block of kBlockThreads
-// threads per channel, then a fixed-shape tree reduction in shared memory.
-// `walk` is MixedRadixStep(kBlockThreads, 1, pixels): (n, pixel) by kBlockThreads.
+// grad_bias[co] = sum over n, oh, ow of dy[n, co, oh, ow] (any layout: dy_strides
+// in elements): one block of kBlockThreads threads per channel, then a
+// fixed-shape tree reduction in shared memory.
+// `walk` is MixedRadixStep(kBlockThreads, out_h, out_w): (n, oh, ow) by kBlockThreads.
 template <typename scalar_t, int kBlockThreads>
-__global__ void bias_grad_kernel(const scalar_t* dy, scalar_t* out, int64_t batch, int64_t channels, int64_t pixels,
-                                 const MixedRadixStep walk) {
+__global__ void bias_grad_kernel(const scalar_t* dy, scalar_t* out, int64_t batch, int64_t pixels,
+                                 const Strides4 dy_strides, const MixedRadixStep walk) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kBlockThreads];
   const int64_t co = blockIdx.x;
   acc_t sum = 0;
   for (MixedRadixCursor i(threadIdx.x, walk); i.linear < batch * pixels; i.advance(walk)) {
-    sum += static_cast<acc_t>(dy[(i.high * channels + co) * pixels + i.low]);  // (n, pixel)
+    sum += static_cast<acc_t>(dy[dy_strides.at(i.high, co, i.mid, i.low)]);
   }
   partial[threadIdx.x] = sum;
   __syncthreads();

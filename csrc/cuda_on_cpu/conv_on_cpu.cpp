@@ -45,16 +45,17 @@ class HostLauncher {
     TORCH_CHECK(input.device().is_cpu(), "the CUDA-on-CPU harness takes CPU tensors, got one on ", input.device());
   }
 
+  // A guarded copy in the operand's own layout, so the kernels read NCHW or channels_last as on a GPU.
   at::Tensor input(const at::Tensor& t) const {
-    at::Tensor copy = guarded_empty(t.sizes(), t.options(), guard_);
+    at::Tensor copy = guarded_empty(t.sizes(), t.options(), guard_, t.suggest_memory_format());
     copy.copy_(t);
     return copy;
   }
 
   int64_t max_grid_z() const { return options_.max_grid_z; }
 
-  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
-    at::Tensor t = guarded_empty(sizes, options, guard_);
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat memory_format) const {
+    at::Tensor t = guarded_empty(sizes, options, guard_, memory_format);
     poison(t);
     return t;
   }

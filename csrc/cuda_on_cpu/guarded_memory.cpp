@@ -49,7 +49,8 @@ GuardSide parse_guard_side(const std::string& name) {
   return GuardSide::kBefore;
 }
 
-at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options, GuardSide side) {
+at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options, GuardSide side,
+                         at::MemoryFormat memory_format) {
   const size_t item = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * item;
   const size_t page = page_size();
@@ -79,7 +80,14 @@ at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options
     slot->data_end = reinterpret_cast<uintptr_t>(data + bytes);
     slot->map_begin.store(reinterpret_cast<uintptr_t>(map));
   }
-  return at::from_blob(data, sizes, [map, map_bytes](void*) { unmap(map, map_bytes); },
+  std::vector<int64_t> strides;
+  if (memory_format == at::MemoryFormat::ChannelsLast) {
+    strides = c10::get_channels_last_strides_2d(sizes);
+  } else {
+    const auto contiguous = c10::contiguous_strides(sizes);
+    strides.assign(contiguous.begin(), contiguous.end());
+  }
+  return at::from_blob(data, sizes, strides, [map, map_bytes](void*) { unmap(map, map_bytes); },
                        options.device(at::kCPU));
 }
 

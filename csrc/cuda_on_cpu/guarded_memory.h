@@ -19,8 +19,10 @@ enum class GuardSide { kAfter, kBefore };
 // "after" or "before"; anything else is an error.
 GuardSide parse_guard_side(const std::string& name);
 
-// An uninitialised contiguous CPU tensor in guarded memory, aligned to its element size.
-at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options, GuardSide side);
+// An uninitialised CPU tensor in guarded memory, aligned to its element size,
+// dense in `memory_format` (ChannelsLast for 4-D sizes, or Contiguous).
+at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options, GuardSide side,
+                         at::MemoryFormat memory_format);
 
 // When `address` lies in the guard page of a live guarded tensor, writes a
 // one-line description (which side, how many bytes off, the buffer's size) to

@@ -50,9 +50,9 @@ at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const st
   TORCH_CHECK(input.dim() == 1 && input.scalar_type() == at::kFloat && input.numel() >= 2 &&
                   input.numel() <= kMaxThreads,
               "selftest input: a float32 vector of 2..1024 elements");
-  at::Tensor in = guarded_empty(input.sizes(), input.options(), GuardSide::kAfter);
+  at::Tensor in = guarded_empty(input.sizes(), input.options(), GuardSide::kAfter, at::MemoryFormat::Contiguous);
   in.copy_(input);
-  at::Tensor out = guarded_empty(input.sizes(), input.options(), GuardSide::kAfter);
+  at::Tensor out = guarded_empty(input.sizes(), input.options(), GuardSide::kAfter, at::MemoryFormat::Contiguous);
   const int n = static_cast<int>(input.numel());
   void (*body)(const float*, float*, int) = nullptr;
   if (kernel == "rotate") {
