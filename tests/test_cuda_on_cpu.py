@@ -22,8 +22,9 @@ from conftest import assert_within_accumulation_bound, conv_reference_with_bound
 
 OPS = torch.ops.miniplaces_ext
 ORDERS = ["forward", "reverse", "random"]
-KERNELS = {"implicit_gemm<forward>", "implicit_gemm<grad_input>", "implicit_gemm<grad_weight>", "sum_splits",
-           "bias_grad"}
+KERNELS = {"implicit_gemm<forward,simt>", "implicit_gemm<grad_input,simt>", "implicit_gemm<grad_weight,simt>",
+           "sum_splits", "bias_grad"}
+TF32_ROUNDING = 2.0**-11  # relative error of rounding float32 to TF32's 10 mantissa bits
 
 CASES = [
     # (N, C, H, W, Cout, (kh, kw), stride, padding, dilation, groups)
@@ -70,8 +71,8 @@ def _harness(x, weight, bias, dy, case):
     return (out, *grads)
 
 
-def _check_case(case, dtype, layout, order, guard="after", max_grid_z=65535):
-    OPS.cuda_on_cpu_configure(order, 1234, guard, max_grid_z)
+def _check_case(case, dtype, layout, order, guard="after", max_grid_z=65535, capability=90, operand_rounding=0.0):
+    OPS.cuda_on_cpu_configure(order, 1234, guard, max_grid_z, capability)
     x, weight, bias, dy = _inputs(case, dtype, layout)
     got = _harness(x, weight, bias, dy, case)
     *_, stride, padding, dilation, groups = case
@@ -80,7 +81,7 @@ def _check_case(case, dtype, layout, order, guard="after", max_grid_z=65535):
     for name, g, r, a, k in zip(names, got, ref, abs_ref, lengths):
         assert g.dtype == dtype and g.shape == r.shape, name
         assert not g.isnan().any(), f"{name}: elements no kernel wrote (NaN poison left)"
-        assert_within_accumulation_bound(g, r, a, k, name)
+        assert_within_accumulation_bound(g, r, a, k, name, operand_rounding)
     expect_cl = layout == "channels_last" and x.shape[1] > 1 and not x.is_contiguous()
     assert got[0].is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
     assert got[1].is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
@@ -99,7 +100,48 @@ def test_float32_every_thread_order_same_bits(case):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES[:7], ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5][0]}{c[5][1]}")
 def test_other_dtypes(case, dtype):
+    """fp64 on CUDA cores; fp16 and bf16 on tensor cores (WMMA), accumulated in fp32."""
     _check_case(case, dtype, "contiguous", "random")
+    mma = "simt" if dtype == torch.float64 else "wmma"
+    assert {n for n in OPS.cuda_on_cpu_launches() if n.startswith("implicit_gemm")} == {
+        f"implicit_gemm<{p},{mma}>" for p in ("forward", "grad_input", "grad_weight")}
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[7]], ids=["3x3", "12-k-tiles"])
+def test_tensor_cores_every_thread_order_same_bits(case):
+    """The WMMA path (fragments through shared memory, epilogue barrier) has no race either."""
+    results = [_check_case(case, torch.float16, "contiguous", order) for order in ORDERS]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("capability, dtype, mma", [(75, torch.float16, "wmma"), (75, torch.bfloat16, "simt"),
+                                                    (80, torch.bfloat16, "wmma"), (75, torch.float32, "simt")])
+def test_tensor_cores_only_where_the_gpu_has_them(capability, dtype, mma):
+    """bf16 and TF32 tensor cores exist from sm_80, fp16 from sm_70: older GPUs run the SIMT kernel."""
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        _check_case(CASES[1], dtype, "contiguous", "forward", capability=capability,
+                    operand_rounding=TF32_ROUNDING if mma == "wmma" and dtype == torch.float32 else 0.0)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+    assert f"implicit_gemm<forward,{mma}>" in OPS.cuda_on_cpu_launches()
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[7]], ids=["3x3", "stem", "12-k-tiles"])
+def test_float32_as_tf32_when_allowed(case):
+    """torch.backends.cudnn.allow_tf32 on: fp32 runs on TF32 tensor cores, within TF32's operand
+    rounding of the exact result but not exact; off: the exact SIMT kernel."""
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        tf32 = _check_case(case, torch.float32, "contiguous", "random", operand_rounding=TF32_ROUNDING)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+    assert "implicit_gemm<forward,wmma>" in OPS.cuda_on_cpu_launches()
+    exact = _check_case(case, torch.float32, "contiguous", "random")
+    assert "implicit_gemm<forward,simt>" in OPS.cuda_on_cpu_launches()
+    assert not torch.equal(tf32[0], exact[0])  # the operands really were rounded
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -125,7 +167,7 @@ def test_every_kernel_is_executed():
     _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward")
     launched = OPS.cuda_on_cpu_launches()
     assert set(launched) == KERNELS
-    assert launched.count("implicit_gemm<grad_weight>") == 1  # one launch, both chunks on blockIdx.z
+    assert launched.count("implicit_gemm<grad_weight,simt>") == 1  # one launch, both chunks on blockIdx.z
 
 
 @pytest.mark.parametrize("case, phases", [(CASES[0], 1), (CASES[1], 4), (CASES[5], 16), (CASES[6], 2)],
@@ -133,16 +175,16 @@ def test_every_kernel_is_executed():
 def test_strided_grad_input_runs_one_sub_convolution_per_phase(case, phases):
     """grad_input at stride (sh, sw) is sh*sw GEMMs, each over the taps that reach its pixels only."""
     _check_case(case, torch.float32, "contiguous", "random")
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input>") == phases
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input,simt>") == phases
 
 
 def test_more_groups_than_one_launch_takes():
     """groups x split-K chunks above the grid's z limit run as several launches (limit lowered to 2)."""
     case = (2, 10, 20, 20, 5, (3, 3), (1, 1), (1, 1), (1, 1), 5)  # 5 groups; grad_weight: 5 x 1 split
     _check_case(case, torch.float32, "contiguous", "random", max_grid_z=2)
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<forward>") == 3
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<forward,simt>") == 3
     _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward", max_grid_z=1)
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_weight>") == 2
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_weight,simt>") == 2
 
 
 FUZZ_EXAMPLES = int(os.environ.get("MINIPLACES_FUZZ_EXAMPLES", "100"))
@@ -201,6 +243,14 @@ def test_harness_catches_out_of_bounds_reads():
 def test_harness_catches_barrier_divergence():
     with pytest.raises(RuntimeError, match="barrier divergence"):
         OPS.cuda_on_cpu_selftest("divergent_barrier", torch.randn(64), "random")
+
+
+def test_harness_catches_wmma_misuse():
+    """WMMA operations are warp-collective and need 32-byte aligned pointers, as on a GPU."""
+    with pytest.raises(RuntimeError, match="lane 16 of warp 0 performed 0 warp-collective"):
+        OPS.cuda_on_cpu_selftest("divergent_wmma", torch.randn(32), "forward")
+    with pytest.raises(RuntimeError, match="store_matrix_sync: pointer not 32-byte aligned"):
+        OPS.cuda_on_cpu_selftest("misaligned_wmma", torch.randn(32), "forward")
 
 
 def test_harness_checks_launch_settings():

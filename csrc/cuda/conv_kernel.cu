@@ -22,12 +22,17 @@ class CudaLauncher {
 
   static constexpr int64_t max_grid_z() { return kMaxGridYZ; }
 
+  int compute_capability() const {
+    const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    return props->major * 10 + props->minor;
+  }
+
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat memory_format) const {
     return at::empty(sizes, options.memory_format(memory_format));
   }
 
   template <typename... Params, typename... Args>
-  void launch(const char* /*name*/, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) const {
+  void launch(const std::string& /*name*/, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) const {
     kernel<<<grid, block, 0, stream_>>>(std::forward<Args>(args)...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

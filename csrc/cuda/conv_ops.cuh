@@ -8,8 +8,9 @@
 // A Launcher, constructed from the input (it checks the device), supplies
 //   at::Tensor input(const at::Tensor&)                  the operand as the kernels read it (same strides)
 //   at::Tensor empty(sizes, options, memory_format)      storage every element of which a kernel writes
-//   void launch(const char* name, Kernel, dim3 grid, dim3 block, args...)
+//   void launch(const std::string& name, Kernel, dim3 grid, dim3 block, args...)
 //   int64_t max_grid_z()                                  the largest gridDim.z it launches
+//   int compute_capability()                              of the device it runs on (major * 10 + minor)
 // CudaLauncher (conv_kernel.cu) launches on the current CUDA stream;
 // HostLauncher (csrc/cuda_on_cpu/conv_on_cpu.cpp) runs the same kernels on
 // the CPU, thread by thread, with guarded buffers.
@@ -20,20 +21,37 @@
 #include "reduction_kernels.cuh"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
 #include <array>
+#include <string>
+#include <type_traits>
 #include <tuple>
 
 namespace miniplaces_ext::cuda {
 
 constexpr int64_t kMaxGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
 
-// One implicit GEMM per value of z in [0, z_count), in launches of at most
-// launcher.max_grid_z() values of z each.
-template <typename Launcher, typename Problem>
-void launch_gemm(Launcher& launcher, const char* name, const Problem& p, int64_t z_count) {
+// Tensor cores for this operand type on a GPU of this compute capability
+// (major * 10 + minor)? fp16 from 7.0, bf16 from 8.0; fp32 as TF32 from 8.0
+// when torch.backends.cudnn.allow_tf32 allows it (as cuDNN's convolutions);
+// fp64 never.
+template <typename input_t>
+bool use_tensor_cores(int capability) {
+  if constexpr (!WmmaOperand<input_t>::kExists) {
+    return false;
+  } else {
+    if (capability < WmmaOperand<input_t>::kMinCapability) return false;
+    return !std::is_same_v<input_t, float> || at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+  }
+}
+
+// One implicit GEMM of multiply Mma per value of z in [0, z_count), in launches
+// of at most launcher.max_grid_z() values of z each, named "implicit_gemm<pass,mma>".
+template <typename Mma, typename Launcher, typename Problem>
+void launch_gemm_with(Launcher& launcher, const char* pass, const Problem& p, int64_t z_count) {
   const int64_t rows = p.rows(), cols = p.cols();
   if (rows == 0 || cols == 0 || z_count == 0) {
     return;
@@ -42,11 +60,25 @@ void launch_gemm(Launcher& launcher, const char* name, const Problem& p, int64_t
   TORCH_CHECK(grid_n <= kMaxGridYZ, "too many output columns for one CUDA launch: ", cols);
   const int64_t grid_m = (rows + kTileM - 1) / kTileM;
   const int64_t max_z = launcher.max_grid_z();
+  const std::string name = std::string("implicit_gemm<") + pass + "," + Mma::kName + ">";
   for (int64_t z0 = 0; z0 < z_count; z0 += max_z) {
     const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n),
                     static_cast<unsigned>(std::min(max_z, z_count - z0)));
-    launcher.launch(name, implicit_gemm_kernel<Problem>, grid, dim3(kThreads), p, rows, cols, z0);
+    launcher.launch(name, implicit_gemm_kernel<Problem, Mma>, grid, dim3(kThreads), p, rows, cols, z0);
   }
+}
+
+// launch_gemm_with the tensor-core multiply where use_tensor_cores says so, else the SIMT one.
+template <typename Launcher, typename Problem>
+void launch_gemm(Launcher& launcher, const char* pass, const Problem& p, int64_t z_count) {
+  using input_t = typename Problem::input_t;
+  if constexpr (WmmaOperand<input_t>::kExists) {
+    if (use_tensor_cores<input_t>(launcher.compute_capability())) {
+      launch_gemm_with<WmmaMma<input_t>>(launcher, pass, p, z_count);
+      return;
+    }
+  }
+  launch_gemm_with<SimtMma<typename Problem::acc_t>>(launcher, pass, p, z_count);
 }
 
 inline Strides4 strides_of(const at::Tensor& t) { return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
@@ -69,7 +101,7 @@ at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at:
                                strides_of(out),
                                geo,
                                MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
-    launch_gemm(launcher, "implicit_gemm<forward>", p, geo.groups);
+    launch_gemm(launcher, "forward", p, geo.groups);
   });
   return out;
 }
@@ -104,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
                                        pw,
                                        MixedRadixStep(kStep, std::max<int64_t>(ph.tap_count, 1),
                                                       std::max<int64_t>(pw.tap_count, 1))};
-          launch_gemm(launcher, "implicit_gemm<grad_input>", p, geo.groups);
+          launch_gemm(launcher, "grad_input", p, geo.groups);
         }
       }
     }
@@ -130,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
                                       MixedRadixStep(kStep, geo.out_h, geo.out_w),
                                       splits,
                                       chunk};
-        launch_gemm(launcher, "implicit_gemm<grad_weight>", p, geo.groups * splits);
+        launch_gemm(launcher, "grad_weight", p, geo.groups * splits);
         launcher.launch("sum_splits", sum_splits_kernel<acc_t, scalar_t>,
                         dim3(static_cast<unsigned>((size + kThreads - 1) / kThreads)), dim3(kThreads),
                         workspace.const_data_ptr<acc_t>(), grad_weight.mutable_data_ptr<scalar_t>(), splits, size);

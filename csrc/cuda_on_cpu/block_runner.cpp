@@ -54,6 +54,7 @@ struct Fiber {
   ucontext_t context;
   bool finished = false;
   int barrier_line = 0;  // source line of the __syncthreads it waits at
+  uint64_t collectives = 0;  // warp-collective operations performed so far
 };
 
 // The state of the block that runs now. One grid runs at a time (launch_mutex).
@@ -104,6 +105,17 @@ std::vector<unsigned> phase_order(unsigned threads, const RunOptions& options, u
   return order;
 }
 
+// Every lane of each warp has performed as many warp-collective operations as its warp's first lane.
+void check_warp_collectives(uint64_t block_index) {
+  constexpr unsigned kWarp = 32;
+  for (unsigned t = 0; t < state.fibers.size(); ++t) {
+    const Fiber& first = state.fibers[t - t % kWarp];
+    TORCH_CHECK(state.fibers[t].collectives == first.collectives, "CUDA-on-CPU harness: in block ", block_index,
+                ", lane ", t % kWarp, " of warp ", t / kWarp, " performed ", state.fibers[t].collectives,
+                " warp-collective (WMMA) operations, lane 0 ", first.collectives, ": a collective in divergent code");
+  }
+}
+
 void run_block(unsigned threads, uint64_t block_index, const RunOptions& options) {
   while (state.stacks.size() < threads) {
     state.stacks.push_back(std::make_unique<Stack>());
@@ -125,6 +137,7 @@ void run_block(unsigned threads, uint64_t block_index, const RunOptions& options
         swapcontext(&state.scheduler, &state.fibers[t].context);
       }
     }
+    check_warp_collectives(block_index);
     const auto finished = std::count_if(state.fibers.begin(), state.fibers.end(), [](const Fiber& f) { return f.finished; });
     if (finished == static_cast<int64_t>(threads)) {
       return;
@@ -152,6 +165,13 @@ ThreadOrder parse_thread_order(const std::string& name) {
   TORCH_CHECK(name == "random", "thread order must be 'forward', 'reverse' or 'random', got '", name, "'");
   return ThreadOrder::kRandom;
 }
+
+void fail_in_kernel(const std::string& message) {
+  snprintf(fault_message, sizeof(fault_message), "%s", message.c_str());
+  siglongjmp(fault_jump, 1);
+}
+
+void warp_collective() { ++state.fibers[state.running].collectives; }
 
 void syncthreads(int line) {
   Fiber& f = state.fibers[state.running];

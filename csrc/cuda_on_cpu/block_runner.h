@@ -45,6 +45,15 @@ extern ThreadContext current_thread;
 // buffer) are thrown as c10::Error after the grid is abandoned.
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, const RunOptions& options);
 
+// Ends the running kernel with an error: the grid is abandoned and run_grid
+// throws c10::Error naming `message`, the block and the thread.
+[[noreturn]] void fail_in_kernel(const std::string& message);
+
+// The calling thread performs a warp-collective operation (WMMA): between two
+// barriers every lane of a warp must perform as many as the others (a
+// collective in divergent code is an error).
+void warp_collective();
+
 // __syncthreads() at source line `line`: the calling fiber waits until every
 // thread of its block arrives (at the same line, or it is an error).
 void syncthreads(int line);

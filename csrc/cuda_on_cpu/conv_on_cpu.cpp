@@ -4,7 +4,7 @@
 //
 // Ops (CPU tensors, same arguments as conv2d_forward/backward):
 //   miniplaces_ext::cuda_on_cpu_conv2d_forward, cuda_on_cpu_conv2d_backward
-//   miniplaces_ext::cuda_on_cpu_configure(order, seed, guard, max_grid_z)  how the next launches run
+//   miniplaces_ext::cuda_on_cpu_configure(order, seed, guard, max_grid_z, compute_capability)  how the next launches run
 //   miniplaces_ext::cuda_on_cpu_launches()                    kernels launched since the last call
 // tests/test_cuda_on_cpu.py drives them.
 #include "../conv.h"
@@ -27,6 +27,7 @@ namespace {
 struct Settings {
   RunOptions options;
   GuardSide guard = GuardSide::kAfter;
+  int compute_capability = 90;
   std::vector<std::string> launches;
 };
 Settings settings;
@@ -54,6 +55,9 @@ class HostLauncher {
 
   int64_t max_grid_z() const { return options_.max_grid_z; }
 
+  // The GPU the harness stands in for (default 9.0, an H100: tensor cores for fp16, bf16, TF32).
+  int compute_capability() const { return capability_; }
+
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat memory_format) const {
     at::Tensor t = guarded_empty(sizes, options, guard_, memory_format);
     poison(t);
@@ -61,7 +65,7 @@ class HostLauncher {
   }
 
   template <typename... Params, typename... Args>
-  void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) const {
+  void launch(const std::string& name, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) const {
     {
       std::lock_guard<std::mutex> lock(settings_mutex);
       settings.launches.emplace_back(name);
@@ -72,14 +76,19 @@ class HostLauncher {
  private:
   RunOptions options_ = settings.options;
   GuardSide guard_ = settings.guard;
+  int capability_ = settings.compute_capability;
 };
 
-void configure(const std::string& order, int64_t seed, const std::string& guard, int64_t max_grid_z) {
+void configure(const std::string& order, int64_t seed, const std::string& guard, int64_t max_grid_z,
+               int64_t compute_capability) {
   TORCH_CHECK(max_grid_z >= 1 && max_grid_z <= cuda::kMaxGridYZ, "max_grid_z must be in 1..65535, got ", max_grid_z);
+  TORCH_CHECK(compute_capability >= 75 && compute_capability <= 120,
+              "compute_capability must be major * 10 + minor of a GPU we build for (75..120), got ", compute_capability);
   std::lock_guard<std::mutex> lock(settings_mutex);
   settings.options =
       RunOptions{parse_thread_order(order), static_cast<uint64_t>(seed), static_cast<unsigned>(max_grid_z)};
   settings.guard = parse_guard_side(guard);
+  settings.compute_capability = static_cast<int>(compute_capability);
 }
 
 std::vector<std::string> launches() {
@@ -96,7 +105,8 @@ TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
   m.def(
       "cuda_on_cpu_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  m.def("cuda_on_cpu_configure(str order, int seed, str guard, int max_grid_z=65535) -> ()", &configure);
+  m.def("cuda_on_cpu_configure(str order, int seed, str guard, int max_grid_z=65535, int compute_capability=90) -> ()",
+        &configure);
   m.def("cuda_on_cpu_launches() -> str[]", &launches);
 }
 

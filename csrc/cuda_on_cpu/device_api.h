@@ -5,6 +5,7 @@
 #pragma once
 
 #include "block_runner.h"
+#include "wmma_api.h"
 
 #define __global__
 #define __device__
@@ -14,7 +15,6 @@
 // Blocks run one at a time, so one static instance serves as each block's
 // shared memory in turn (uninitialised between blocks, as on a GPU).
 #define __shared__ static
-
 
 #define threadIdx (::miniplaces_ext::cuda_on_cpu::current_thread.thread_idx)
 #define blockIdx (::miniplaces_ext::cuda_on_cpu::current_thread.block_idx)

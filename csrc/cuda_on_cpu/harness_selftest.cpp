@@ -1,6 +1,7 @@
 // Kernels with deliberate bugs, to show that the CUDA-on-CPU harness catches
 // each kind (tests/test_cuda_on_cpu.py): a missing __syncthreads, an
-// out-of-bounds read, a barrier not every thread reaches. Op:
+// out-of-bounds read, a barrier not every thread reaches, a WMMA operation
+// only some lanes of a warp perform, a misaligned WMMA load. Op:
 //   miniplaces_ext::cuda_on_cpu_selftest(kernel, input, order) -> Tensor
 // runs one block of input.numel() threads, out[t] = f(input, t), with the
 // threads of each barrier phase in the given order (block_runner.h).
@@ -46,6 +47,23 @@ __global__ void divergent_barrier(const float* in, float* out, int n) {
   out[t] = in[t];
 }
 
+// out[t] = in[t]; a WMMA fragment fill by the lanes below n / 2 only (divergent)
+// or, when kMisaligned, a fragment load from a pointer 4 bytes off 32-byte alignment.
+template <bool kMisaligned>
+__global__ void wmma_misuse(const float* in, float* out, int n) {
+  alignas(32) __shared__ float tile[16 * 16 + 8];
+  const int t = threadIdx.x;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> c;
+  if (kMisaligned) {
+    nvcuda::wmma::fill_fragment(c, 0.0f);
+    nvcuda::wmma::store_matrix_sync(tile + 1, c, 16, nvcuda::wmma::mem_row_major);
+  } else if (t < n / 2) {
+    nvcuda::wmma::fill_fragment(c, 0.0f);
+  }
+  __syncthreads();
+  out[t] = in[t];
+}
+
 at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const std::string& order) {
   TORCH_CHECK(input.dim() == 1 && input.scalar_type() == at::kFloat && input.numel() >= 2 &&
                   input.numel() <= kMaxThreads,
@@ -61,6 +79,10 @@ at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const st
     body = rotate_through_shared<false>;
   } else if (kernel == "read_past_end") {
     body = read_past_end;
+  } else if (kernel == "divergent_wmma") {
+    body = wmma_misuse<false>;
+  } else if (kernel == "misaligned_wmma") {
+    body = wmma_misuse<true>;
   } else {
     TORCH_CHECK(kernel == "divergent_barrier", "unknown selftest kernel '", kernel, "'");
     body = divergent_barrier;
