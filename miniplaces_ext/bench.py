@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net", choices=["resnet18", "alexnet", "all"], default="all")
     parser.add_argument("--channels-last", action="store_true", help="feed channels_last inputs to both")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA: let float32 convolutions (cuDNN's and ours) use TF32 tensor cores (default: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--models", action="store_true",
                         help="also time whole-network eval (images/s) with and without swap_convs")
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         if not miniplaces_ext.cuda_kernels_built():
             parser.error("this build has no CUDA kernels; rebuild with FORCE_CUDA=1")
         torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = False
+        # float32 as TF32 on tensor cores, for cuDNN and ours alike, only when asked
+        torch.backends.cudnn.allow_tf32 = args.tf32
         torch.backends.cuda.matmul.allow_tf32 = False
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -170,10 +170,12 @@ def test_every_kernel_is_executed():
     assert launched.count("implicit_gemm<grad_weight,simt>") == 1  # one launch, both chunks on blockIdx.z
 
 
-@pytest.mark.parametrize("case, phases", [(CASES[0], 1), (CASES[1], 4), (CASES[5], 16), (CASES[6], 2)],
-                         ids=["stride1", "stride2", "stride4", "stride1x2"])
+@pytest.mark.parametrize("case, phases", [(CASES[0], 1), (CASES[1], 4), (CASES[5], 16), (CASES[6], 2), (CASES[3], 1),
+                                          (CASES[9], 1)],
+                         ids=["stride1", "stride2", "stride4", "stride1x2", "1x1-stride2", "stride2-dilation2"])
 def test_strided_grad_input_runs_one_sub_convolution_per_phase(case, phases):
-    """grad_input at stride (sh, sw) is sh*sw GEMMs, each over the taps that reach its pixels only."""
+    """grad_input at stride (sh, sw) is one GEMM per phase some tap reaches, each over those taps only;
+    the pixels no tap reaches (1x1 stride 2: three in four) are zeros."""
     _check_case(case, torch.float32, "contiguous", "random")
     assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input,simt>") == phases
 
@@ -206,6 +208,38 @@ def test_fuzz_against_torch(data):
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
     layout = data.draw(st.sampled_from(["contiguous", "channels_last"]))
     _check_case(case, dtype, layout, data.draw(st.sampled_from(ORDERS)), data.draw(st.sampled_from(["after", "before"])))
+
+
+def _memory_available_gib() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+@pytest.mark.slow
+def test_element_offsets_beyond_int32():
+    """Index maths is 64-bit: a float16 input of 2**31 + 65,536 elements whose far corners a 1x1
+    convolution of stride 32767 reads (offsets up to 2,147,549,182); forward, grad_weight, grad_bias."""
+    if _memory_available_gib() < 14:
+        pytest.skip("needs 14 GiB of free memory (a 4 GiB input and the harness's guarded copy)")
+    x = torch.zeros(1, 2, 32768, 32769, dtype=torch.float16)
+    assert x.numel() > 2**31
+    rows = cols = (0, 32767)
+    for value, (c, h, w) in enumerate([(c, h, w) for c in (0, 1) for h in rows for w in cols], start=1):
+        x[0, c, h, w] = value
+    corners = x[0][:, list(rows)][:, :, list(cols)].double()  # (c, 2, 2)
+    weight = torch.tensor([2.0, -3.0], dtype=torch.float16).view(1, 2, 1, 1)
+    bias = torch.tensor([0.5], dtype=torch.float16)
+    conf = ([32767, 32767], [0, 0], [1, 1], 1)
+    out = OPS.cuda_on_cpu_conv2d_forward(x, weight, bias, *conf)
+    assert torch.equal(out.double()[0, 0], 2 * corners[0] - 3 * corners[1] + 0.5)
+    dy = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float16).view(1, 1, 2, 2)
+    _, dw, db = OPS.cuda_on_cpu_conv2d_backward(dy, x, weight, *conf, [False, True, True])
+    del x
+    assert torch.equal(dw.double().view(2), (corners * dy.double()[0, 0]).sum((1, 2)))
+    assert db.item() == 10.0
 
 
 def test_empty_batch():

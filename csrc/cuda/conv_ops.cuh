@@ -28,6 +28,7 @@
 #include <array>
 #include <string>
 #include <type_traits>
+#include <vector>
 #include <tuple>
 
 namespace miniplaces_ext::cuda {
@@ -119,10 +120,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (output_mask[0]) {
-      // One sub-convolution per (row, column) phase of the stride: only the taps that contribute.
+      // One sub-convolution per (row, column) phase of the stride that some tap reaches (at most
+      // one per tap); the pixels of phases no tap reaches (stride above the kernel) get zeros.
       grad_input = launcher.empty(x.sizes(), x.options(), conv_output_memory_format(input));
-      for (int64_t rh = 0; rh < geo.stride_h; ++rh) {
-        for (int64_t rw = 0; rw < geo.stride_w; ++rw) {
+      const std::vector<int64_t> rows = StridePhase::reached(geo.stride_h, geo.dilation_h, geo.kernel_h);
+      const std::vector<int64_t> cols = StridePhase::reached(geo.stride_w, geo.dilation_w, geo.kernel_w);
+      if (static_cast<int64_t>(rows.size()) < geo.stride_h || static_cast<int64_t>(cols.size()) < geo.stride_w) {
+        grad_input.zero_();
+      }
+      for (const int64_t rh : rows) {
+        for (const int64_t rw : cols) {
           const StridePhase ph(rh, geo.stride_h, geo.pad_h, geo.dilation_h, geo.kernel_h, geo.in_h);
           const StridePhase pw(rw, geo.stride_w, geo.pad_w, geo.dilation_w, geo.kernel_w, geo.in_w);
           GradInputProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(),
@@ -134,8 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
                                        geo,
                                        ph,
                                        pw,
-                                       MixedRadixStep(kStep, std::max<int64_t>(ph.tap_count, 1),
-                                                      std::max<int64_t>(pw.tap_count, 1))};
+                                       MixedRadixStep(kStep, ph.tap_count, pw.tap_count)};
           launch_gemm(launcher, "grad_input", p, geo.groups);
         }
       }

@@ -7,12 +7,12 @@
 //   grad_weight  dW[co, col = (c,i,j)]   = sum_{k = (n,oh,ow)}  dy(n, co, oh, ow) * x(n, c, ...)
 // z enumerates groups (and, for grad_weight, split-K chunks of the reduction).
 //
-// grad_input of a strided convolution is run as stride_h * stride_w
-// sub-convolutions, one per StridePhase pair: the input pixels whose
-// (ih + pad) leave the same remainder modulo the stride are read only by the
-// taps with i * dilation of that remainder, so each sub-problem visits only
-// the taps that contribute (a quarter of them at stride 2) and finds their
-// output pixel without a division.
+// grad_input of a strided convolution is run as sub-convolutions, one per
+// StridePhase pair: the input pixels whose (ih + pad) leave the same remainder
+// modulo the stride are read only by the taps with i * dilation of that
+// remainder, so each sub-problem visits only the taps that contribute (a
+// quarter of them at stride 2) and finds their output pixel without a
+// division. Phases no tap reaches are not launched (their pixels are zero).
 //
 // A problem tells implicit_gemm.cuh how to read its operands. Index maths that
 // depends only on a thread's row of A or column of B is done once per thread
@@ -27,7 +27,9 @@
 
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace miniplaces_ext::cuda {
 
@@ -53,6 +55,14 @@ struct StridePhase {
     tap_count = tap_first >= 0 && tap_first < kernel ? (kernel - tap_first + tap_period - 1) / tap_period : 0;
     if (tap_first < 0) tap_first = 0;
     out_step = tap_period * dilation / stride;
+  }
+  // The remainders (sorted) some tap i < kernel reaches: (i * dilation) % stride.
+  static std::vector<int64_t> reached(int64_t stride, int64_t dilation, int64_t kernel) {
+    std::vector<int64_t> remainders;
+    for (int64_t i = 0; i < kernel; ++i) remainders.push_back((i * dilation) % stride);
+    std::sort(remainders.begin(), remainders.end());
+    remainders.erase(std::unique(remainders.begin(), remainders.end()), remainders.end());
+    return remainders;
   }
   // Output position read by tap 0 at input position `in`: exact, as (in + pad - tap_first * dilation) % stride == 0.
   __host__ __device__ int64_t out_first(int64_t in, int64_t pad, int64_t dilation, int64_t stride) const {
