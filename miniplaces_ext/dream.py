@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Callable
 
 import numpy as np
 import torch
@@ -112,9 +113,11 @@ def _tiled_gradient(loss_of, x: torch.Tensor, tile: int) -> tuple[torch.Tensor, 
 def dream(model: torch.nn.Module, arch: str, image: torch.Tensor, layer: str, octaves: int = 4,
           octave_scale: float = 1.4, steps: int = 20, lr: float = 0.02, jitter: int = 16,
           generator: torch.Generator | None = None, progress: bool = True, channel: int | None = None,
-          class_id: int | None = None, tile: int = 512, frames: list | None = None) -> torch.Tensor:
+          class_id: int | None = None, tile: int = 512, frames: list | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Runs DeepDream on a normalised (1, 3, H, W) image; returns the dreamed image (normalised).
-    When `frames` is a list, the image after each octave is appended to it (at full size)."""
+    When `frames` is a list, the image after each octave is appended to it (at full size);
+    on_step(done, total) is called after every gradient step (it may raise to stop the dream)."""
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -127,6 +130,7 @@ def dream(model: torch.nn.Module, arch: str, image: torch.Tensor, layer: str, oc
     what = f"class {class_id}" if class_id is not None else layer + (f"[{channel}]" if channel is not None else "")
     bar = tqdm(total=octaves * steps, desc=f"dream {what}", disable=not progress)
     loss_of = lambda t: objective(model, arch, t, layer, channel, class_id)  # noqa: E731
+    done = 0
     for size in sizes:
         scaled = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
         detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
@@ -139,6 +143,9 @@ def dream(model: torch.nn.Module, arch: str, image: torch.Tensor, layer: str, oc
             x = torch.maximum(torch.minimum(x, high), low)
             bar.update(1)
             bar.set_postfix(size=f"{size[0]}x{size[1]}", objective=f"{loss:.3f}")
+            done += 1
+            if on_step is not None:
+                on_step(done, octaves * steps)
         detail = x - scaled
         if frames is not None:
             frames.append(F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).detach())

@@ -143,6 +143,11 @@ def predict(model: torch.nn.Module, images: torch.Tensor, classes: list[str], to
     when `environments` (indoor/outdoor per class) is given, 'environment' and 'outdoor_share'}."""
     with torch.inference_mode():
         probs = model(images).float().softmax(dim=1)
+    return describe(probs, classes, topk, environments)
+
+
+def describe(probs: torch.Tensor, classes: list[str], topk: int, environments: list[str] | None = None) -> list[dict]:
+    """predict's answer for rows of class probabilities (N, classes)."""
     values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
     results = []
     for vs, ids in zip(values.tolist(), indices.tolist()):

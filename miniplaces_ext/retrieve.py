@@ -27,6 +27,7 @@ from miniplaces_ext import cli, data, models
 log = logging.getLogger("miniplaces_ext.retrieve")
 
 FEATURE_VERSION = 1  # bump when feature extraction changes
+DEFAULT_CACHE_DIR = os.environ.get("MINIPLACES_CACHE", ".cache/miniplaces_ext")
 
 
 def file_sha256(path: Path) -> str:
@@ -87,6 +88,24 @@ def extract_features(model: torch.nn.Module, dataset: data.MiniplacesDataset, ba
             "checksum": _checksum(features)}
 
 
+def load_or_build_gallery(model: torch.nn.Module, arch: str, weights: Path, dataset: data.MiniplacesDataset,
+                          custom_conv: bool, cache_dir: str | Path, device: torch.device, batch_size: int = 100,
+                          workers: int = 2, progress: bool = True) -> tuple[dict, Path]:
+    """The gallery's features from the cache in `cache_dir` when it is intact and current, else
+    extracted (and cached atomically); with the cache file's path."""
+    key = cache_key(arch, weights, dataset, custom_conv)
+    cache_path = Path(cache_dir) / f"{arch}_{dataset.split}_{key}.pt"
+    gallery = load_cache(cache_path, key)
+    if gallery is None:
+        gallery = extract_features(model, dataset, batch_size, workers, device, progress)
+        gallery["key"] = key
+        cli.save_torch(gallery, cache_path)
+        log.info("cached %d gallery features in %s", len(gallery["paths"]), cache_path)
+    else:
+        log.info("reusing cached gallery features %s", cache_path)
+    return gallery, cache_path
+
+
 def nearest(query: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Euclidean k-NN: (distances, indices) of the k closest gallery rows, closest first."""
     dist = torch.cdist(query[None].double(), gallery.double())[0]
@@ -120,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", default="val", choices=["val", "train", "test"], help="split to search")
     parser.add_argument("--limit", type=int, help="use only the first N gallery images")
     parser.add_argument("--keep-self", action="store_true", help="keep the query file itself if it is in the gallery")
-    parser.add_argument("--cache-dir", default=os.environ.get("MINIPLACES_CACHE", ".cache/miniplaces_ext"),
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                         help="where gallery features are cached (default: $MINIPLACES_CACHE or .cache/miniplaces_ext)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
@@ -138,16 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args.weights = str(weights)
     model = cli.load_model(args.arch, args, device)
 
-    key = cache_key(args.arch, weights, dataset, args.use_custom_conv)
-    cache_path = Path(args.cache_dir) / f"{args.arch}_{args.gallery}_{key}.pt"
-    gallery = load_cache(cache_path, key)
-    if gallery is None:
-        gallery = extract_features(model, dataset, args.batch_size, args.workers, device, not args.no_progress)
-        gallery["key"] = key
-        cli.save_torch(gallery, cache_path)
-        log.info("cached %d gallery features in %s", len(gallery["paths"]), cache_path)
-    else:
-        log.info("reusing cached gallery features %s", cache_path)
+    gallery, cache_path = load_or_build_gallery(model, args.arch, weights, dataset, args.use_custom_conv,
+                                                args.cache_dir, device, args.batch_size, args.workers,
+                                                not args.no_progress)
 
     with torch.inference_mode():
         q = model.get_features(query[None].to(device, memory_format=torch.channels_last)).float().cpu()[0]

@@ -5,8 +5,8 @@
 #
 # Environment: CUDA_HOME (default /usr/local/cuda when it exists),
 # TORCH_CUDA_ARCH_LIST (default 9.0 = H100/H200), FORCE_CUDA=1/0 (see setup.py),
-# PYTHON (default python3), VENV (default .venv). Installs Debian's chromium (as root, with
-# apt-get) for the browser tests.
+# PYTHON (default python3), VENV (default .venv). Installs Debian's chromium and
+# chromium-driver (as root, with apt-get) for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,10 +40,12 @@ if [ -f "$SHARED/models/resnet18.pt" ] && [ ! -e models/resnet18.pt ]; then
   echo "==> linked models/resnet18.pt -> $SHARED/models/resnet18.pt"
 fi
 
-# A headless browser for the tests that look at our HTML pages (Debian's chromium; no
-# download from the internet). Skipped when it is there, or without root and apt-get.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "==> installing chromium (apt-get) for the browser tests"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+# A headless browser and its WebDriver for the tests that look at our HTML pages (Debian's
+# chromium and chromium-driver; no download from the internet). Skipped when they are there,
+# or without root and apt-get.
+if { ! command -v chromium || ! command -v chromedriver; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+  echo "==> installing chromium and chromium-driver (apt-get) for the browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
     || echo "==> could not install chromium: the browser tests will skip"
 fi
