@@ -40,24 +40,20 @@ template <typename input_t>
 struct WmmaOperand {
   static constexpr bool kExists = false;
 };
-template <>
-struct WmmaOperand<c10::Half> {
-  static constexpr bool kExists = true, kSupported = true;
-  static constexpr int kMinCapability = 70, kFragmentK = 16;
-  using fragment_t = __half;
-  using memory_t = __half;
+// A 16-bit operand type: fragments of its CUDA type, 16 deep, no rounding.
+template <typename cuda_t, int kCapability, bool kCompiled>
+struct HalfWidthWmmaOperand {
+  static constexpr bool kExists = true, kSupported = kCompiled;
+  static constexpr int kMinCapability = kCapability, kFragmentK = 16;
+  using fragment_t = cuda_t;
+  using memory_t = cuda_t;
   template <typename Fragment>
   __device__ static void round(Fragment&) {}
 };
 template <>
-struct WmmaOperand<c10::BFloat16> {
-  static constexpr bool kExists = true, kSupported = MINIPLACES_AMPERE_MMA;
-  static constexpr int kMinCapability = 80, kFragmentK = 16;
-  using fragment_t = __nv_bfloat16;
-  using memory_t = __nv_bfloat16;
-  template <typename Fragment>
-  __device__ static void round(Fragment&) {}
-};
+struct WmmaOperand<c10::Half> : HalfWidthWmmaOperand<__half, 70, true> {};
+template <>
+struct WmmaOperand<c10::BFloat16> : HalfWidthWmmaOperand<__nv_bfloat16, 80, MINIPLACES_AMPERE_MMA> {};
 template <>
 struct WmmaOperand<float> {
   static constexpr bool kExists = true, kSupported = MINIPLACES_AMPERE_MMA;
