@@ -152,3 +152,25 @@ def test_inference_weight_cache_follows_the_weight(algo, monkeypatch):
         fresh(x)
     assert me.weight_cache_size() == 1
     me.clear_weight_cache()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_channels_last_weight_is_read_in_place(grad, monkeypatch):
+    """The weight transform reads a channels_last weight (a model after .to(channels_last))
+    through its strides: same bits as the contiguous weight, forward and grad_input."""
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "winograd")
+    x = torch.randn(2, 24, 10, 9).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 24, 3, 3)
+    results = []
+    for weight in (w, w.contiguous(memory_format=torch.channels_last)):
+        assert weight.is_contiguous() != (weight is not w)
+        xi = x.clone().requires_grad_(grad)
+        ctx = torch.enable_grad() if grad else torch.inference_mode()
+        with ctx:
+            out = me.conv2d(xi, weight, padding=1)
+            if grad:
+                out.backward(torch.ones_like(out))
+        results.append((out.detach().clone(), xi.grad.clone() if grad else None))
+    assert torch.equal(results[0][0], results[1][0])
+    if grad:
+        assert torch.equal(results[0][1], results[1][1])

@@ -44,8 +44,9 @@ at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_wid
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.scalar_type() == at::kFloat,
               "Winograd weight transform: expected a float32 [Cout, Cin, 3, 3] weight, got ",
               weight.scalar_type(), " ", weight.sizes());
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor& w = weight;  // read through its strides: channels_last weights are not copied
   const int64_t cout = w.size(0), cin = w.size(1);
+  const int64_t s_co = w.stride(0), s_ci = w.stride(1), s_r = w.stride(2), s_c = w.stride(3);
   const int64_t blocks = (cout + block_width - 1) / block_width;
   // [36][blocks][Cin][block_width]; output channels past Cout stay zero.
   at::Tensor u = cout % block_width == 0 ? at::empty({36, blocks, cin, block_width}, w.options())
@@ -56,11 +57,11 @@ at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_wid
     for (int64_t co = begin; co < end; ++co) {
       const int64_t blk = co / block_width, lane = co % block_width;
       for (int64_t ci = 0; ci < cin; ++ci) {
-        const float* k = src + (co * cin + ci) * 9;
+        const float* k = src + co * s_co + ci * s_ci;  // k[r * s_r + c * s_c] = w[co, ci, r, c]
         double gk[6][3];  // G k
         for (int i = 0; i < 6; ++i) {
           for (int j = 0; j < 3; ++j) {
-            gk[i][j] = kG[i][0] * k[j] + kG[i][1] * k[3 + j] + kG[i][2] * k[6 + j];
+            gk[i][j] = kG[i][0] * k[j * s_c] + kG[i][1] * k[s_r + j * s_c] + kG[i][2] * k[2 * s_r + j * s_c];
           }
         }
         for (int i = 0; i < 6; ++i) {  // (G k) G^T
