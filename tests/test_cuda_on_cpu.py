@@ -22,8 +22,8 @@ from conftest import assert_within_accumulation_bound, conv_reference_with_bound
 
 OPS = torch.ops.miniplaces_ext
 ORDERS = ["forward", "reverse", "random"]
-KERNELS = {"implicit_gemm<forward,simt>", "implicit_gemm<grad_input,simt>", "implicit_gemm<grad_weight,simt>",
-           "sum_splits", "bias_grad"}
+KERNELS = {"implicit_gemm<forward,simt,cp.async>", "implicit_gemm<grad_input,simt,cp.async>",
+           "implicit_gemm<grad_weight,simt,cp.async>", "sum_splits", "bias_grad"}
 TF32_ROUNDING = 2.0**-11  # relative error of rounding float32 to TF32's 10 mantissa bits
 
 CASES = [
@@ -100,11 +100,12 @@ def test_float32_every_thread_order_same_bits(case):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES[:7], ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5][0]}{c[5][1]}")
 def test_other_dtypes(case, dtype):
-    """fp64 on CUDA cores; fp16 and bf16 on tensor cores (WMMA), accumulated in fp32."""
+    """fp64 on CUDA cores through cp.async stages; fp16 and bf16 on tensor cores (WMMA),
+    accumulated in fp32, staged through registers (cp.async copies 4, 8 or 16 bytes)."""
     _check_case(case, dtype, "contiguous", "random")
-    mma = "simt" if dtype == torch.float64 else "wmma"
+    kernel = "simt,cp.async" if dtype == torch.float64 else "wmma,registers"
     assert {n for n in OPS.cuda_on_cpu_launches() if n.startswith("implicit_gemm")} == {
-        f"implicit_gemm<{p},{mma}>" for p in ("forward", "grad_input", "grad_weight")}
+        f"implicit_gemm<{p},{kernel}>" for p in ("forward", "grad_input", "grad_weight")}
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[7]], ids=["3x3", "12-k-tiles"])
@@ -116,14 +117,16 @@ def test_tensor_cores_every_thread_order_same_bits(case):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("capability, dtype, mma", [(75, torch.float16, "wmma"), (75, torch.bfloat16, "simt"),
-                                                    (80, torch.bfloat16, "wmma"), (75, torch.float32, "simt")])
+@pytest.mark.parametrize("capability, dtype, mma", [(75, torch.float16, "wmma,registers"),
+                                                    (75, torch.bfloat16, "simt,registers"),
+                                                    (80, torch.bfloat16, "wmma,registers"),
+                                                    (75, torch.float32, "simt,cp.async")])
 def test_tensor_cores_only_where_the_gpu_has_them(capability, dtype, mma):
     """bf16 and TF32 tensor cores exist from sm_80, fp16 from sm_70: older GPUs run the SIMT kernel."""
     torch.backends.cudnn.allow_tf32 = True
     try:
         _check_case(CASES[1], dtype, "contiguous", "forward", capability=capability,
-                    operand_rounding=TF32_ROUNDING if mma == "wmma" and dtype == torch.float32 else 0.0)
+                    operand_rounding=TF32_ROUNDING if mma.startswith("wmma") and dtype == torch.float32 else 0.0)
     finally:
         torch.backends.cudnn.allow_tf32 = False
     assert f"implicit_gemm<forward,{mma}>" in OPS.cuda_on_cpu_launches()
@@ -138,9 +141,9 @@ def test_float32_as_tf32_when_allowed(case):
         tf32 = _check_case(case, torch.float32, "contiguous", "random", operand_rounding=TF32_ROUNDING)
     finally:
         torch.backends.cudnn.allow_tf32 = False
-    assert "implicit_gemm<forward,wmma>" in OPS.cuda_on_cpu_launches()
+    assert "implicit_gemm<forward,wmma,cp.async>" in OPS.cuda_on_cpu_launches()
     exact = _check_case(case, torch.float32, "contiguous", "random")
-    assert "implicit_gemm<forward,simt>" in OPS.cuda_on_cpu_launches()
+    assert "implicit_gemm<forward,simt,cp.async>" in OPS.cuda_on_cpu_launches()
     assert not torch.equal(tf32[0], exact[0])  # the operands really were rounded
 
 
@@ -167,7 +170,7 @@ def test_every_kernel_is_executed():
     _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward")
     launched = OPS.cuda_on_cpu_launches()
     assert set(launched) == KERNELS
-    assert launched.count("implicit_gemm<grad_weight,simt>") == 1  # one launch, both chunks on blockIdx.z
+    assert launched.count("implicit_gemm<grad_weight,simt,cp.async>") == 1  # one launch, both chunks on blockIdx.z
 
 
 @pytest.mark.parametrize("case, phases", [(CASES[0], 1), (CASES[1], 4), (CASES[5], 16), (CASES[6], 2), (CASES[3], 1),
@@ -177,16 +180,16 @@ def test_strided_grad_input_runs_one_sub_convolution_per_phase(case, phases):
     """grad_input at stride (sh, sw) is one GEMM per phase some tap reaches, each over those taps only;
     the pixels no tap reaches (1x1 stride 2: three in four) are zeros."""
     _check_case(case, torch.float32, "contiguous", "random")
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input,simt>") == phases
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input,simt,cp.async>") == phases
 
 
 def test_more_groups_than_one_launch_takes():
     """groups x split-K chunks above the grid's z limit run as several launches (limit lowered to 2)."""
     case = (2, 10, 20, 20, 5, (3, 3), (1, 1), (1, 1), (1, 1), 5)  # 5 groups; grad_weight: 5 x 1 split
     _check_case(case, torch.float32, "contiguous", "random", max_grid_z=2)
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<forward,simt>") == 3
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<forward,simt,cp.async>") == 3
     _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward", max_grid_z=1)
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_weight,simt>") == 2
+    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_weight,simt,cp.async>") == 2
 
 
 FUZZ_EXAMPLES = int(os.environ.get("MINIPLACES_FUZZ_EXAMPLES", "100"))
@@ -285,6 +288,16 @@ def test_harness_catches_wmma_misuse():
         OPS.cuda_on_cpu_selftest("divergent_wmma", torch.randn(32), "forward")
     with pytest.raises(RuntimeError, match="store_matrix_sync: pointer not 32-byte aligned"):
         OPS.cuda_on_cpu_selftest("misaligned_wmma", torch.randn(32), "forward")
+
+
+def test_harness_emulates_cp_async():
+    """cp.async copies land when waited for, not before; unwaited or misaligned copies are errors."""
+    x = torch.randn(64)
+    assert torch.equal(OPS.cuda_on_cpu_selftest("async_copy", x, "random"), x)
+    with pytest.raises(RuntimeError, match="returned with cp.async copies never waited for"):
+        OPS.cuda_on_cpu_selftest("async_copy_without_wait", x, "forward")
+    with pytest.raises(RuntimeError, match="cp.async of 8 bytes from or to an address not aligned"):
+        OPS.cuda_on_cpu_selftest("misaligned_async_copy", x, "forward")
 
 
 def test_harness_checks_launch_settings():

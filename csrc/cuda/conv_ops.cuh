@@ -50,7 +50,7 @@ bool use_tensor_cores(int capability) {
 }
 
 // One implicit GEMM of multiply Mma per value of z in [0, z_count), in launches
-// of at most launcher.max_grid_z() values of z each, named "implicit_gemm<pass,mma>".
+// of at most launcher.max_grid_z() values of z each, named "implicit_gemm<pass,mma,mainloop>".
 template <typename Mma, typename Launcher, typename Problem>
 void launch_gemm_with(Launcher& launcher, const char* pass, const Problem& p, int64_t z_count) {
   const int64_t rows = p.rows(), cols = p.cols();
@@ -61,7 +61,8 @@ void launch_gemm_with(Launcher& launcher, const char* pass, const Problem& p, in
   TORCH_CHECK(grid_n <= kMaxGridYZ, "too many output columns for one CUDA launch: ", cols);
   const int64_t grid_m = (rows + kTileM - 1) / kTileM;
   const int64_t max_z = launcher.max_grid_z();
-  const std::string name = std::string("implicit_gemm<") + pass + "," + Mma::kName + ">";
+  const std::string name =
+      std::string("implicit_gemm<") + pass + "," + Mma::kName + "," + MainloopFor<Problem, Mma>::kName + ">";
   for (int64_t z0 = 0; z0 < z_count; z0 += max_z) {
     const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n),
                     static_cast<unsigned>(std::min(max_z, z_count - z0)));

@@ -17,8 +17,9 @@
 // A problem tells implicit_gemm.cuh how to read its operands. Index maths that
 // depends only on a thread's row of A or column of B is done once per thread
 // (a_row, b_col); the reduction position is a MixedRadixCursor advanced by
-// k_step without divisions; a(row, k) and b(k, col) are the loads of the main loop, and give 0
-// outside the tensor (zero padding) or outside the problem (row/column tails).
+// k_step without divisions; a(row, k) and b(k, col) are the addresses the main loop loads
+// from, nullptr for a zero: outside the tensor (zero padding) or outside the problem
+// (row/column tails).
 #pragma once
 
 #include "../conv.h"
@@ -105,13 +106,13 @@ struct ForwardProblem {
     if (co >= cols()) return Col{nullptr, false};
     return Col{weight + ws.at(z * g.out_channels_per_group() + co, 0, 0, 0), true};
   }
-  __host__ __device__ acc_t a(const Row& r, const MixedRadixCursor& k) const {
+  __host__ __device__ const scalar_t* a(const Row& r, const MixedRadixCursor& k) const {
     const int64_t ih = r.top + k.mid * g.dilation_h, iw = r.left + k.low * g.dilation_w;
-    if (!r.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
-    return static_cast<acc_t>(r.x[xs.at(0, k.high, ih, iw)]);
+    if (!r.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return nullptr;
+    return r.x + xs.at(0, k.high, ih, iw);
   }
-  __host__ __device__ acc_t b(const MixedRadixCursor& k, const Col& c) const {
-    return c.valid ? static_cast<acc_t>(c.w[ws.at(0, k.high, k.mid, k.low)]) : acc_t(0);
+  __host__ __device__ const scalar_t* b(const MixedRadixCursor& k, const Col& c) const {
+    return c.valid ? c.w + ws.at(0, k.high, k.mid, k.low) : nullptr;
   }
   __host__ __device__ void store(int64_t z, int64_t m, int64_t co, acc_t v) const {
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = m / g.out_pixels();
@@ -166,14 +167,13 @@ struct GradInputProblem {
     if (c >= cols()) return Col{nullptr, false};
     return Col{weight + ws.at(z * g.out_channels_per_group(), c, ph.tap_first, pw.tap_first), true};
   }
-  __host__ __device__ acc_t a(const Row& r, const MixedRadixCursor& k) const {
+  __host__ __device__ const scalar_t* a(const Row& r, const MixedRadixCursor& k) const {
     const int64_t oh = r.oh - k.mid * ph.out_step, ow = r.ow - k.low * pw.out_step;
-    if (!r.valid || oh < 0 || oh >= g.out_h || ow < 0 || ow >= g.out_w) return acc_t(0);
-    return static_cast<acc_t>(r.dy[dys.at(0, k.high, oh, ow)]);
+    if (!r.valid || oh < 0 || oh >= g.out_h || ow < 0 || ow >= g.out_w) return nullptr;
+    return r.dy + dys.at(0, k.high, oh, ow);
   }
-  __host__ __device__ acc_t b(const MixedRadixCursor& k, const Col& c) const {
-    if (!c.valid) return acc_t(0);
-    return static_cast<acc_t>(c.w[ws.at(k.high, 0, k.mid * ph.tap_period, k.low * pw.tap_period)]);
+  __host__ __device__ const scalar_t* b(const MixedRadixCursor& k, const Col& c) const {
+    return c.valid ? c.w + ws.at(k.high, 0, k.mid * ph.tap_period, k.low * pw.tap_period) : nullptr;
   }
   __host__ __device__ void store(int64_t z, int64_t m, int64_t c, acc_t v) const {
     int64_t n, ih, iw;
@@ -221,14 +221,13 @@ struct GradWeightProblem {
     return Col{x + xs.at(0, (z / splits) * g.in_channels_per_group() + c, 0, 0), i * g.dilation_h - g.pad_h,
                j * g.dilation_w - g.pad_w, true};
   }
-  __host__ __device__ acc_t a(const Row& r, const MixedRadixCursor& k) const {
-    if (!r.valid) return acc_t(0);
-    return static_cast<acc_t>(r.dy[dys.at(k.high, 0, k.mid, k.low)]);
+  __host__ __device__ const scalar_t* a(const Row& r, const MixedRadixCursor& k) const {
+    return r.valid ? r.dy + dys.at(k.high, 0, k.mid, k.low) : nullptr;
   }
-  __host__ __device__ acc_t b(const MixedRadixCursor& k, const Col& c) const {
+  __host__ __device__ const scalar_t* b(const MixedRadixCursor& k, const Col& c) const {
     const int64_t ih = k.mid * g.stride_h + c.top, iw = k.low * g.stride_w + c.left;
-    if (!c.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
-    return static_cast<acc_t>(c.x[xs.at(k.high, 0, ih, iw)]);
+    if (!c.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return nullptr;
+    return c.x + xs.at(k.high, 0, ih, iw);
   }
   __host__ __device__ void store(int64_t z, int64_t co, int64_t col, acc_t v) const {
     const int64_t grp = z / splits, s = z % splits;

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
+#include <string>
 #include <cstring>
 #include <mutex>
 #include <numeric>
@@ -50,8 +52,16 @@ class Stack {
   char* base_ = nullptr;
 };
 
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t bytes, zfill;
+};
+
 struct Fiber {
   ucontext_t context;
+  std::vector<PendingCopy> open_group;                 // issued since the last commit
+  std::deque<std::vector<PendingCopy>> committed;      // oldest first
   bool finished = false;
   int barrier_line = 0;  // source line of the __syncthreads it waits at
   uint64_t collectives = 0;  // warp-collective operations performed so far
@@ -140,6 +150,11 @@ void run_block(unsigned threads, uint64_t block_index, const RunOptions& options
     check_warp_collectives(block_index);
     const auto finished = std::count_if(state.fibers.begin(), state.fibers.end(), [](const Fiber& f) { return f.finished; });
     if (finished == static_cast<int64_t>(threads)) {
+      for (unsigned t = 0; t < threads; ++t) {
+        const Fiber& f = state.fibers[t];
+        TORCH_CHECK(f.open_group.empty() && f.committed.empty(), "CUDA-on-CPU harness: in block ", block_index,
+                    ", thread ", t, " returned with cp.async copies never waited for (__pipeline_wait_prior)");
+      }
       return;
     }
     TORCH_CHECK(finished == 0, "CUDA-on-CPU harness: in block ", block_index, ", ", threads - finished,
@@ -172,6 +187,34 @@ void fail_in_kernel(const std::string& message) {
 }
 
 void warp_collective() { ++state.fibers[state.running].collectives; }
+
+void async_copy(void* dst, const void* src, size_t bytes, size_t zfill) {
+  const auto misaligned = [bytes](const void* p) { return reinterpret_cast<uintptr_t>(p) % bytes != 0; };
+  if (bytes != 4 && bytes != 8 && bytes != 16) {
+    fail_in_kernel("cp.async of " + std::to_string(bytes) + " bytes: it copies 4, 8 or 16");
+  }
+  if (zfill > bytes || misaligned(dst) || misaligned(src)) {
+    fail_in_kernel("cp.async of " + std::to_string(bytes) + " bytes from or to an address not aligned to its size");
+  }
+  state.fibers[state.running].open_group.push_back(PendingCopy{dst, src, bytes, zfill});
+}
+
+void async_commit() {
+  Fiber& f = state.fibers[state.running];
+  f.committed.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+void async_wait_prior(size_t prior) {
+  Fiber& f = state.fibers[state.running];
+  while (f.committed.size() > prior) {
+    for (const PendingCopy& c : f.committed.front()) {
+      std::memcpy(c.dst, c.src, c.bytes - c.zfill);
+      std::memset(static_cast<char*>(c.dst) + (c.bytes - c.zfill), 0, c.zfill);
+    }
+    f.committed.pop_front();
+  }
+}
 
 void syncthreads(int line) {
   Fiber& f = state.fibers[state.running];

@@ -11,6 +11,7 @@
 // that wait while others of the block have returned, are reported as errors.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -53,6 +54,14 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel_body, c
 // barriers every lane of a warp must perform as many as the others (a
 // collective in divergent code is an error).
 void warp_collective();
+
+// cp.async (pipeline_api.h): the calling thread issues a copy of `bytes` - zfill bytes from
+// src (global) to dst (shared), the rest zeros; commits the copies issued since its last
+// commit as a group; waits until at most `prior` of its groups are pending (the others'
+// copies land now).
+void async_copy(void* dst, const void* src, size_t bytes, size_t zfill);
+void async_commit();
+void async_wait_prior(size_t prior);
 
 // __syncthreads() at source line `line`: the calling fiber waits until every
 // thread of its block arrives (at the same line, or it is an error).

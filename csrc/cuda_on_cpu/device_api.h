@@ -5,6 +5,7 @@
 #pragma once
 
 #include "block_runner.h"
+#include "pipeline_api.h"
 #include "wmma_api.h"
 
 #define __global__

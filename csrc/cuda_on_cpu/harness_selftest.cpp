@@ -1,7 +1,8 @@
 // Kernels with deliberate bugs, to show that the CUDA-on-CPU harness catches
 // each kind (tests/test_cuda_on_cpu.py): a missing __syncthreads, an
 // out-of-bounds read, a barrier not every thread reaches, a WMMA operation
-// only some lanes of a warp perform, a misaligned WMMA load. Op:
+// only some lanes of a warp perform, a misaligned WMMA load, a cp.async never
+// waited for, a misaligned cp.async. Op:
 //   miniplaces_ext::cuda_on_cpu_selftest(kernel, input, order) -> Tensor
 // runs one block of input.numel() threads, out[t] = f(input, t), with the
 // threads of each barrier phase in the given order (block_runner.h).
@@ -64,6 +65,21 @@ __global__ void wmma_misuse(const float* in, float* out, int n) {
   out[t] = in[t];
 }
 
+// out[t] = in[t] through shared memory by cp.async (kBytes per copy from &in[t]);
+// kWait false: the thread reads the stage without waiting and returns with the copy pending.
+template <bool kWait, size_t kBytes>
+__global__ void async_copy_through_shared(const float* in, float* out, int n) {
+  alignas(16) __shared__ float staged[kMaxThreads + 4];
+  const int t = threadIdx.x;
+  __pipeline_memcpy_async(&staged[t], &in[t], kBytes);
+  __pipeline_commit();
+  if (kWait) {
+    __pipeline_wait_prior(0);
+  }
+  out[t] = staged[t];
+  (void)n;
+}
+
 at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const std::string& order) {
   TORCH_CHECK(input.dim() == 1 && input.scalar_type() == at::kFloat && input.numel() >= 2 &&
                   input.numel() <= kMaxThreads,
@@ -79,6 +95,12 @@ at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const st
     body = rotate_through_shared<false>;
   } else if (kernel == "read_past_end") {
     body = read_past_end;
+  } else if (kernel == "async_copy") {
+    body = async_copy_through_shared<true, 4>;
+  } else if (kernel == "async_copy_without_wait") {
+    body = async_copy_through_shared<false, 4>;
+  } else if (kernel == "misaligned_async_copy") {
+    body = async_copy_through_shared<true, 8>;
   } else if (kernel == "divergent_wmma") {
     body = wmma_misuse<false>;
   } else if (kernel == "misaligned_wmma") {
