@@ -1,8 +1,9 @@
 // The main loops of implicit_gemm.cuh: how k-tiles of A and B reach shared
-// memory while the Mma multiplies. Both walk the reduction the same way: each
-// thread stages the same row of A and column of B on every k-tile (lane_mn),
-// at reduction offsets lane_k + kStep*e, its operand index maths done once
-// (Problem::a_row, b_col) and a MixedRadixCursor advancing without divisions.
+// memory while the Mma multiplies. Both walk the reduction the same way
+// (ThreadOperands): each thread stages the same row of A and column of B on
+// every k-tile (lane_mn), at reduction offsets lane_k + kStep*e, its operand
+// index maths done once (Problem::a_row, b_col) and a MixedRadixCursor
+// advancing without divisions.
 //
 // RegisterStagedMainloop (any operand type): two shared-memory stages; while
 // the block multiplies one, each thread already holds its share of the next
@@ -29,10 +30,35 @@
 
 namespace miniplaces_ext::cuda {
 
-// Where this thread's elements of a k-tile go in a stage, and the cursor at its first element.
-struct TileLanes {
+// This thread's share of the block's k-tiles: its row of A and column of B (lane_mn), its
+// reduction offsets lane_k + kStep*e in each tile, and the cursor walking them.
+template <typename Problem>
+struct ThreadOperands {
+  using input_t = typename Problem::input_t;
   int lane_mn, lane_k;
-  __device__ TileLanes() : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM) {}
+  int64_t k0, k1;
+  typename Problem::Row row;
+  typename Problem::Col col;
+  MixedRadixCursor k;
+
+  __device__ ThreadOperands(const Problem& p, int64_t z, int64_t m0, int64_t n0)
+      : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM), k0(range(p, z, 0)), k1(range(p, z, 1)),
+        row(p.a_row(z, m0 + lane_mn)), col(p.b_col(z, n0 + lane_mn)), k(k0 + lane_k, p.k_step) {}
+
+  __device__ static int64_t range(const Problem& p, int64_t z, int end) {
+    int64_t begin, stop;
+    p.k_range(z, begin, stop);
+    return end ? stop : begin;
+  }
+  // The addresses of this thread's next A and B elements (nullptr: a zero), then the cursor moves on.
+  __device__ void next(const Problem& p, const input_t*& a, const input_t*& b) {
+    const bool inside = k.linear < k1;
+    a = inside ? p.a(row, k) : nullptr;
+    b = inside ? p.b(k, col) : nullptr;
+    k.advance(p.k_step);
+  }
+  // Where element e of this thread's share goes in a stage.
+  __device__ int stage_row(int e) const { return lane_k + kStep * e; }
 };
 
 template <typename Problem, typename Mma>
@@ -44,36 +70,30 @@ struct RegisterStagedMainloop {
   __device__ static void run(const Problem& p, typename Mma::Accumulators& acc, int64_t z, int64_t m0, int64_t n0) {
     alignas(32) __shared__ smem_t As[2][kTileK][Mma::kLead];
     alignas(32) __shared__ smem_t Bs[2][kTileK][Mma::kLead];
-    const TileLanes lanes;
-    int64_t k0, k1;
-    p.k_range(z, k0, k1);
-    const typename Problem::Row row = p.a_row(z, m0 + lanes.lane_mn);
-    const typename Problem::Col col = p.b_col(z, n0 + lanes.lane_mn);
-    MixedRadixCursor k(k0 + lanes.lane_k, p.k_step);
+    ThreadOperands<Problem> t(p, z, m0, n0);
     acc_t a_next[kPerThread], b_next[kPerThread];
     const auto fetch = [&] {  // this thread's share of the next k-tile, global memory -> registers
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
-        const auto* a = k.linear < k1 ? p.a(row, k) : nullptr;
-        const auto* b = k.linear < k1 ? p.b(k, col) : nullptr;
+        const typename Problem::input_t *a, *b;
+        t.next(p, a, b);
         a_next[e] = a != nullptr ? static_cast<acc_t>(*a) : acc_t(0);
         b_next[e] = b != nullptr ? static_cast<acc_t>(*b) : acc_t(0);
-        k.advance(p.k_step);
       }
     };
     const auto stage = [&](int s) {
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
-        As[s][lanes.lane_k + kStep * e][lanes.lane_mn] = static_cast<smem_t>(a_next[e]);
-        Bs[s][lanes.lane_k + kStep * e][lanes.lane_mn] = static_cast<smem_t>(b_next[e]);
+        As[s][t.stage_row(e)][t.lane_mn] = static_cast<smem_t>(a_next[e]);
+        Bs[s][t.stage_row(e)][t.lane_mn] = static_cast<smem_t>(b_next[e]);
       }
     };
     fetch();
     stage(0);
     __syncthreads();
     int s = 0;
-    for (int64_t kt = k0; kt < k1; kt += kTileK) {
-      const bool more = kt + kTileK < k1;  // the same for every thread of the block
+    for (int64_t kt = t.k0; kt < t.k1; kt += kTileK) {
+      const bool more = kt + kTileK < t.k1;  // the same for every thread of the block
       if (more) fetch();
       Mma::multiply(acc, As[s], Bs[s]);
       if (more) stage(s ^ 1);  // the other stage: nobody reads it since the last barrier
@@ -93,12 +113,7 @@ struct AsyncCopyMainloop {
   __device__ static void run(const Problem& p, typename Mma::Accumulators& acc, int64_t z, int64_t m0, int64_t n0) {
     alignas(32) __shared__ smem_t As[kStages][kTileK][Mma::kLead];
     alignas(32) __shared__ smem_t Bs[kStages][kTileK][Mma::kLead];
-    const TileLanes lanes;
-    int64_t k0, k1;
-    p.k_range(z, k0, k1);
-    const typename Problem::Row row = p.a_row(z, m0 + lanes.lane_mn);
-    const typename Problem::Col col = p.b_col(z, n0 + lanes.lane_mn);
-    MixedRadixCursor k(k0 + lanes.lane_k, p.k_step);
+    ThreadOperands<Problem> t(p, z, m0, n0);
     const auto copy = [](smem_t* dst, const smem_t* src) {
       if (src != nullptr) {
         __pipeline_memcpy_async(dst, src, sizeof(smem_t));
@@ -111,24 +126,20 @@ struct AsyncCopyMainloop {
     const auto issue = [&](int s) {
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
-        if (k.linear < k1) {
-          copy(&As[s][lanes.lane_k + kStep * e][lanes.lane_mn], p.a(row, k));
-          copy(&Bs[s][lanes.lane_k + kStep * e][lanes.lane_mn], p.b(k, col));
-        } else {
-          As[s][lanes.lane_k + kStep * e][lanes.lane_mn] = smem_t(0);
-          Bs[s][lanes.lane_k + kStep * e][lanes.lane_mn] = smem_t(0);
-        }
-        k.advance(p.k_step);
+        const smem_t *a, *b;
+        t.next(p, a, b);
+        copy(&As[s][t.stage_row(e)][t.lane_mn], a);
+        copy(&Bs[s][t.stage_row(e)][t.lane_mn], b);
       }
       __pipeline_commit();
     };
-    const int64_t tiles = (k1 - k0 + kTileK - 1) / kTileK;
+    const int64_t tiles = (t.k1 - t.k0 + kTileK - 1) / kTileK;
     for (int s = 0; s < kStages - 1; ++s) issue(s);  // tiles past the end stage zeros, never read
-    for (int64_t t = 0; t < tiles; ++t) {
-      __pipeline_wait_prior(kStages - 2);  // this thread's copies of tile t have landed
-      __syncthreads();                     // everyone's have; everyone is done with tile t - 1's stage
-      issue(static_cast<int>((t + kStages - 1) % kStages));
-      Mma::multiply(acc, As[t % kStages], Bs[t % kStages]);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      __pipeline_wait_prior(kStages - 2);  // this thread's copies of this tile have landed
+      __syncthreads();                     // everyone's have; everyone is done with the previous tile's stage
+      issue(static_cast<int>((tile + kStages - 1) % kStages));
+      Mma::multiply(acc, As[tile % kStages], Bs[tile % kStages]);
     }
     __pipeline_wait_prior(0);
     __syncthreads();  // the Mma's epilogue may reuse shared memory
