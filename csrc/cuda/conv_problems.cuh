@@ -24,6 +24,7 @@
 
 #include "../conv.h"
 #include "mixed_radix_cursor.cuh"
+#include "gemm_tile.cuh"
 #include "strides4.cuh"
 
 #include <ATen/OpMathType.h>
@@ -95,7 +96,7 @@ struct ForwardProblem {
 
   __host__ __device__ int64_t rows() const { return g.batch * g.out_pixels(); }
   __host__ __device__ int64_t cols() const { return g.out_channels_per_group(); }
-  __host__ __device__ void k_range(int64_t, int64_t& k0, int64_t& k1) const { k0 = 0; k1 = g.patch_size(); }
+  __host__ __device__ KRange k_range(int64_t) const { return KRange{0, g.patch_size()}; }
   __host__ __device__ Row a_row(int64_t z, int64_t m) const {
     if (m >= rows()) return Row{nullptr, 0, 0, false};
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = m / g.out_pixels();
@@ -147,9 +148,8 @@ struct GradInputProblem {
 
   __host__ __device__ int64_t rows() const { return g.batch * ph.in_count * pw.in_count; }
   __host__ __device__ int64_t cols() const { return g.in_channels_per_group(); }
-  __host__ __device__ void k_range(int64_t, int64_t& k0, int64_t& k1) const {
-    k0 = 0;
-    k1 = g.out_channels_per_group() * ph.tap_count * pw.tap_count;
+  __host__ __device__ KRange k_range(int64_t) const {
+    return KRange{0, g.out_channels_per_group() * ph.tap_count * pw.tap_count};
   }
   __host__ __device__ void pixel(int64_t m, int64_t& n, int64_t& ih, int64_t& iw) const {
     iw = pw.in_first + (m % pw.in_count) * g.stride_w;
@@ -206,10 +206,10 @@ struct GradWeightProblem {
 
   __host__ __device__ int64_t rows() const { return g.out_channels_per_group(); }
   __host__ __device__ int64_t cols() const { return g.patch_size(); }
-  __host__ __device__ void k_range(int64_t z, int64_t& k0, int64_t& k1) const {
+  __host__ __device__ KRange k_range(int64_t z) const {
     const int64_t total = g.batch * g.out_pixels();
-    k0 = (z % splits) * chunk;
-    k1 = k0 + chunk < total ? k0 + chunk : total;
+    const int64_t begin = (z % splits) * chunk;
+    return KRange{begin, begin + chunk < total ? begin + chunk : total};
   }
   __host__ __device__ Row a_row(int64_t z, int64_t co) const {
     if (co >= rows()) return Row{nullptr, false};

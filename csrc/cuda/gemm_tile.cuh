@@ -16,6 +16,11 @@ constexpr int kStep = kThreads / kTileM;         // reduction offsets between on
 constexpr int kPerThread = kTileK / kStep;       // elements of A (and of B) each thread stages per k-tile
 static_assert(kTileM == kTileN && kThreads % kTileM == 0 && kTileK % kStep == 0, "tile shape");
 
+// The reduction positions [begin, end) of one z of a problem (Problem::k_range).
+struct KRange {
+  int64_t begin, end;
+};
+
 // The epilogue's thread mapping: each thread writes the outputs (m0 + tm + 16r, n0 + tn + 16q),
 // r, q < 4, tm = tid % 16, tn = tid / 16, of value(r, q) through Problem::store, inside the problem only.
 template <typename Problem, typename Value>

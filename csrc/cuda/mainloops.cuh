@@ -36,23 +36,18 @@ template <typename Problem>
 struct ThreadOperands {
   using input_t = typename Problem::input_t;
   int lane_mn, lane_k;
-  int64_t k0, k1;
+  KRange ks;  // this z's reduction positions
   typename Problem::Row row;
   typename Problem::Col col;
   MixedRadixCursor k;
 
   __device__ ThreadOperands(const Problem& p, int64_t z, int64_t m0, int64_t n0)
-      : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM), k0(range(p, z, 0)), k1(range(p, z, 1)),
-        row(p.a_row(z, m0 + lane_mn)), col(p.b_col(z, n0 + lane_mn)), k(k0 + lane_k, p.k_step) {}
+      : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM), ks(p.k_range(z)),
+        row(p.a_row(z, m0 + lane_mn)), col(p.b_col(z, n0 + lane_mn)), k(ks.begin + lane_k, p.k_step) {}
 
-  __device__ static int64_t range(const Problem& p, int64_t z, int end) {
-    int64_t begin, stop;
-    p.k_range(z, begin, stop);
-    return end ? stop : begin;
-  }
   // The addresses of this thread's next A and B elements (nullptr: a zero), then the cursor moves on.
   __device__ void next(const Problem& p, const input_t*& a, const input_t*& b) {
-    const bool inside = k.linear < k1;
+    const bool inside = k.linear < ks.end;
     a = inside ? p.a(row, k) : nullptr;
     b = inside ? p.b(k, col) : nullptr;
     k.advance(p.k_step);
@@ -92,8 +87,8 @@ struct RegisterStagedMainloop {
     stage(0);
     __syncthreads();
     int s = 0;
-    for (int64_t kt = t.k0; kt < t.k1; kt += kTileK) {
-      const bool more = kt + kTileK < t.k1;  // the same for every thread of the block
+    for (int64_t kt = t.ks.begin; kt < t.ks.end; kt += kTileK) {
+      const bool more = kt + kTileK < t.ks.end;  // the same for every thread of the block
       if (more) fetch();
       Mma::multiply(acc, As[s], Bs[s]);
       if (more) stage(s ^ 1);  // the other stage: nobody reads it since the last barrier
@@ -133,7 +128,7 @@ struct AsyncCopyMainloop {
       }
       __pipeline_commit();
     };
-    const int64_t tiles = (t.k1 - t.k0 + kTileK - 1) / kTileK;
+    const int64_t tiles = (t.ks.end - t.ks.begin + kTileK - 1) / kTileK;
     for (int s = 0; s < kStages - 1; ++s) issue(s);  // tiles past the end stage zeros, never read
     for (int64_t tile = 0; tile < tiles; ++tile) {
       __pipeline_wait_prior(kStages - 2);  // this thread's copies of this tile have landed
