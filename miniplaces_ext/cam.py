@@ -94,13 +94,20 @@ def centre_crop_box(width: int, height: int, size: int = data.IMAGE_SIZE) -> tup
     return left * fx, top * fy, (left + size) * fx, (top + size) * fy
 
 
+def upsample_over_crop(cam: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """`cam` bilinearly upsampled to the centre crop the network saw of a width x height photo,
+    and that crop's box (centre_crop_box)."""
+    box = centre_crop_box(width, height)
+    size = (max(1, round(box[3] - box[1])), max(1, round(box[2] - box[0])))
+    up = F.interpolate(torch.from_numpy(cam).float()[None, None], size=size, mode="bilinear", align_corners=False)
+    return up[0, 0].numpy(), box
+
+
 def overlay(photo: Image.Image, cam: np.ndarray, title: str, path: str | Path) -> None:
     """The photo at its own resolution, `cam` (values in [0, 1]) upsampled over the centre crop, a colour bar."""
     photo = photo.convert("RGB")
     width, height = photo.size
-    box = centre_crop_box(width, height)
-    up = F.interpolate(torch.from_numpy(cam)[None, None], size=(max(1, round(box[3] - box[1])),
-                       max(1, round(box[2] - box[0]))), mode="bilinear", align_corners=False)[0, 0].numpy()
+    up, box = upsample_over_crop(cam, width, height)
     inch = 6.0 / max(width, height)
     fig = cli.new_figure(figsize=(max(3.0, width * inch) + 1.2, max(3.0, height * inch) + 0.6))
     ax = fig.subplots()

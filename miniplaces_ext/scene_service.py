@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image
 
@@ -59,13 +58,10 @@ def png_data_uri(image: Image.Image) -> str:
 def heat_overlay(photo: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """`heat` (values in [0, 1], over the centre crop the network saw) in the jet colour map,
     blended over the photo at the photo's resolution."""
-    width, height = photo.size
-    left, top, right, bottom = (round(v) for v in cam.centre_crop_box(width, height))
-    size = (max(1, bottom - top), max(1, right - left))
-    up = F.interpolate(torch.from_numpy(heat).float()[None, None], size=size, mode="bilinear",
-                       align_corners=False)[0, 0].clamp(0, 1).numpy()
-    colours = Image.fromarray((colormaps["jet"](up)[..., :3] * 255).astype(np.uint8))
-    region = photo.crop((left, top, left + size[1], top + size[0]))
+    up, box = cam.upsample_over_crop(heat, *photo.size)
+    colours = Image.fromarray((colormaps["jet"](np.clip(up, 0, 1))[..., :3] * 255).astype(np.uint8))
+    left, top = round(box[0]), round(box[1])
+    region = photo.crop((left, top, left + colours.width, top + colours.height))
     blended = photo.copy()
     blended.paste(Image.blend(region, colours, alpha), (left, top))
     return blended
@@ -113,7 +109,7 @@ class SceneService:
         try:
             self._dataset = data.MiniplacesDataset(data_root, "val", limit=gallery_limit)
         except (data.DataNotFoundError, FileNotFoundError, OSError) as exc:
-            self.gallery_state["message"] = (f"Neighbours need the Miniplaces val images: {exc}").split(" Pass ")[0]
+            self.gallery_state["message"] = f"Neighbours need the Miniplaces val images: {exc}"
         self._cache_dir = Path(cache_dir)
 
     # --- photos ---------------------------------------------------------------------------
