@@ -33,10 +33,14 @@ struct ConvGeometry {
   C10_HOST_DEVICE int64_t patch_size() const { return taps() * in_channels_per_group(); }
   C10_HOST_DEVICE int64_t in_pixels() const { return in_h * in_w; }
   C10_HOST_DEVICE int64_t out_pixels() const { return out_h * out_w; }
-  // True when the convolution is a plain matrix product over pixels.
+  // True when every output pixel is one input pixel (1x1, no padding, any
+  // stride): the convolution is a matrix product over the sampled pixels.
+  C10_HOST_DEVICE bool samples_pixels() const {
+    return kernel_h == 1 && kernel_w == 1 && pad_h == 0 && pad_w == 0;
+  }
+  // True when the convolution is a plain matrix product over all pixels.
   C10_HOST_DEVICE bool is_pointwise() const {
-    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 &&
-        pad_h == 0 && pad_w == 0;
+    return samples_pixels() && stride_h == 1 && stride_w == 1;
   }
 };
 

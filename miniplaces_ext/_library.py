@@ -66,7 +66,8 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
                        padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
                        groups: int = 1) -> str:
     """The algorithm our CPU forward pass runs for this 2-D convolution: ``"winograd"``,
-    ``"direct"`` or ``"gemm"`` (im2col + GEMM), as chosen by ``MINIPLACES_CPU_ALGO`` and the
+    ``"direct"`` or ``"gemm"`` (im2col + GEMM; for 1x1 layers without padding a GEMM over the
+    sampled pixels), as chosen by ``MINIPLACES_CPU_ALGO`` and the
     ISA level. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
     return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),
                                                        groups)

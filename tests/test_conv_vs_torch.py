@@ -66,6 +66,10 @@ CASES_2D = [
     (1, 3, 31, 29, 16, (7, 5), 2, 3, 1, 1, True, "reflect"),
     (2, 32, 6, 5, 32, (3, 3), 1, 1, 1, 1, True, "zeros"),
     (2, 32, 7, 26, 48, (3, 1), 1, (2, 0), (2, 1), 2, True, "zeros"),
+    # 1x1 with a stride and bias: a GEMM over the sampled pixels (NCHW kept NCHW)
+    (2, 8, 11, 14, 24, (1, 1), (2, 3), 0, 1, 1, True, "zeros"),
+    # a packed direct weight above 2 MiB: channel blocks outer, strided output stores
+    (1, 64, 7, 6, 1024, (3, 3), 2, 1, 1, 1, True, "zeros"),
 ]
 
 

@@ -88,6 +88,59 @@ def test_direct_kernel_tails(isa, out_channels, width, monkeypatch):
     torch.testing.assert_close(me.conv2d(x, w, b, padding=1).double(), ref, rtol=1e-5, atol=1e-5)
 
 
+LAYOUTS = {
+    "nchw": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "strided": lambda t: torch.stack([t, t], dim=-1).flatten(-2)[..., ::2],  # neither layout: read through strides
+}
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("in_channels", [6, 288])  # packed weight 6 KiB (row buffer) / 2.6 MiB (strided stores)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_direct_kernel_writes_the_output_in_its_layout(isa, in_channels, layout, monkeypatch):
+    """The direct kernel writes NCHW outputs in place (through a row buffer for small weights,
+    strided stores for large ones) and channels_last ones directly: both equal float64 torch,
+    come back in the input's layout, and hold the same bits."""
+    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    gen = torch.Generator().manual_seed(in_channels)
+    x = torch.randn(2, in_channels, 9, 11, generator=gen)
+    w = torch.randn(256, in_channels, 3, 3, generator=gen) / in_channels ** 0.5
+    b = torch.randn(256, generator=gen)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=1)
+    out = me.conv2d(LAYOUTS[layout](x), w, b, stride=2, padding=1)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    expected = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=expected)
+    assert torch.equal(out, me.conv2d(LAYOUTS["channels_last"](x), w, b, stride=2, padding=1))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride, groups", [((2, 3), 1), (1, 1), (2, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_by_one_layers_are_a_gemm_of_the_sampled_pixels(layout, stride, groups, dtype):
+    """auto runs 1x1 layers without padding as one GEMM over the sampled pixels (NCHW inputs
+    without leaving NCHW): output and all gradients against float64 torch, in the input's layout."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 8, 11, 14, generator=gen, dtype=dtype)
+    w = torch.randn(24, 8 // groups, 1, 1, generator=gen, dtype=dtype)
+    b = torch.randn(24, generator=gen, dtype=dtype)
+    assert me.cpu_conv_algorithm(x, w, stride=stride, groups=groups) == "gemm"
+    leaves = [LAYOUTS[layout](x.clone()).requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
+    refs = [x.double().requires_grad_(), w.double().requires_grad_(), b.double().requires_grad_()]
+    out = me.conv2d(*leaves, stride=stride, groups=groups)
+    ref = F.conv2d(*refs, stride=stride, groups=groups)
+    grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    expected = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=expected)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), (out, *[t.grad for t in leaves]),
+                          (ref, *[t.grad for t in refs])):
+        torch.testing.assert_close(a.double(), r, **tol, msg=lambda m: f"{name}: {m}")
+
+
 def test_one_openmp_runtime_and_torch_threads():
     """Our parallel loops are at::parallel_for, i.e. torch's pool: the process holds one OpenMP
     runtime (torch's), and our direct and Winograd kernels and the bias gradient give the same

@@ -17,6 +17,7 @@
 // stride-1 convolutions as the forward convolution of grad_output with the
 // flipped, transposed weight.
 #include "cpu_dispatch.h"
+#include "layout.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -159,30 +160,25 @@ void column_sums(const scalar_t* m, scalar_t* out, int64_t rows, int64_t cols) {
   });
 }
 
-// A tensor's NCHW data as a contiguous NHWC tensor (no copy when it is channels_last).
-at::Tensor nhwc(const at::Tensor& t) {
-  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
-}
-
-// The same data seen as a [N*H*W, C] matrix (a view of nhwc(t)).
-at::Tensor pixel_matrix(const at::Tensor& t) {
-  return nhwc(t).reshape({-1, t.size(1)});
-}
-
-// Produces the im2col matrix of one (chunk, group), reusing `buffer`.
+// Produces the im2col matrix of one (chunk, group) of the input, reusing one
+// buffer. A 1x1 convolution without padding needs no im2col: its matrix is the
+// sampled pixels themselves, gathered once (a view when the stride is 1 and the
+// input channels_last).
 class ColumnSource {
  public:
-  ColumnSource(const at::Tensor& x_pixels, const ConvGeometry& g, int64_t chunk)
-      : x_pixels_(x_pixels), g_(g) {
-    if (!g.is_pointwise()) {
-      buffer_ = at::empty({chunk * g.out_pixels(), g.patch_size()}, x_pixels.options());
+  ColumnSource(const at::Tensor& input, const ConvGeometry& g, int64_t chunk) : g_(g) {
+    if (g.samples_pixels()) {
+      x_pixels_ = nhwc_pixels(input, g.stride_h, g.stride_w).reshape({-1, g.in_channels});
+    } else {
+      x_pixels_ = nhwc_pixels(input).reshape({-1, g.in_channels});
+      buffer_ = at::empty({chunk * g.out_pixels(), g.patch_size()}, input.options());
     }
   }
 
   at::Tensor columns(int64_t n0, int64_t count, int64_t group) {
     const int64_t rows = count * g_.out_pixels();
     const int64_t c0 = group * g_.in_channels_per_group();
-    if (g_.is_pointwise()) {
+    if (g_.samples_pixels()) {
       return x_pixels_.narrow(0, n0 * g_.out_pixels(), rows).narrow(1, c0, g_.in_channels_per_group());
     }
     at::Tensor col = buffer_.narrow(0, 0, rows);
@@ -201,12 +197,6 @@ class ColumnSource {
 // The weight as [out_channels, kh*kw*Cg], rows ordered like the im2col rows.
 at::Tensor weight_matrix(const at::Tensor& weight, const ConvGeometry& g) {
   return weight.permute({0, 2, 3, 1}).contiguous().view({g.out_channels, g.patch_size()});
-}
-
-// Turns an NHWC-ordered result into an NCHW-shaped tensor in `format`.
-at::Tensor to_nchw(const at::Tensor& nhwc, at::MemoryFormat format) {
-  at::Tensor nchw = nhwc.permute({0, 3, 1, 2});
-  return format == at::MemoryFormat::ChannelsLast ? nchw : nchw.contiguous();
 }
 
 void check_cpu(const at::Tensor& input) {
@@ -242,6 +232,26 @@ at::Tensor transposed_weight(const at::Tensor& weight, const ConvGeometry& g) {
       .reshape({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
+// A 1x1 convolution without padding, one group, on an input whose output is
+// NCHW stays in NCHW: out[n] [Cout, Ho*Wo] = W [Cout, Cin] @ x[n] [Cin, Ho*Wo]
+// (+ bias) over the sampled pixels (a view when the stride is 1), with no
+// layout conversion in or out.
+at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          const ConvGeometry& g) {
+  const at::Tensor x = input.slice(2, 0, g.in_h, g.stride_h)
+                           .slice(3, 0, g.in_w, g.stride_w)
+                           .reshape({g.batch, g.in_channels, g.out_pixels()});
+  const at::Tensor w = weight.reshape({g.out_channels, g.in_channels}).expand({g.batch, g.out_channels, g.in_channels});
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  at::Tensor out3 = out.view({g.batch, g.out_channels, g.out_pixels()});
+  if (bias.has_value() && bias->defined()) {
+    at::baddbmm_out(out3, bias->view({1, g.out_channels, 1}), w, x);
+  } else {
+    at::bmm_out(out3, w, x);
+  }
+  return out;
+}
+
 } // namespace
 
 at::Tensor conv2d_forward(
@@ -256,8 +266,11 @@ at::Tensor conv2d_forward(
   check_cpu(input);
   if (const Algo algo = choose_algo(g, input.scalar_type()); algo != Algo::gemm) {
     // Under torch.inference_mode the packed weight is kept for the next call.
-    return to_nchw(nhwc_conv2d(algo, nhwc(input), weight, bias, g, c10::InferenceMode::is_enabled()),
-                   conv_output_memory_format(input));
+    return nhwc_conv2d(algo, nhwc_pixels(input), weight, bias, g, c10::InferenceMode::is_enabled(),
+                       conv_output_memory_format(input));
+  }
+  if (g.samples_pixels() && g.groups == 1 && conv_output_memory_format(input) == at::MemoryFormat::Contiguous) {
+    return pointwise_nchw(input, weight, bias, g);
   }
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
   if (g.batch > 0) {
@@ -267,7 +280,7 @@ at::Tensor conv2d_forward(
     const int64_t chunk = images_per_chunk(g, input.element_size());
     const at::Tensor w = weight_matrix(weight, g);
     const at::Tensor out_pixels = out.view({g.batch * pixels, g.out_channels});
-    ColumnSource source(pixel_matrix(input), g, chunk);
+    ColumnSource source(input, g, chunk);
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
       for (int64_t grp = 0; grp < groups; ++grp) {
@@ -282,7 +295,7 @@ at::Tensor conv2d_forward(
       }
     }
   }
-  return to_nchw(out, conv_output_memory_format(input));
+  return nchw_from_nhwc(out, conv_output_memory_format(input));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
@@ -298,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   check_grad_output(grad_output, input, g);
   check_cpu(input);
   auto [need_input, need_weight, need_bias] = output_mask;
-  const at::Tensor dy_nhwc = nhwc(grad_output);  // one layout conversion serves every gradient
+  const at::Tensor dy_nhwc = nhwc_pixels(grad_output);  // one layout conversion serves every gradient
   const at::Tensor dy = dy_nhwc.reshape({-1, g.out_channels});  // [N*Ho*Wo, Cout], a view
 
   at::Tensor grad_input, grad_weight, grad_bias;
@@ -306,8 +319,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const auto t = transposed_geometry(g);
     const Algo algo = t.has_value() ? choose_algo(*t, input.scalar_type()) : Algo::gemm;
     if (algo != Algo::gemm) {
-      grad_input = to_nchw(nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t, false),
-                           conv_output_memory_format(input));
+      grad_input = nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t, false,
+                               conv_output_memory_format(input));
       need_input = false;
     }
   }
@@ -335,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const at::Tensor dx_pixels = need_input ? dx.view({-1, g.in_channels}) : at::Tensor();
   std::optional<ColumnSource> source;
   if (need_weight) {
-    source.emplace(pixel_matrix(input), g, chunk);
+    source.emplace(input, g, chunk);
   }
   at::Tensor dcol = need_input && !g.is_pointwise()
       ? at::empty({chunk * pixels, g.patch_size()}, input.options())
@@ -378,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
                       .contiguous();
   }
   if (dx.defined()) {
-    grad_input = to_nchw(dx, conv_output_memory_format(input));
+    grad_input = nchw_from_nhwc(dx, conv_output_memory_format(input));
   }
   return {grad_input, grad_weight, grad_bias};
 }

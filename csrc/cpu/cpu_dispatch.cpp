@@ -132,6 +132,9 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
       return Algo::winograd;
     }
   }
+  if (g.samples_pixels() && asked == Algo::automatic) {
+    return Algo::gemm;  // a 1x1 layer is one GEMM over the sampled pixels, no im2col
+  }
   if (isa != Isa::portable && g.out_channels_per_group() >= direct_block(isa) / 2) {
     return Algo::direct;
   }
@@ -139,7 +142,8 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
 }
 
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight) {
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
+                       at::MemoryFormat out_format) {
   TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.scalar_type() == at::kFloat,
               "NHWC conv kernels: expected a contiguous NHWC float32 input");
   TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
@@ -147,7 +151,7 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& we
   const Isa isa = chosen_isa();
   const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
   const IsaKernels& k = kernels(isa);
-  return (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g);
+  return (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g, out_format);
 }
 
 namespace {

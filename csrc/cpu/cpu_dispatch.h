@@ -43,23 +43,27 @@ bool winograd_applies(const ConvGeometry& g);
 //  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
 //    where it applies, else what `auto` picks;
 //  - auto: Winograd for 3x3 stride-1 layers with enough tiles to fill the
-//    threads, the direct kernel where its register block is filled, else gemm.
+//    threads; gemm for 1x1 layers without padding (a GEMM over the sampled
+//    pixels); the direct kernel where its register block is filled; else gemm.
 //    The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
 Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype);
 
-// out [N, Ho, Wo, Cout] (NHWC, contiguous) of the convolution of the
-// contiguous NHWC float32 input x [N, H, W, C] with weight [Cout, Cg, kh, kw],
-// computed by `algo` (direct or winograd) at the chosen ISA level. With
-// `cache_weight` the packed weight is kept for the next call (packed_weights.h).
+// out [N, Cout, Ho, Wo], in `out_format` (written in place by the kernel:
+// no conversion afterwards), of the convolution of the contiguous NHWC float32
+// input x [N, H, W, C] with weight [Cout, Cg, kh, kw], computed by `algo`
+// (direct or winograd) at the chosen ISA level. With `cache_weight` the packed
+// weight is kept for the next call (packed_weights.h).
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight);
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
+                       at::MemoryFormat out_format);
 
 // The kernels of one ISA level (kernels_<level>.cpp), taking the weight packed
 // for them (packed_weights.h). The x86 levels exist only in x86-64 builds and
 // must only be used when the CPU has them.
 struct IsaKernels {
   using NhwcConv = at::Tensor (*)(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g);
+                                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g,
+                                  at::MemoryFormat out_format);
   NhwcConv direct;
   NhwcConv winograd;
   // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).

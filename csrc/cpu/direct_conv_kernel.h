@@ -18,9 +18,11 @@
 // (pack_direct_weight in packed_weights.cpp).
 // One register block (register_block.h) computes R <= kMaxRows consecutive
 // output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
-// Work is split over (group, block, n, oh) rows, ordered so that the smaller
-// operand stays in cache; each output element is written by one thread, so
-// results do not depend on the thread count.
+// Work is split over output rows (and channel blocks when the weight is
+// large), ordered so that the smaller operand stays in cache; the output is
+// written through its strides (NHWC or NCHW, no conversion afterwards). Each
+// output element is written by one thread, so results do not depend on the
+// thread count.
 //
 // Include this header only after <ATen/ATen.h>, <ATen/Parallel.h>, <algorithm>
 // and the vector traits, so that a target pragma around it applies to this code alone.
@@ -35,6 +37,7 @@
 #include <algorithm>
 #include <array>
 #include <utility>
+#include <vector>
 
 namespace miniplaces_ext::cpu {
 
@@ -50,28 +53,49 @@ struct DirectConv {
     const float* weight;  // packed [groups][blocks][kh][kw][Cg][kBlock]
     const float* bias;    // [Cout] or nullptr
     const float* zeros;   // Cg zeros: what a pixel left or right of the input reads
-    float* out;           // [N, Ho, Wo, Cout]
+    float* out;           // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
+    std::array<int64_t, 4> out_strides;  // element strides of out (n, c, h, w)
     const ConvGeometry& g;
     int64_t blocks;       // register blocks per group
+  };
+
+  // Where one output row of one group goes: element (ow, co) of the row,
+  // co counted within the group, at row[ow * pixel_stride + co * channel_stride].
+  struct RowDestination {
+    float* row;
+    int64_t pixel_stride, channel_stride;
   };
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
   // the input read zeros; otherwise all columns must be inside.
   template <int R, bool kCheckColumns>
-  static void micro_kernel(const Args& a, int64_t grp, int64_t blk, int64_t n, int64_t oh, int64_t ow0) {
+  static void micro_kernel(const Args& a, int64_t grp, int64_t blk, int64_t n, int64_t oh, int64_t ow0,
+                           const RowDestination& d) {
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels_per_group();
     RegisterBlock<Vec, R> acc;
     const int64_t pixel_step = g.stride_w * g.in_channels;
     const float* wblock = a.weight + (grp * a.blocks + blk) * g.kernel_h * g.kernel_w * cg * kBlock;
+    // With one group and undilated columns, the kw taps of a kernel row read
+    // kw consecutive pixels: one contiguous run of kw * Cg inputs against the
+    // contiguous [kw][Cg] weight rows, a single rank-(kw * Cg) update.
+    const bool row_is_one_run = g.groups == 1 && g.dilation_w == 1;
+    const int64_t first_iw = ow0 * g.stride_w - g.pad_w;  // input column of the first pixel's first tap
+    const bool row_inside = !kCheckColumns ||
+        (first_iw >= 0 && first_iw + (g.kernel_w - 1) + (R - 1) * g.stride_w < g.in_w);
     for (int64_t i = 0; i < g.kernel_h; ++i) {
       const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) {
         continue;
       }
       const float* xrow = a.x + (n * g.in_h + ih) * g.in_w * g.in_channels + grp * cg;
+      if (row_is_one_run && row_inside) {
+        acc.accumulate(xrow + first_iw * g.in_channels, pixel_step, wblock + i * g.kernel_w * cg * kBlock,
+                       g.kernel_w * cg);
+        continue;
+      }
       for (int64_t j = 0; j < g.kernel_w; ++j) {
-        const int64_t iw0 = ow0 * g.stride_w - g.pad_w + j * g.dilation_w;  // input column of the first pixel
+        const int64_t iw0 = first_iw + j * g.dilation_w;  // input column of the first pixel
         const float* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
         if (!kCheckColumns || (iw0 >= 0 && iw0 + (R - 1) * g.stride_w < g.in_w)) {
           acc.accumulate(xrow + iw0 * g.in_channels, pixel_step, wtap, cg);
@@ -93,11 +117,11 @@ struct DirectConv {
     const int64_t co0 = blk * kBlock;  // first output channel of the block within the group
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels_per_group() - co0));
     const int64_t col = grp * g.out_channels_per_group() + co0;
-    float* dst = a.out + ((n * g.out_h + oh) * g.out_w + ow0) * g.out_channels + col;
-    acc.store(dst, g.out_channels, a.bias != nullptr ? a.bias + col : nullptr, columns);
+    acc.store(d.row + ow0 * d.pixel_stride + co0 * d.channel_stride, d.pixel_stride, d.channel_stride,
+              a.bias != nullptr ? a.bias + col : nullptr, columns);
   }
 
-  using PixelKernel = void (*)(const Args&, int64_t, int64_t, int64_t, int64_t, int64_t);
+  using PixelKernel = void (*)(const Args&, int64_t, int64_t, int64_t, int64_t, int64_t, const RowDestination&);
   using KernelTable = std::array<PixelKernel, kMaxRows + 1>;
 
   // Micro-kernels for every pixel count 1..kMaxRows (index 0 unused), so the
@@ -118,49 +142,73 @@ struct DirectConv {
     // A row of output pixels in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5).
     const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
     const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
-    const int64_t rows = g.groups * a.blocks * g.batch * g.out_h;
+    const auto one_row = [&](int64_t grp, int64_t blk, int64_t n, int64_t oh, const RowDestination& d) {
+      int64_t ow0 = 0;
+      for (int64_t run = 0; run < runs; ++run) {
+        const int64_t len = run_len + (run < longer_runs ? 1 : 0);
+        const bool border = ow0 < lo || ow0 + len > hi;
+        (border ? kBorder : kInterior)[len](a, grp, blk, n, oh, ow0, d);
+        ow0 += len;
+      }
+    };
+    const auto& s = a.out_strides;
+    const int64_t coutg = g.out_channels_per_group();
+    const auto output_row = [&](int64_t grp, int64_t n, int64_t oh) {
+      return a.out + n * s[0] + grp * coutg * s[1] + oh * s[2];
+    };
     // Which operand stays in cache: with a small weight (a group's packed weight
     // within kWeightInCacheBytes) the blocks of one output row run back to back,
     // so the input rows are read once and the weight stays; otherwise each block
     // sweeps all rows, so its weight panel stays and the input is re-read.
     const int64_t group_weight_bytes = a.blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(float));
-    const bool blocks_inner = group_weight_bytes <= kWeightInCacheBytes;
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        int64_t blk, oh, n;
-        if (blocks_inner) {
-          blk = t % a.blocks;
-          oh = (t / a.blocks) % g.out_h;
-          n = (t / (a.blocks * g.out_h)) % g.batch;
-        } else {
-          oh = t % g.out_h;
-          n = (t / g.out_h) % g.batch;
-          blk = (t / (g.out_h * g.batch)) % a.blocks;
+    if (group_weight_bytes > kWeightInCacheBytes) {
+      at::parallel_for(0, g.groups * a.blocks * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, blk = (t / (g.out_h * g.batch)) % a.blocks;
+          const int64_t grp = t / (g.out_h * g.batch * a.blocks);
+          one_row(grp, blk, n, oh, RowDestination{output_row(grp, n, oh), s[3], s[1]});
         }
-        const int64_t grp = t / (g.out_h * g.batch * a.blocks);
-        int64_t ow0 = 0;
-        for (int64_t run = 0; run < runs; ++run) {
-          const int64_t len = run_len + (run < longer_runs ? 1 : 0);
-          const bool border = ow0 < lo || ow0 + len > hi;
-          (border ? kBorder : kInterior)[len](a, grp, blk, n, oh, ow0);
-          ow0 += len;
+      });
+      return;
+    }
+    // Blocks inner: a thread computes whole output rows. When the output's
+    // channels are not innermost (NCHW), the row is first stored channels
+    // innermost to a small buffer (one row, in L1/L2) and then written out
+    // transposed, plane by plane, in contiguous runs.
+    const bool buffered = s[1] != 1;
+    at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
+        float* row = output_row(grp, n, oh);
+        const RowDestination d = buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{row, s[3], s[1]};
+        for (int64_t blk = 0; blk < a.blocks; ++blk) {
+          one_row(grp, blk, n, oh, d);
+        }
+        if (buffered) {
+          for (int64_t co = 0; co < coutg; ++co) {
+            for (int64_t ow = 0; ow < g.out_w; ++ow) {
+              row[co * s[1] + ow * s[3]] = buffer[ow * coutg + co];
+            }
+          }
         }
       }
     });
   }
 
-  // `packed` is pack_direct_weight(weight, g, kBlock).
+  // `packed` is pack_direct_weight(weight, g, kBlock). Returns [N, Cout, Ho, Wo] in `out_format`.
   static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                        const ConvGeometry& g) {
+                        const ConvGeometry& g, at::MemoryFormat out_format) {
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
     TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
+    at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x_nhwc.options().memory_format(out_format));
     if (g.batch > 0) {
       const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x_nhwc.options());
       rows(Args{x_nhwc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
                 b.defined() ? b.const_data_ptr<float>() : nullptr, zeros.const_data_ptr<float>(),
-                out.mutable_data_ptr<float>(), g, blocks});
+                out.mutable_data_ptr<float>(), {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, g,
+                blocks});
     }
     return out;
   }

@@ -1,6 +1,7 @@
 // The register block shared by the direct and Winograd kernels: R rows x
 // 2*kLanes columns of float32 accumulators, updated by a rank-1 product per
-// step of the reduction (two weight-vector loads, R broadcasts, 2R FMAs).
+// step of the reduction (two weight-vector loads, R broadcasts, 2R FMAs), and
+// stored to any (row, column) strides (NHWC or NCHW outputs).
 //
 // Include only after the vector traits (vec_<isa>.h), inside the same target
 // pragma, so that it is compiled for that ISA alone.
@@ -10,6 +11,25 @@
 #include <cstdint>
 
 namespace miniplaces_ext::cpu {
+
+// Stores lanes [0, n) of v to p[0], p[stride], p[2 * stride], ...: one vector
+// store when the lanes are contiguous (stride 1), else one store per lane.
+template <typename Vec>
+inline void store_lanes(float* p, int64_t stride, typename Vec::Reg v, int n) {
+  if (stride == 1) {
+    if (n == Vec::kLanes) {
+      Vec::store(p, v);
+    } else {
+      Vec::store_partial(p, v, n);
+    }
+    return;
+  }
+  alignas(64) float lanes[Vec::kLanes];
+  Vec::store(lanes, v);
+  for (int i = 0; i < n; ++i) {
+    p[i * stride] = lanes[i];
+  }
+}
 
 template <typename Vec, int R>
 struct RegisterBlock {
@@ -54,10 +74,10 @@ struct RegisterBlock {
     }
   }
 
-  // dst[r * dst_row_stride + j] = acc[r][j] (+ bias[j]) for j < columns;
-  // bias may be null.
-  void store(float* dst, int64_t dst_row_stride, const float* bias, int columns) const {
-    if (bias == nullptr && columns == kColumns) {
+  // dst[r * dst_row_stride + j * dst_column_stride] = acc[r][j] (+ bias[j])
+  // for j < columns; bias may be null.
+  void store(float* dst, int64_t dst_row_stride, int64_t dst_column_stride, const float* bias, int columns) const {
+    if (bias == nullptr && columns == kColumns && dst_column_stride == 1) {
       for (int r = 0; r < R; ++r) {
         Vec::store(dst + r * dst_row_stride, acc0[r]);
         Vec::store(dst + r * dst_row_stride + kLanes, acc1[r]);
@@ -72,8 +92,9 @@ struct RegisterBlock {
       b1 = Vec::load_partial(bias + kLanes, valid1);
     }
     for (int r = 0; r < R; ++r) {
-      Vec::store_partial(dst + r * dst_row_stride, Vec::add(acc0[r], b0), valid0);
-      Vec::store_partial(dst + r * dst_row_stride + kLanes, Vec::add(acc1[r], b1), valid1);
+      store_lanes<Vec>(dst + r * dst_row_stride, dst_column_stride, Vec::add(acc0[r], b0), valid0);
+      store_lanes<Vec>(dst + r * dst_row_stride + kLanes * dst_column_stride, dst_column_stride,
+                       Vec::add(acc1[r], b1), valid1);
     }
   }
 };

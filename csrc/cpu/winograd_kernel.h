@@ -56,7 +56,8 @@ struct WinogradConv {
     const float* x;     // input [N, H, W, Cin]
     const float* u;     // transformed weight [36][blocks][Cin][kBlock]
     const float* bias;  // [Cout] or nullptr
-    float* out;         // [N, Ho, Wo, Cout]
+    float* out;         // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
+    std::array<int64_t, 4> out_strides;  // element strides of out (n, c, h, w)
     const ConvGeometry& g;
     int64_t blocks;     // output-channel blocks
     int64_t tiles_h, tiles_w;
@@ -158,13 +159,10 @@ struct WinogradConv {
     for (int i = 0; i < rows; ++i) {  // Y = t A, row by row
       Reg y[kOut];
       output_1d(t[i], y);
-      float* dst = a.out + ((n * g.out_h + th * kOut + i) * g.out_w + tw * kOut) * g.out_channels + c0;
+      const auto& s = a.out_strides;
+      float* dst = a.out + n * s[0] + c0 * s[1] + (th * kOut + i) * s[2] + tw * kOut * s[3];
       for (int j = 0; j < cols; ++j) {
-        if (lanes == kLanes) {
-          Vec::store(dst + j * g.out_channels, Vec::add(y[j], b));
-        } else {
-          Vec::store_partial(dst + j * g.out_channels, Vec::add(y[j], b), lanes);
-        }
+        store_lanes<Vec>(dst + j * s[3], s[1], Vec::add(y[j], b), lanes);
       }
     }
   }
@@ -176,7 +174,7 @@ struct WinogradConv {
   static void product(const float* v, int64_t cin, const float* u, int64_t depth, float* m, int64_t m_stride) {
     RegisterBlock<Vec, R> acc;
     acc.accumulate(v, cin, u, depth);
-    acc.store(m, m_stride, nullptr, static_cast<int>(kBlock));
+    acc.store(m, m_stride, 1, nullptr, static_cast<int>(kBlock));
   }
 
   template <size_t... R>
@@ -225,17 +223,18 @@ struct WinogradConv {
     });
   }
 
-  // `u` is winograd_transform_weight(weight, kBlock).
+  // `u` is winograd_transform_weight(weight, kBlock). Returns [N, Cout, Ho, Wo] in `out_format`.
   static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
-                        const ConvGeometry& g) {
+                        const ConvGeometry& g, at::MemoryFormat out_format) {
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
     const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
     TORCH_CHECK(u.numel() == kPoints * blocks * kBlock * g.in_channels, "Winograd: transformed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, x_nhwc.options());
+    at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x_nhwc.options().memory_format(out_format));
     if (out.numel() > 0) {
       tile_blocks(Args{x_nhwc.const_data_ptr<float>(), u.const_data_ptr<float>(),
-                       b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g, blocks,
+                       b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
+                       {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, g, blocks,
                        (g.out_h + kOut - 1) / kOut, (g.out_w + kOut - 1) / kOut});
     }
     return out;

@@ -1,0 +1,99 @@
+// Tiled layout conversions (see layout.h).
+#include "layout.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+
+namespace miniplaces_ext::cpu {
+namespace {
+
+// Element strides of a 4-D tensor in (n, c, h, w) order.
+using Strides = std::array<int64_t, 4>;
+
+// dst[n, c, h, w] = src[n, c, h, w] for n < N, c < C, h < H, w < W, each side
+// addressed through its own strides. Rows (n, h) are split over torch's
+// threads; within a row, 16 x 16 tiles of (w, c) keep the 16 cache lines
+// read and the 16 written in L1 whichever side has channels innermost.
+// Element values are moved as opaque words of their size, so one
+// instantiation per element size serves every dtype.
+template <typename Word>
+void copy_tiled(const Word* src, const Strides& s, Word* dst, const Strides& d, int64_t N, int64_t C, int64_t H,
+                int64_t W) {
+  constexpr int64_t kTile = 16;
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, h = row % H;
+      const Word* src_row = src + n * s[0] + h * s[2];
+      Word* dst_row = dst + n * d[0] + h * d[2];
+      for (int64_t w0 = 0; w0 < W; w0 += kTile) {
+        const int64_t w1 = std::min(W, w0 + kTile);
+        for (int64_t c0 = 0; c0 < C; c0 += kTile) {
+          const int64_t c1 = std::min(C, c0 + kTile);
+          for (int64_t c = c0; c < c1; ++c) {
+            for (int64_t w = w0; w < w1; ++w) {
+              dst_row[c * d[1] + w * d[3]] = src_row[c * s[1] + w * s[3]];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Copies the (n, c, h, w) box of sizes `sizes` between two tensors' storage.
+void copy_box(const at::Tensor& src, const Strides& s, at::Tensor& dst, const Strides& d, at::IntArrayRef sizes) {
+  TORCH_CHECK(src.element_size() == dst.element_size(), "layout conversion: element sizes differ");
+  const void* from = src.const_data_ptr();
+  void* to = dst.mutable_data_ptr();
+  switch (src.element_size()) {
+    case 2:
+      return copy_tiled(static_cast<const uint16_t*>(from), s, static_cast<uint16_t*>(to), d, sizes[0], sizes[1],
+                        sizes[2], sizes[3]);
+    case 4:
+      return copy_tiled(static_cast<const uint32_t*>(from), s, static_cast<uint32_t*>(to), d, sizes[0], sizes[1],
+                        sizes[2], sizes[3]);
+    case 8:
+      return copy_tiled(static_cast<const uint64_t*>(from), s, static_cast<uint64_t*>(to), d, sizes[0], sizes[1],
+                        sizes[2], sizes[3]);
+    default:
+      TORCH_CHECK(false, "layout conversion: unsupported element size ", src.element_size());
+  }
+}
+
+} // namespace
+
+at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h, int64_t step_w) {
+  TORCH_CHECK(x.dim() == 4 && step_h >= 1 && step_w >= 1, "nhwc_pixels: expected a 4-D tensor and steps >= 1");
+  if (step_h == 1 && step_w == 1 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return x.permute({0, 2, 3, 1});
+  }
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t H = (x.size(2) + step_h - 1) / step_h, W = (x.size(3) + step_w - 1) / step_w;
+  at::Tensor out = at::empty({N, H, W, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() > 0) {
+    const Strides s = {x.stride(0), x.stride(1), x.stride(2) * step_h, x.stride(3) * step_w};
+    const Strides d = {H * W * C, 1, W * C, C};
+    copy_box(x, s, out, d, {N, C, H, W});
+  }
+  return out;
+}
+
+at::Tensor nchw_from_nhwc(const at::Tensor& y, at::MemoryFormat format) {
+  TORCH_CHECK(y.dim() == 4 && y.is_contiguous(), "nchw_from_nhwc: expected a contiguous NHWC tensor");
+  const at::Tensor view = y.permute({0, 3, 1, 2});
+  if (format == at::MemoryFormat::ChannelsLast) {
+    return view;
+  }
+  TORCH_CHECK(format == at::MemoryFormat::Contiguous, "nchw_from_nhwc: unsupported memory format");
+  const int64_t N = y.size(0), H = y.size(1), W = y.size(2), C = y.size(3);
+  at::Tensor out = at::empty({N, C, H, W}, y.options());
+  if (out.numel() > 0) {
+    copy_box(y, {H * W * C, 1, W * C, C}, out, {C * H * W, H * W, W, 1}, {N, C, H, W});
+  }
+  return out;
+}
+
+} // namespace miniplaces_ext::cpu
