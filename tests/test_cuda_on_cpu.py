@@ -153,6 +153,56 @@ def test_channels_last(case, dtype):
     _check_case(case, dtype, "channels_last", "random")
 
 
+VECTOR_CASES = [
+    (2, 8, 9, 7, 12, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # two vectors of channels per tap
+    (2, 16, 8, 9, 12, (3, 3), (2, 2), (1, 1), (1, 1), 2),    # stride 2, two groups of 8 channels
+    (1, 12, 7, 9, 70, (5, 3), (1, 2), (2, 1), (2, 1), 1),    # K = 180 (12 k-tiles), 2 column tiles, asymmetric
+]
+
+
+@pytest.mark.parametrize("dtype, mma", [(torch.float32, "simt"), (torch.float64, "simt"), (torch.float16, "wmma"),
+                                        (torch.bfloat16, "wmma")])
+@pytest.mark.parametrize("case", VECTOR_CASES, ids=["3x3", "stride2-groups", "asymmetric"])
+def test_forward_vector_loads_on_channels_last(case, dtype, mma):
+    """Channels_last input and weight, channels per group a multiple of 4: the forward pass walks
+    k = (i, j, c) and reads each thread's 4 consecutive channels with one vector load per operand
+    (16 bytes fp32, 8 fp16/bf16, 2 x 16 fp64); correct and the same bits under every thread order."""
+    results = [_check_case(case, dtype, "channels_last", order) for order in ORDERS]
+    assert f"implicit_gemm<forward,{mma},vector-loads>" in OPS.cuda_on_cpu_launches()
+    for other in results[1:]:
+        assert torch.equal(results[0][0], other[0])
+
+
+def test_forward_vector_loads_with_tf32():
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        _check_case(VECTOR_CASES[2], torch.float32, "channels_last", "random", operand_rounding=TF32_ROUNDING)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+    assert "implicit_gemm<forward,wmma,vector-loads>" in OPS.cuda_on_cpu_launches()
+
+
+@pytest.mark.parametrize("change", ["nchw_input", "oihw_weight", "6_channels", "odd_storage_offset"])
+def test_vector_loads_only_where_every_vector_is_aligned(change):
+    """Anything that leaves a thread's 4 channels non-adjacent or unaligned takes the scalar main loop."""
+    case = VECTOR_CASES[0]
+    if change == "6_channels":
+        case = (2, 6, *case[2:])
+    x, weight, bias, _ = _inputs(case, torch.float32, "channels_last")
+    if change == "nchw_input":
+        x = x.contiguous()
+    elif change == "oihw_weight":
+        weight = weight.contiguous()
+    elif change == "odd_storage_offset":  # a view one element into its storage
+        storage = torch.empty(x.numel() + 1)
+        x = storage[1:].as_strided(x.shape, x.stride()).copy_(x)
+    *_, stride, padding, dilation, groups = case
+    OPS.cuda_on_cpu_configure("random", 1234, "after")
+    out = OPS.cuda_on_cpu_conv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), groups)
+    torch.testing.assert_close(out, F.conv2d(x, weight, bias, stride, padding, dilation, groups), rtol=1e-5, atol=1e-5)
+    assert OPS.cuda_on_cpu_launches() == ["implicit_gemm<forward,simt,cp.async>"]
+
+
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[6]], ids=["3x3", "stem", "asymmetric"])
 def test_guard_before_the_buffers(case):
     """Guard pages before each buffer: any read or write below an operand's first element faults."""
@@ -298,6 +348,14 @@ def test_harness_emulates_cp_async():
         OPS.cuda_on_cpu_selftest("async_copy_without_wait", x, "forward")
     with pytest.raises(RuntimeError, match="cp.async of 8 bytes from or to an address not aligned"):
         OPS.cuda_on_cpu_selftest("misaligned_async_copy", x, "forward")
+
+
+def test_harness_checks_vector_load_alignment():
+    """16-byte vector loads (__ldg of uint4) read four elements; a misaligned one is an error, as on a GPU."""
+    x = torch.randn(64)
+    assert torch.equal(OPS.cuda_on_cpu_selftest("vector_loads", x, "random"), x)
+    with pytest.raises(RuntimeError, match="__ldg of 16 bytes from an address not aligned to its size"):
+        OPS.cuda_on_cpu_selftest("misaligned_vector_loads", x, "forward")
 
 
 def test_harness_checks_launch_settings():

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -85,6 +86,20 @@ void launch_gemm(Launcher& launcher, const char* pass, const Problem& p, int64_t
 
 inline Strides4 strides_of(const at::Tensor& t) { return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
+// True when the forward pass can read kPerThread consecutive reduction positions (channels of
+// one tap) with one vector load from each operand: input and weight channels innermost
+// (NHWC and channels_last weights, as in a model converted to channels_last), channels per
+// group and every other stride multiples of kPerThread, and both buffers aligned to the vector.
+template <typename scalar_t>
+bool channels_innermost_vectors(const at::Tensor& x, const at::Tensor& w, const ConvGeometry& geo) {
+  const auto vector_ready = [](const at::Tensor& t) {
+    const auto address = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    return t.stride(1) == 1 && t.stride(0) % kPerThread == 0 && t.stride(2) % kPerThread == 0 &&
+        t.stride(3) % kPerThread == 0 && address % (kPerThread * sizeof(scalar_t)) == 0;
+  };
+  return geo.in_channels_per_group() % kPerThread == 0 && vector_ready(x) && vector_ready(w);
+}
+
 template <typename Launcher>
 at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at::Tensor& input,
                           const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
@@ -94,16 +109,20 @@ at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at:
   at::Tensor out = launcher.empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options(),
                                   conv_output_memory_format(input));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_forward_cuda", [&] {
-    ForwardProblem<scalar_t> p{x.const_data_ptr<scalar_t>(),
-                               w.const_data_ptr<scalar_t>(),
-                               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
-                               out.mutable_data_ptr<scalar_t>(),
-                               strides_of(x),
-                               strides_of(w),
-                               strides_of(out),
-                               geo,
-                               MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)};
-    launch_gemm(launcher, "forward", p, geo.groups);
+    const auto problem = [&](auto channels_innermost, MixedRadixStep k_step) {
+      return ForwardProblem<scalar_t, decltype(channels_innermost)::value>{
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+          strides_of(x), strides_of(w), strides_of(out), geo, k_step};
+    };
+    if (channels_innermost_vectors<scalar_t>(x, w, geo)) {
+      launch_gemm(launcher, "forward",
+                  problem(std::true_type{}, MixedRadixStep(kTileK, geo.kernel_w, geo.in_channels_per_group())),
+                  geo.groups);
+    } else {
+      launch_gemm(launcher, "forward", problem(std::false_type{}, MixedRadixStep(kStep, geo.kernel_h, geo.kernel_w)),
+                  geo.groups);
+    }
   });
   return out;
 }

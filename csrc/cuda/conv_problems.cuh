@@ -6,6 +6,10 @@
 //                                          (oh, ow) the output pixel whose tap (i, j) reads (ih, iw)
 //   grad_weight  dW[co, col = (c,i,j)]   = sum_{k = (n,oh,ow)}  dy(n, co, oh, ow) * x(n, c, ...)
 // z enumerates groups (and, for grad_weight, split-K chunks of the reduction).
+// The forward pass on NHWC operands can also walk its reduction as k = (i, j, c),
+// channels innermost (kChannelsInnermost): then kPerThread consecutive k are
+// consecutive channels of one tap, adjacent in memory in both operands, all
+// inside the input or all in its padding (kContiguousK: one vector load each).
 //
 // grad_input of a strided convolution is run as sub-convolutions, one per
 // StridePhase pair: the input pixels whose (ih + pad) leave the same remainder
@@ -72,17 +76,19 @@ struct StridePhase {
   }
 };
 
-template <typename scalar_t>
+template <typename scalar_t, bool kChannelsInnermost = false>
 struct ForwardProblem {
   using acc_t = at::opmath_type<scalar_t>;
   using input_t = scalar_t;
+  static constexpr bool kContiguousK = kChannelsInnermost;
   const scalar_t* x;
   const scalar_t* weight;
   const scalar_t* bias;  // or nullptr
   scalar_t* out;
   Strides4 xs, ws, os;
   ConvGeometry g;
-  MixedRadixStep k_step;  // over k = (c, i, j): radices kernel_h, kernel_w
+  MixedRadixStep k_step;  // over k = (c, i, j): radices kernel_h, kernel_w; channels innermost:
+                          // k = (i, j, c), radices kernel_w, in_channels_per_group
 
   struct Row {  // output pixel m = (n, oh, ow)
     const scalar_t* x;  // image n, first channel of the group
@@ -107,13 +113,17 @@ struct ForwardProblem {
     if (co >= cols()) return Col{nullptr, false};
     return Col{weight + ws.at(z * g.out_channels_per_group() + co, 0, 0, 0), true};
   }
+  // The (channel, kernel row, kernel column) of reduction position k.
+  __host__ __device__ static int64_t channel(const MixedRadixCursor& k) { return kChannelsInnermost ? k.low : k.high; }
+  __host__ __device__ static int64_t tap_row(const MixedRadixCursor& k) { return kChannelsInnermost ? k.high : k.mid; }
+  __host__ __device__ static int64_t tap_col(const MixedRadixCursor& k) { return kChannelsInnermost ? k.mid : k.low; }
   __host__ __device__ const scalar_t* a(const Row& r, const MixedRadixCursor& k) const {
-    const int64_t ih = r.top + k.mid * g.dilation_h, iw = r.left + k.low * g.dilation_w;
+    const int64_t ih = r.top + tap_row(k) * g.dilation_h, iw = r.left + tap_col(k) * g.dilation_w;
     if (!r.valid || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return nullptr;
-    return r.x + xs.at(0, k.high, ih, iw);
+    return r.x + xs.at(0, channel(k), ih, iw);
   }
   __host__ __device__ const scalar_t* b(const MixedRadixCursor& k, const Col& c) const {
-    return c.valid ? c.w + ws.at(0, k.high, k.mid, k.low) : nullptr;
+    return c.valid ? c.w + ws.at(0, channel(k), tap_row(k), tap_col(k)) : nullptr;
   }
   __host__ __device__ void store(int64_t z, int64_t m, int64_t co, acc_t v) const {
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = m / g.out_pixels();
@@ -128,6 +138,7 @@ template <typename scalar_t>
 struct GradInputProblem {
   using acc_t = at::opmath_type<scalar_t>;
   using input_t = scalar_t;
+  static constexpr bool kContiguousK = false;
   const scalar_t* dy;
   const scalar_t* weight;
   scalar_t* dx;
@@ -186,6 +197,7 @@ template <typename scalar_t>
 struct GradWeightProblem {
   using acc_t = at::opmath_type<scalar_t>;
   using input_t = scalar_t;
+  static constexpr bool kContiguousK = false;
   const scalar_t* dy;
   const scalar_t* x;
   acc_t* workspace;  // [splits][groups][coutg][cg*kh*kw]

@@ -4,8 +4,10 @@
 //   an Mma: SimtMma (simt_mma.cuh, CUDA cores, exact fp32/fp64) or WmmaMma
 //   (wmma_mma.cuh, tensor cores for fp16/bf16/TF32): the staging type, the
 //   multiply of one k-tile, the tile's store;
-//   a main loop (mainloops.cuh): cp.async multistage where the operands are
-//   staged as they are in memory in 4 or 8 bytes, register double buffering otherwise.
+//   a main loop (mainloops.cuh): register double buffering with vector loads where
+//   the problem reads contiguous channel runs (NHWC forward), cp.async multistage
+//   where the operands are staged as they are in memory in 4 or 8 bytes, register
+//   double buffering otherwise.
 #pragma once
 
 #include "gemm_tile.cuh"
@@ -18,9 +20,11 @@
 
 namespace miniplaces_ext::cuda {
 
-// The main loop for this problem and multiply.
+// The main loop for this problem and multiply: vector loads through registers where the
+// problem reads contiguous runs of the reduction, else cp.async where it applies.
 template <typename Problem, typename Mma>
-using MainloopFor = std::conditional_t<std::is_same_v<typename Mma::smem_t, typename Problem::input_t> &&
+using MainloopFor = std::conditional_t<!Problem::kContiguousK &&
+                                           std::is_same_v<typename Mma::smem_t, typename Problem::input_t> &&
                                            (sizeof(typename Problem::input_t) == 4 ||
                                             sizeof(typename Problem::input_t) == 8),
                                        AsyncCopyMainloop<Problem, Mma>, RegisterStagedMainloop<Problem, Mma>>;

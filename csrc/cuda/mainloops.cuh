@@ -9,7 +9,11 @@
 // the block multiplies one, each thread already holds its share of the next
 // k-tile in registers (converted to the Mma's staging type) and writes it to
 // the other stage after the multiply: one barrier per k-tile, global loads
-// overlap the FMAs.
+// overlap the FMAs. For a problem whose kPerThread consecutive reduction
+// positions are consecutive in memory (Problem::kContiguousK: channels of one
+// tap in NHWC), a thread's share of a tile is those kPerThread positions, read
+// with one vector load per operand (vector_access.cuh: 16 bytes for fp32, 8 for
+// fp16/bf16, 2 x 16 for fp64) instead of kPerThread scalar loads.
 //
 // AsyncCopyMainloop (operands of 4 or 8 bytes staged in their own type: fp32
 // and fp64 on CUDA cores, fp32 as TF32 on tensor cores): kStages stages filled
@@ -21,6 +25,7 @@
 
 #include "gemm_tile.cuh"
 #include "mixed_radix_cursor.cuh"
+#include "vector_access.cuh"
 
 #if defined(__CUDACC__)
 #include <cuda_pipeline_primitives.h>
@@ -31,10 +36,13 @@
 namespace miniplaces_ext::cuda {
 
 // This thread's share of the block's k-tiles: its row of A and column of B (lane_mn), its
-// reduction offsets lane_k + kStep*e in each tile, and the cursor walking them.
+// reduction offsets in each tile — lane_k + kStep*e, or lane_k*kPerThread + e for
+// Problem::kContiguousK — and the cursor walking them (the problem's k_step is kStep,
+// or kTileK when one next() serves a whole contiguous share).
 template <typename Problem>
 struct ThreadOperands {
   using input_t = typename Problem::input_t;
+  static constexpr bool kContiguous = Problem::kContiguousK;
   int lane_mn, lane_k;
   KRange ks;  // this z's reduction positions
   typename Problem::Row row;
@@ -43,7 +51,8 @@ struct ThreadOperands {
 
   __device__ ThreadOperands(const Problem& p, int64_t z, int64_t m0, int64_t n0)
       : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM), ks(p.k_range(z)),
-        row(p.a_row(z, m0 + lane_mn)), col(p.b_col(z, n0 + lane_mn)), k(ks.begin + lane_k, p.k_step) {}
+        row(p.a_row(z, m0 + lane_mn)), col(p.b_col(z, n0 + lane_mn)),
+        k(ks.begin + (kContiguous ? lane_k * kPerThread : lane_k), p.k_step) {}
 
   // The addresses of this thread's next A and B elements (nullptr: a zero), then the cursor moves on.
   __device__ void next(const Problem& p, const input_t*& a, const input_t*& b) {
@@ -53,12 +62,12 @@ struct ThreadOperands {
     k.advance(p.k_step);
   }
   // Where element e of this thread's share goes in a stage.
-  __device__ int stage_row(int e) const { return lane_k + kStep * e; }
+  __device__ int stage_row(int e) const { return kContiguous ? lane_k * kPerThread + e : lane_k + kStep * e; }
 };
 
 template <typename Problem, typename Mma>
 struct RegisterStagedMainloop {
-  static constexpr const char* kName = "registers";
+  static constexpr const char* kName = Problem::kContiguousK ? "vector-loads" : "registers";
   using smem_t = typename Mma::smem_t;
   using acc_t = typename Problem::acc_t;
 
@@ -68,12 +77,26 @@ struct RegisterStagedMainloop {
     ThreadOperands<Problem> t(p, z, m0, n0);
     acc_t a_next[kPerThread], b_next[kPerThread];
     const auto fetch = [&] {  // this thread's share of the next k-tile, global memory -> registers
+      using input_t = typename Problem::input_t;
+      if constexpr (Problem::kContiguousK) {
+        const input_t *a, *b;
+        t.next(p, a, b);  // the first of kPerThread consecutive elements, all inside or all zero
+        input_t av[kPerThread] = {}, bv[kPerThread] = {};
+        if (a != nullptr) load_vector(a, av);
+        if (b != nullptr) load_vector(b, bv);
 #pragma unroll
-      for (int e = 0; e < kPerThread; ++e) {
-        const typename Problem::input_t *a, *b;
-        t.next(p, a, b);
-        a_next[e] = a != nullptr ? static_cast<acc_t>(*a) : acc_t(0);
-        b_next[e] = b != nullptr ? static_cast<acc_t>(*b) : acc_t(0);
+        for (int e = 0; e < kPerThread; ++e) {
+          a_next[e] = static_cast<acc_t>(av[e]);
+          b_next[e] = static_cast<acc_t>(bv[e]);
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kPerThread; ++e) {
+          const input_t *a, *b;
+          t.next(p, a, b);
+          a_next[e] = a != nullptr ? static_cast<acc_t>(*a) : acc_t(0);
+          b_next[e] = b != nullptr ? static_cast<acc_t>(*b) : acc_t(0);
+        }
       }
     };
     const auto stage = [&](int s) {

@@ -46,9 +46,13 @@ class HostLauncher {
     TORCH_CHECK(input.device().is_cpu(), "the CUDA-on-CPU harness takes CPU tensors, got one on ", input.device());
   }
 
-  // A guarded copy in the operand's own layout, so the kernels read NCHW or channels_last as on a GPU.
+  // A guarded copy in the operand's own layout, so the kernels read NCHW or channels_last as on a
+  // GPU; an operand not 16-byte aligned (a view into its storage) keeps its misalignment, so vector
+  // loads are chosen or refused as they would be on a GPU.
   at::Tensor input(const at::Tensor& t) const {
-    at::Tensor copy = guarded_empty(t.sizes(), t.options(), guard_, t.suggest_memory_format());
+    const size_t address_mod_16 = reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16;
+    at::Tensor copy = guarded_empty(t.sizes(), t.options(), guard_, t.suggest_memory_format(),
+                                    address_mod_16 == 0 ? std::nullopt : std::optional<size_t>(address_mod_16));
     copy.copy_(t);
     return copy;
   }

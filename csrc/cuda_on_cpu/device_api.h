@@ -6,6 +6,7 @@
 
 #include "block_runner.h"
 #include "pipeline_api.h"
+#include "vector_load_api.h"
 #include "wmma_api.h"
 
 #define __global__

@@ -50,18 +50,24 @@ GuardSide parse_guard_side(const std::string& name) {
 }
 
 at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options, GuardSide side,
-                         at::MemoryFormat memory_format) {
+                         at::MemoryFormat memory_format, std::optional<size_t> address_mod_16) {
   const size_t item = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  const size_t residue = address_mod_16.value_or(0);
+  TORCH_CHECK(residue < 16 && residue % item == 0,
+              "CUDA-on-CPU harness: an address residue must be a multiple of the element size below 16");
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * item;
   const size_t page = page_size();
-  const size_t data_pages = (bytes + page - 1) / page;
+  const size_t data_pages = (bytes + 2 * residue + page - 1) / page;
   const size_t map_bytes = (data_pages + 2) * page;  // a guard page on each side
   void* map = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   TORCH_CHECK(map != MAP_FAILED, "CUDA-on-CPU harness: could not map ", map_bytes, " bytes of guarded memory");
   auto* base = static_cast<char*>(map);
   TORCH_CHECK(mprotect(base, page, PROT_NONE) == 0 && mprotect(base + (data_pages + 1) * page, page, PROT_NONE) == 0,
               "CUDA-on-CPU harness: mprotect failed");
-  char* data = side == GuardSide::kBefore ? base + page : base + (data_pages + 1) * page - bytes;
+  char* data = side == GuardSide::kBefore ? base + page + residue : base + (data_pages + 1) * page - bytes;
+  if (side == GuardSide::kAfter && address_mod_16.has_value()) {
+    data -= (reinterpret_cast<uintptr_t>(data) + 16 - residue) % 16;  // down to the residue
+  }
   {
     std::lock_guard<std::mutex> lock(regions_mutex);
     Region* slot = nullptr;

@@ -2,7 +2,7 @@
 // each kind (tests/test_cuda_on_cpu.py): a missing __syncthreads, an
 // out-of-bounds read, a barrier not every thread reaches, a WMMA operation
 // only some lanes of a warp perform, a misaligned WMMA load, a cp.async never
-// waited for, a misaligned cp.async. Op:
+// waited for, a misaligned cp.async, a misaligned vector load. Op:
 //   miniplaces_ext::cuda_on_cpu_selftest(kernel, input, order) -> Tensor
 // runs one block of input.numel() threads, out[t] = f(input, t), with the
 // threads of each barrier phase in the given order (block_runner.h).
@@ -14,6 +14,7 @@
 #include <string>
 
 #include "device_api.h"
+#include "../cuda/vector_access.cuh"
 
 namespace miniplaces_ext::cuda_on_cpu {
 namespace {
@@ -80,6 +81,16 @@ __global__ void async_copy_through_shared(const float* in, float* out, int n) {
   (void)n;
 }
 
+// out[t] = in[t] read by 16-byte vector loads of four elements from &in[4 * (t / 4) + kOffset]
+// (vector_access.cuh): aligned when kOffset is 0, 4 bytes off alignment when it is 1.
+template <int kOffset>
+__global__ void vector_loads(const float* in, float* out, int n) {
+  const int t = threadIdx.x, first = 4 * (t / 4) + kOffset;
+  float v[4] = {};
+  if (first + 4 <= n) miniplaces_ext::cuda::load_vector(in + first, v);
+  out[t] = v[t % 4];
+}
+
 at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const std::string& order) {
   TORCH_CHECK(input.dim() == 1 && input.scalar_type() == at::kFloat && input.numel() >= 2 &&
                   input.numel() <= kMaxThreads,
@@ -101,6 +112,10 @@ at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const st
     body = async_copy_through_shared<false, 4>;
   } else if (kernel == "misaligned_async_copy") {
     body = async_copy_through_shared<true, 8>;
+  } else if (kernel == "vector_loads") {
+    body = vector_loads<0>;
+  } else if (kernel == "misaligned_vector_loads") {
+    body = vector_loads<1>;
   } else if (kernel == "divergent_wmma") {
     body = wmma_misuse<false>;
   } else if (kernel == "misaligned_wmma") {
