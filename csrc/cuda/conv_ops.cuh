@@ -187,7 +187,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
                                       geo,
                                       MixedRadixStep(kStep, geo.out_h, geo.out_w),
                                       splits,
-                                      chunk};
+                                      chunk,
+                                      /*channels_innermost_cols=*/x.stride(1) == 1 && geo.in_channels_per_group() > 1};
         launch_gemm(launcher, "grad_weight", p, geo.groups * splits);
         launcher.launch("sum_splits", sum_splits_kernel<acc_t, scalar_t>,
                         dim3(static_cast<unsigned>((size + kThreads - 1) / kThreads)), dim3(kThreads),

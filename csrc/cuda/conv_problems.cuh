@@ -5,6 +5,7 @@
 //   grad_input   dx[m = (n,ih,iw), c]    = sum_{k = (co,i,j)}   dy(n, co, oh, ow) * W[co, c, i, j],
 //                                          (oh, ow) the output pixel whose tap (i, j) reads (ih, iw)
 //   grad_weight  dW[co, col = (c,i,j)]   = sum_{k = (n,oh,ow)}  dy(n, co, oh, ow) * x(n, c, ...)
+//                (columns numbered (i,j,c) on NHWC inputs, so a warp's lanes read adjacent channels)
 // z enumerates groups (and, for grad_weight, split-K chunks of the reduction).
 // The forward pass on NHWC operands can also walk its reduction as k = (i, j, c),
 // channels innermost (kChannelsInnermost): then kPerThread consecutive k are
@@ -205,6 +206,9 @@ struct GradWeightProblem {
   ConvGeometry g;
   MixedRadixStep k_step;  // over k = (n, oh, ow): radices out_h, out_w
   int64_t splits, chunk;  // z = group * splits + split; split s reduces pixels [s*chunk, (s+1)*chunk)
+  // Columns numbered (i, j, c), channels innermost, instead of (c, i, j): on an NHWC input the
+  // 32 lanes of a warp, which take consecutive columns, then read adjacent channels (coalesced).
+  bool channels_innermost_cols;
 
   struct Row {  // output channel co of the group
     const scalar_t* dy;  // dy[0, group's first channel + co]
@@ -227,9 +231,19 @@ struct GradWeightProblem {
     if (co >= rows()) return Row{nullptr, false};
     return Row{dy + dys.at(0, (z / splits) * g.out_channels_per_group() + co, 0, 0), true};
   }
+  // Weight element (c, i, j) of column col.
+  __host__ __device__ void column(int64_t col, int64_t& c, int64_t& i, int64_t& j) const {
+    const int64_t cg = g.in_channels_per_group();
+    if (channels_innermost_cols) {
+      c = col % cg, j = (col / cg) % g.kernel_w, i = col / (cg * g.kernel_w);
+    } else {
+      c = col / g.taps(), i = (col / g.kernel_w) % g.kernel_h, j = col % g.kernel_w;
+    }
+  }
   __host__ __device__ Col b_col(int64_t z, int64_t col) const {
     if (col >= cols()) return Col{nullptr, 0, 0, false};
-    const int64_t c = col / g.taps(), i = (col / g.kernel_w) % g.kernel_h, j = col % g.kernel_w;
+    int64_t c, i, j;
+    column(col, c, i, j);
     return Col{x + xs.at(0, (z / splits) * g.in_channels_per_group() + c, 0, 0), i * g.dilation_h - g.pad_h,
                j * g.dilation_w - g.pad_w, true};
   }
@@ -243,7 +257,10 @@ struct GradWeightProblem {
   }
   __host__ __device__ void store(int64_t z, int64_t co, int64_t col, acc_t v) const {
     const int64_t grp = z / splits, s = z % splits;
-    workspace[((s * g.groups + grp) * g.out_channels_per_group() + co) * g.patch_size() + col] = v;
+    int64_t c, i, j;
+    column(col, c, i, j);  // the workspace is in the weight's (c, i, j) order either way
+    const int64_t weight_index = (c * g.kernel_h + i) * g.kernel_w + j;
+    workspace[((s * g.groups + grp) * g.out_channels_per_group() + co) * g.patch_size() + weight_index] = v;
   }
 };
 
