@@ -179,17 +179,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(Launcher& launche
         const int64_t splits = (total + chunk - 1) / chunk;
         at::Tensor workspace = launcher.empty({splits, size}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value),
                                               at::MemoryFormat::Contiguous);
-        GradWeightProblem<scalar_t> p{dy.const_data_ptr<scalar_t>(),
-                                      x.const_data_ptr<scalar_t>(),
-                                      workspace.mutable_data_ptr<acc_t>(),
-                                      strides_of(dy),
-                                      strides_of(x),
-                                      geo,
-                                      MixedRadixStep(kStep, geo.out_h, geo.out_w),
-                                      splits,
-                                      chunk,
-                                      /*channels_innermost_cols=*/x.stride(1) == 1 && geo.in_channels_per_group() > 1};
-        launch_gemm(launcher, "grad_weight", p, geo.groups * splits);
+        const auto problem = [&](auto pixels_innermost) {
+          return GradWeightProblem<scalar_t, decltype(pixels_innermost)::value>{
+              dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), workspace.mutable_data_ptr<acc_t>(),
+              strides_of(dy), strides_of(x), geo, MixedRadixStep(kStep, geo.out_h, geo.out_w), splits, chunk,
+              /*channels_innermost_cols=*/x.stride(1) == 1 && geo.in_channels_per_group() > 1,
+              MixedRadixStep(kTileK, geo.out_h, geo.out_w)};
+        };
+        // dy's channels adjacent (channels_last): lanes along output channels read it coalesced;
+        // else (NCHW) its pixels are, and A's lanes go along the reduction.
+        if (dy.stride(1) == 1 && geo.out_channels > 1) {
+          launch_gemm(launcher, "grad_weight", problem(std::false_type{}), geo.groups * splits);
+        } else {
+          launch_gemm(launcher, "grad_weight", problem(std::true_type{}), geo.groups * splits);
+        }
         launcher.launch("sum_splits", sum_splits_kernel<acc_t, scalar_t>,
                         dim3(static_cast<unsigned>((size + kThreads - 1) / kThreads)), dim3(kThreads),
                         workspace.const_data_ptr<acc_t>(), grad_weight.mutable_data_ptr<scalar_t>(), splits, size);

@@ -82,6 +82,7 @@ struct ForwardProblem {
   using acc_t = at::opmath_type<scalar_t>;
   using input_t = scalar_t;
   static constexpr bool kContiguousK = kChannelsInnermost;
+  static constexpr bool kALanesAlongK = false;
   const scalar_t* x;
   const scalar_t* weight;
   const scalar_t* bias;  // or nullptr
@@ -140,6 +141,7 @@ struct GradInputProblem {
   using acc_t = at::opmath_type<scalar_t>;
   using input_t = scalar_t;
   static constexpr bool kContiguousK = false;
+  static constexpr bool kALanesAlongK = false;
   const scalar_t* dy;
   const scalar_t* weight;
   scalar_t* dx;
@@ -194,11 +196,14 @@ struct GradInputProblem {
   }
 };
 
-template <typename scalar_t>
+// kPixelsInnermost: grad_output's pixels are adjacent in memory (NCHW), so a warp reads A
+// (dy) coalesced only with its lanes along the reduction (ThreadOperands: kALanesAlongK).
+template <typename scalar_t, bool kPixelsInnermost = false>
 struct GradWeightProblem {
   using acc_t = at::opmath_type<scalar_t>;
   using input_t = scalar_t;
   static constexpr bool kContiguousK = false;
+  static constexpr bool kALanesAlongK = kPixelsInnermost;
   const scalar_t* dy;
   const scalar_t* x;
   acc_t* workspace;  // [splits][groups][coutg][cg*kh*kw]
@@ -209,6 +214,7 @@ struct GradWeightProblem {
   // Columns numbered (i, j, c), channels innermost, instead of (c, i, j): on an NHWC input the
   // 32 lanes of a warp, which take consecutive columns, then read adjacent channels (coalesced).
   bool channels_innermost_cols;
+  MixedRadixStep tile_step;  // kTileK over (n, oh, ow): A's cursor with kALanesAlongK
 
   struct Row {  // output channel co of the group
     const scalar_t* dy;  // dy[0, group's first channel + co]

@@ -39,30 +39,53 @@ namespace miniplaces_ext::cuda {
 // reduction offsets in each tile — lane_k + kStep*e, or lane_k*kPerThread + e for
 // Problem::kContiguousK — and the cursor walking them (the problem's k_step is kStep,
 // or kTileK when one next() serves a whole contiguous share).
+// With Problem::kALanesAlongK, A is shared out the other way: a warp's lanes take 16
+// consecutive reduction positions (adjacent in memory for A: pixels of an NCHW tensor) of
+// two rows, and element e of a thread is row a_lane_m + 16e at offset a_lane_k; its own
+// cursor a_k moves once per tile (Problem::tile_step).
 template <typename Problem>
 struct ThreadOperands {
   using input_t = typename Problem::input_t;
   static constexpr bool kContiguous = Problem::kContiguousK;
+  static constexpr bool kAAlongK = Problem::kALanesAlongK;
+  static_assert(!(kContiguous && kAAlongK), "one way of sharing out A");
+  static constexpr int kARows = kAAlongK ? kPerThread : 1;
+  static constexpr int kARowStep = kThreads / kTileK;  // kAAlongK: rows between a thread's A elements
+  static_assert(kARowStep * kPerThread == kTileM, "A along k covers the tile");
   int lane_mn, lane_k;
+  int a_lane_m, a_lane_k;
   KRange ks;  // this z's reduction positions
-  typename Problem::Row row;
+  typename Problem::Row rows[kARows];
   typename Problem::Col col;
-  MixedRadixCursor k;
+  MixedRadixCursor k, a_k;
 
   __device__ ThreadOperands(const Problem& p, int64_t z, int64_t m0, int64_t n0)
-      : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM), ks(p.k_range(z)),
-        row(p.a_row(z, m0 + lane_mn)), col(p.b_col(z, n0 + lane_mn)),
-        k(ks.begin + (kContiguous ? lane_k * kPerThread : lane_k), p.k_step) {}
+      : lane_mn(threadIdx.x % kTileM), lane_k(threadIdx.x / kTileM),
+        a_lane_m(kAAlongK ? threadIdx.x / kTileK : lane_mn), a_lane_k(kAAlongK ? threadIdx.x % kTileK : lane_k),
+        ks(p.k_range(z)), col(p.b_col(z, n0 + lane_mn)),
+        k(ks.begin + (kContiguous ? lane_k * kPerThread : lane_k), p.k_step), a_k(ks.begin + a_lane_k, p.k_step) {
+#pragma unroll
+    for (int e = 0; e < kARows; ++e) rows[e] = p.a_row(z, m0 + a_lane_m + kARowStep * e);
+  }
 
-  // The addresses of this thread's next A and B elements (nullptr: a zero), then the cursor moves on.
-  __device__ void next(const Problem& p, const input_t*& a, const input_t*& b) {
+  // The addresses of this thread's A and B elements e (nullptr: a zero), taken in order
+  // e = 0, 1, ... per tile; then the cursors move on.
+  __device__ void next(const Problem& p, int e, const input_t*& a, const input_t*& b) {
     const bool inside = k.linear < ks.end;
-    a = inside ? p.a(row, k) : nullptr;
     b = inside ? p.b(k, col) : nullptr;
+    if constexpr (kAAlongK) {
+      a = a_k.linear < ks.end ? p.a(rows[e], a_k) : nullptr;
+      if (e == kPerThread - 1) a_k.advance(p.tile_step);
+    } else {
+      a = inside ? p.a(rows[0], k) : nullptr;
+    }
     k.advance(p.k_step);
   }
-  // Where element e of this thread's share goes in a stage.
+  // Where element e of this thread's share of B (and of A, unless kAAlongK) goes in a stage.
   __device__ int stage_row(int e) const { return kContiguous ? lane_k * kPerThread + e : lane_k + kStep * e; }
+  // Where element e of this thread's share of A goes: As[a_stage_row(e)][a_stage_col(e)].
+  __device__ int a_stage_row(int e) const { return kAAlongK ? a_lane_k : stage_row(e); }
+  __device__ int a_stage_col(int e) const { return kAAlongK ? a_lane_m + kARowStep * e : lane_mn; }
 };
 
 template <typename Problem, typename Mma>
@@ -80,7 +103,7 @@ struct RegisterStagedMainloop {
       using input_t = typename Problem::input_t;
       if constexpr (Problem::kContiguousK) {
         const input_t *a, *b;
-        t.next(p, a, b);  // the first of kPerThread consecutive elements, all inside or all zero
+        t.next(p, 0, a, b);  // the first of kPerThread consecutive elements, all inside or all zero
         input_t av[kPerThread] = {}, bv[kPerThread] = {};
         if (a != nullptr) load_vector(a, av);
         if (b != nullptr) load_vector(b, bv);
@@ -93,7 +116,7 @@ struct RegisterStagedMainloop {
 #pragma unroll
         for (int e = 0; e < kPerThread; ++e) {
           const input_t *a, *b;
-          t.next(p, a, b);
+          t.next(p, e, a, b);
           a_next[e] = a != nullptr ? static_cast<acc_t>(*a) : acc_t(0);
           b_next[e] = b != nullptr ? static_cast<acc_t>(*b) : acc_t(0);
         }
@@ -102,7 +125,7 @@ struct RegisterStagedMainloop {
     const auto stage = [&](int s) {
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
-        As[s][t.stage_row(e)][t.lane_mn] = static_cast<smem_t>(a_next[e]);
+        As[s][t.a_stage_row(e)][t.a_stage_col(e)] = static_cast<smem_t>(a_next[e]);
         Bs[s][t.stage_row(e)][t.lane_mn] = static_cast<smem_t>(b_next[e]);
       }
     };
@@ -145,8 +168,8 @@ struct AsyncCopyMainloop {
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
         const smem_t *a, *b;
-        t.next(p, a, b);
-        copy(&As[s][t.stage_row(e)][t.lane_mn], a);
+        t.next(p, e, a, b);
+        copy(&As[s][t.a_stage_row(e)][t.a_stage_col(e)], a);
         copy(&Bs[s][t.stage_row(e)][t.lane_mn], b);
       }
       __pipeline_commit();

@@ -14,7 +14,9 @@ template <typename acc_t>
 struct SimtMma {
   using smem_t = acc_t;  // operands are staged already converted to the accumulator type
   static constexpr bool kSupported = true;
-  static constexpr int kLead = kTileM;  // shared rows unpadded: row-wise stores and broadcast reads have no bank conflicts
+  // Shared rows padded by one word: row-wise stores and broadcast reads have no bank conflicts,
+  // and stores down a column (A with its lanes along k) at most two-way ones.
+  static constexpr int kLead = kTileM + 1;
   static constexpr const char* kName = "simt";
 
   struct Accumulators {
