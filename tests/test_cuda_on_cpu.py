@@ -98,7 +98,7 @@ def test_float32_every_thread_order_same_bits(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", CASES[:7], ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5][0]}{c[5][1]}")
+@pytest.mark.parametrize("case", CASES[:8], ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5][0]}{c[5][1]}")
 def test_other_dtypes(case, dtype):
     """fp64 on CUDA cores through cp.async stages; fp16 and bf16 on tensor cores (WMMA),
     accumulated in fp32, staged through registers (cp.async copies 4, 8 or 16 bytes)."""
