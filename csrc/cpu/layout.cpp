@@ -16,7 +16,8 @@ using Strides = std::array<int64_t, 4>;
 // dst[n, c, h, w] = src[n, c, h, w] for n < N, c < C, h < H, w < W, each side
 // addressed through its own strides. Rows (n, h) are split over torch's
 // threads; within a row, 16 x 16 tiles of (w, c) keep the 16 cache lines
-// read and the 16 written in L1 whichever side has channels innermost.
+// read and the 16 written in L1 whichever side has channels innermost (and
+// when both have, each pixel's channels are one contiguous copy).
 // Element values are moved as opaque words of their size, so one
 // instantiation per element size serves every dtype.
 template <typename Word>
@@ -28,6 +29,12 @@ void copy_tiled(const Word* src, const Strides& s, Word* dst, const Strides& d, 
       const int64_t n = row / H, h = row % H;
       const Word* src_row = src + n * s[0] + h * s[2];
       Word* dst_row = dst + n * d[0] + h * d[2];
+      if (s[1] == 1 && d[1] == 1) {  // channels innermost on both sides: one run per pixel
+        for (int64_t w = 0; w < W; ++w) {
+          std::copy_n(src_row + w * s[3], C, dst_row + w * d[3]);
+        }
+        continue;
+      }
       for (int64_t w0 = 0; w0 < W; w0 += kTile) {
         const int64_t w1 = std::min(W, w0 + kTile);
         for (int64_t c0 = 0; c0 < C; c0 += kTile) {
