@@ -141,6 +141,37 @@ def test_one_by_one_layers_are_a_gemm_of_the_sampled_pixels(layout, stride, grou
         torch.testing.assert_close(a.double(), r, **tol, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("algo, stride", [("direct", 2), ("winograd", 1), ("gemm", 1)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, monkeypatch):
+    """bfloat16/float16 operands are widened to float32 for the kernel the dispatcher picks
+    (not im2col in the half type): output and every gradient hold exactly the bits of the
+    float32 computation on the widened operands, rounded once, in the input's layout."""
+    use_cpu_kernel(monkeypatch, (isa, algo))
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 12, 10, 9, generator=gen).to(dtype)
+    w = (torch.randn(20, 12, 3, 3, generator=gen) / 6).to(dtype)
+    b = torch.randn(20, generator=gen).to(dtype)
+    x = LAYOUTS[layout](x)
+    assert me.cpu_conv_algorithm(x, w, stride=stride, padding=1) == algo
+    results = []
+    for operands in ((x, w, b), (x.float(), w.float(), b.float())):
+        leaves = [t.detach().clone().requires_grad_() for t in operands]
+        out = me.conv2d(*leaves, stride=stride, padding=1)
+        dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(dtype).to(out.dtype)
+        out.backward(dy)
+        results.append((out, *[t.grad for t in leaves]))
+    expected = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for name, half, single in zip(("output", "grad_input", "grad_weight", "grad_bias"), *results):
+        assert half.dtype == dtype, name
+        assert torch.equal(half, single.to(dtype)), f"{name}: not the float32 result rounded once"
+    assert results[0][0].is_contiguous(memory_format=expected) and results[0][1].is_contiguous(memory_format=expected)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=1)
+    torch.testing.assert_close(results[0][0].double(), ref, rtol=1e-2, atol=1e-2)
+
+
 def test_one_openmp_runtime_and_torch_threads():
     """Our parallel loops are at::parallel_for, i.e. torch's pool: the process holds one OpenMP
     runtime (torch's), and our direct and Winograd kernels and the bias gradient give the same

@@ -192,7 +192,7 @@ class ColumnSource {
       return x_pixels_.narrow(0, row0, rows).narrow(1, c0, g_.in_channels_per_group());
     }
     at::Tensor col = buffer_.narrow(0, 0, rows);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, col.scalar_type(), "miniplaces_im2col", [&] {
+    AT_DISPATCH_FLOATING_TYPES(col.scalar_type(), "miniplaces_im2col", [&] {
       im2col<scalar_t>(x_pixels_.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), g_, row0, rows, c0);
     });
     return col;
@@ -242,6 +242,23 @@ at::Tensor transposed_weight(const at::Tensor& weight, const ConvGeometry& g) {
       .reshape({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
+// bfloat16 and float16 are computed in float32: the operands are widened (the
+// input as it is laid out for the kernel, the weight as it is packed), sums
+// are accumulated in float32 and each result is rounded once to its dtype.
+// (oneDNN's bfloat16 path on a CPU without AVX512-BF16 ran 20-40x slower than
+// its float32 path here; this one runs at the float32 kernels' speed.)
+bool widened_to_float(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+c10::optional<at::Tensor> float_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? c10::optional<at::Tensor>(t->to(at::kFloat)) : c10::nullopt;
+}
+
+at::Tensor to_dtype_if_defined(const at::Tensor& t, at::ScalarType dtype) {
+  return t.defined() ? t.to(dtype) : t;
+}
+
 // A 1x1 convolution without padding, one group, on an input whose output is
 // NCHW stays in NCHW: out[n] [Cout, Ho*Wo] = W [Cout, Cin] @ x[n] [Cin, Ho*Wo]
 // (+ bias) over the sampled pixels (a view when the stride is 1), with no
@@ -274,10 +291,18 @@ at::Tensor conv2d_forward(
     int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
-  if (const Algo algo = choose_algo(g, input.scalar_type()); algo != Algo::gemm) {
+  const at::ScalarType dtype = input.scalar_type();
+  if (const Algo algo = choose_algo(g, dtype); algo != Algo::gemm) {
     // Under torch.inference_mode the packed weight is kept for the next call.
-    return nhwc_conv2d(algo, nhwc_pixels(input), weight, bias, g, c10::InferenceMode::is_enabled(),
-                       conv_output_memory_format(input));
+    const at::Tensor out = nhwc_conv2d(algo, nhwc_pixels(input, 1, 1, at::kFloat), weight,
+                                       dtype == at::kFloat ? bias : float_or_none(bias), g,
+                                       c10::InferenceMode::is_enabled(), conv_output_memory_format(input));
+    return out.to(dtype);
+  }
+  if (widened_to_float(dtype)) {
+    return conv2d_forward(input.to(at::kFloat), weight.to(at::kFloat), float_or_none(bias), stride, padding, dilation,
+                          groups)
+        .to(dtype);
   }
   if (g.samples_pixels() && g.groups == 1 && conv_output_memory_format(input) == at::MemoryFormat::Contiguous) {
     return pointwise_nchw(input, weight, bias, g);
@@ -320,6 +345,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, g);
   check_cpu(input);
+  if (widened_to_float(input.scalar_type())) {
+    const auto [gi, gw, gb] = conv2d_backward(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
+                                              stride, padding, dilation, groups, output_mask);
+    return {to_dtype_if_defined(gi, input.scalar_type()), to_dtype_if_defined(gw, weight.scalar_type()),
+            to_dtype_if_defined(gb, grad_output.scalar_type())};
+  }
   auto [need_input, need_weight, need_bias] = output_mask;
   const at::Tensor dy_nhwc = nhwc_pixels(grad_output);  // one layout conversion serves every gradient
   const at::Tensor dy = dy_nhwc.reshape({-1, g.out_channels});  // [N*Ho*Wo, Cout], a view
@@ -336,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   }
   if (need_bias) {
     grad_bias = at::empty({g.out_channels}, grad_output.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "miniplaces_bias_grad", [&] {
+    AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "miniplaces_bias_grad", [&] {
       column_sums<scalar_t>(dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), dy.size(0),
                             g.out_channels);
     });
@@ -393,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       } else {
         at::Tensor dcol_chunk = dcol.narrow(0, 0, rows);
         at::mm_out(dcol_chunk, dy_g, w_g);
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx.scalar_type(), "miniplaces_col2im", [&] {
+        AT_DISPATCH_FLOATING_TYPES(dx.scalar_type(), "miniplaces_col2im", [&] {
           col2im<scalar_t>(dcol_chunk.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), g, n0, count,
                            grp * cg);
         });

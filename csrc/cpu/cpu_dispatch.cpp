@@ -119,8 +119,8 @@ bool winograd_applies(const ConvGeometry& g) {
 Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
   const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
   const Algo asked = chosen_algo();
-  if (dtype != at::kFloat) {
-    return Algo::gemm;  // the direct and Winograd kernels are float32; other dtypes take im2col + GEMM
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    return Algo::gemm;  // the direct and Winograd kernels compute in float32: float64 takes im2col + GEMM
   }
   if (asked == Algo::direct || asked == Algo::gemm) {
     return asked;

@@ -39,7 +39,8 @@ Algo chosen_algo();
 bool winograd_applies(const ConvGeometry& g);
 
 // The algorithm that computes this problem (never `automatic`):
-//  - non-float32 dtypes: gemm (im2col + GEMM), whatever is asked;
+//  - float64: gemm (im2col + GEMM), whatever is asked; bfloat16 and float16
+//    as float32 (their operands are widened to float32 for the kernels);
 //  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
 //    where it applies, else what `auto` picks;
 //  - auto: Winograd for 3x3 stride-1 layers with enough tiles to fill the

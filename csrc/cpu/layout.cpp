@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <optional>
 
 namespace miniplaces_ext::cpu {
 namespace {
@@ -18,20 +19,25 @@ using Strides = std::array<int64_t, 4>;
 // threads; within a row, 16 x 16 tiles of (w, c) keep the 16 cache lines
 // read and the 16 written in L1 whichever side has channels innermost (and
 // when both have, each pixel's channels are one contiguous copy).
-// Element values are moved as opaque words of their size, so one
-// instantiation per element size serves every dtype.
-template <typename Word>
-void copy_tiled(const Word* src, const Strides& s, Word* dst, const Strides& d, int64_t N, int64_t C, int64_t H,
+// Without a change of dtype, values are moved as opaque words of their size
+// (Src = Dst), so one instantiation per element size serves every dtype; a
+// change of dtype (bfloat16 or float16 to float32) converts each value.
+template <typename Src, typename Dst>
+void copy_tiled(const Src* src, const Strides& s, Dst* dst, const Strides& d, int64_t N, int64_t C, int64_t H,
                 int64_t W) {
   constexpr int64_t kTile = 16;
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
-      const Word* src_row = src + n * s[0] + h * s[2];
-      Word* dst_row = dst + n * d[0] + h * d[2];
+      const Src* src_row = src + n * s[0] + h * s[2];
+      Dst* dst_row = dst + n * d[0] + h * d[2];
       if (s[1] == 1 && d[1] == 1) {  // channels innermost on both sides: one run per pixel
         for (int64_t w = 0; w < W; ++w) {
-          std::copy_n(src_row + w * s[3], C, dst_row + w * d[3]);
+          const Src* from = src_row + w * s[3];
+          Dst* to = dst_row + w * d[3];
+          for (int64_t c = 0; c < C; ++c) {
+            to[c] = static_cast<Dst>(from[c]);
+          }
         }
         continue;
       }
@@ -41,7 +47,7 @@ void copy_tiled(const Word* src, const Strides& s, Word* dst, const Strides& d, 
           const int64_t c1 = std::min(C, c0 + kTile);
           for (int64_t c = c0; c < c1; ++c) {
             for (int64_t w = w0; w < w1; ++w) {
-              dst_row[c * d[1] + w * d[3]] = src_row[c * s[1] + w * s[3]];
+              dst_row[c * d[1] + w * d[3]] = static_cast<Dst>(src_row[c * s[1] + w * s[3]]);
             }
           }
         }
@@ -50,11 +56,21 @@ void copy_tiled(const Word* src, const Strides& s, Word* dst, const Strides& d, 
   });
 }
 
-// Copies the (n, c, h, w) box of sizes `sizes` between two tensors' storage.
+// Copies the (n, c, h, w) box of sizes `sizes` between two tensors' storage,
+// converting bfloat16 or float16 to float32 when dst is float32.
 void copy_box(const at::Tensor& src, const Strides& s, at::Tensor& dst, const Strides& d, at::IntArrayRef sizes) {
-  TORCH_CHECK(src.element_size() == dst.element_size(), "layout conversion: element sizes differ");
   const void* from = src.const_data_ptr();
   void* to = dst.mutable_data_ptr();
+  if (src.scalar_type() != dst.scalar_type()) {
+    TORCH_CHECK(dst.scalar_type() == at::kFloat && (src.scalar_type() == at::kBFloat16 || src.scalar_type() == at::kHalf),
+                "layout conversion: cannot convert ", src.scalar_type(), " to ", dst.scalar_type());
+    if (src.scalar_type() == at::kBFloat16) {
+      return copy_tiled(static_cast<const c10::BFloat16*>(from), s, static_cast<float*>(to), d, sizes[0], sizes[1],
+                        sizes[2], sizes[3]);
+    }
+    return copy_tiled(static_cast<const c10::Half*>(from), s, static_cast<float*>(to), d, sizes[0], sizes[1],
+                      sizes[2], sizes[3]);
+  }
   switch (src.element_size()) {
     case 2:
       return copy_tiled(static_cast<const uint16_t*>(from), s, static_cast<uint16_t*>(to), d, sizes[0], sizes[1],
@@ -72,14 +88,15 @@ void copy_box(const at::Tensor& src, const Strides& s, at::Tensor& dst, const St
 
 } // namespace
 
-at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h, int64_t step_w) {
+at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h, int64_t step_w, std::optional<at::ScalarType> dtype) {
   TORCH_CHECK(x.dim() == 4 && step_h >= 1 && step_w >= 1, "nhwc_pixels: expected a 4-D tensor and steps >= 1");
-  if (step_h == 1 && step_w == 1 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  const at::ScalarType out_dtype = dtype.value_or(x.scalar_type());
+  if (step_h == 1 && step_w == 1 && out_dtype == x.scalar_type() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return x.permute({0, 2, 3, 1});
   }
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t H = (x.size(2) + step_h - 1) / step_h, W = (x.size(3) + step_w - 1) / step_w;
-  at::Tensor out = at::empty({N, H, W, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = at::empty({N, H, W, C}, x.options().dtype(out_dtype).memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() > 0) {
     const Strides s = {x.stride(0), x.stride(1), x.stride(2) * step_h, x.stride(3) * step_w};
     const Strides d = {H * W * C, 1, W * C, C};

@@ -11,14 +11,18 @@
 #include <c10/core/MemoryFormat.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace miniplaces_ext::cpu {
 
 // The pixels (h * step_h, w * step_w) of x [N, C, H, W] (any strides) as a
 // contiguous NHWC tensor [N, ceil(H / step_h), ceil(W / step_w), C]. A view of
-// x, without a copy, when x is channels_last and both steps are 1; otherwise
-// a tiled copy that reads only the sampled pixels.
-at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h = 1, int64_t step_w = 1);
+// x, without a copy, when x is channels_last, both steps are 1 and no dtype is
+// asked for; otherwise a tiled copy that reads only the sampled pixels. With
+// `dtype` (float32, for a bfloat16 or float16 x) the values are converted as
+// they are copied.
+at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h = 1, int64_t step_w = 1,
+                       std::optional<at::ScalarType> dtype = std::nullopt);
 
 // The NHWC result y [N, H, W, C] as an NCHW-shaped tensor [N, C, H, W] in
 // `format`: a view for channels_last, a tiled copy for contiguous.

@@ -143,8 +143,8 @@ WeightCache& weight_cache() {
 at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
                          bool cacheable) {
   const auto pack = [&] {
-    return algo == Algo::winograd ? winograd_transform_weight(weight, block_width)
-                                  : pack_direct_weight(weight, g, block_width);
+    const at::Tensor w = weight.to(at::kFloat);  // the kernels read float32 weights, whatever the input dtype
+    return algo == Algo::winograd ? winograd_transform_weight(w, block_width) : pack_direct_weight(w, g, block_width);
   };
   if (!cacheable) {
     return pack();

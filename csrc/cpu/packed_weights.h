@@ -27,7 +27,8 @@ at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, i
 at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_width);
 
 // The weight packed for `algo` (direct or winograd) with `block_width` output
-// channels per block; from the cache when `cacheable` and packed before.
+// channels per block, in float32 (a bfloat16 or float16 weight is widened);
+// from the cache when `cacheable` and packed before.
 at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
                          bool cacheable);
 
