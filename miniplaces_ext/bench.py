@@ -3,6 +3,7 @@
     python -m miniplaces_ext.bench                       # CPU, batch 32, fp32
     python -m miniplaces_ext.bench --json bench.json     # also write the results
     python -m miniplaces_ext.bench --plot bench.png       # and a bar chart of the ratios
+    python -m miniplaces_ext.bench --dtype float32 bfloat16  # both dtypes (bf16: against oneDNN's bf16)
     python -m miniplaces_ext.bench --device cuda --batch-size 64 256 --models
 
 For each distinct conv layer of ResNet-18-2018 and AlexNet-2018 (128x128
@@ -204,9 +205,9 @@ def format_table(rows: list[dict], totals: list[dict], peak_gflops: float | None
 
 def plot(runs: list[dict], path: str, title: str) -> None:
     """A horizontal bar chart of ours/torch time per layer (forward and forward+backward)."""
-    rows = [(run["batch"], r) for run in runs for r in run["layers"]]
-    labels = [f"{r['net']} {r['name']} [{r.get('algo', '')}]" + (f" b{b}" if len(runs) > 1 else "")
-              for b, r in rows]
+    rows = [(f" b{run['batch']} {run['dtype']}", r) for run in runs for r in run["layers"]]
+    labels = [f"{r['net']} {r['name']} [{r.get('algo', '')}]" + (run_label if len(runs) > 1 else "")
+              for run_label, r in rows]
     fig = cli.new_figure(figsize=(9, 0.32 * len(rows) + 1.6), layout="constrained")
     ax = fig.add_subplot()
     ys = range(len(rows))
@@ -227,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=None,
                         help="batch sizes (default: 32 on CPU, 64 256 on CUDA)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "float16", "bfloat16"],
+                        help="one run per dtype (default: float32); bfloat16/float16 are computed by our CPU "
+                             "kernels in float32 and compared with torch's own path for that dtype")
     parser.add_argument("--net", choices=["resnet18", "alexnet", "all"], default="all")
     parser.add_argument("--channels-last", action="store_true", help="feed channels_last inputs to both")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
@@ -255,36 +258,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = args.batch_size or ([32] if device.type == "cpu" else [64, 256])
-    dtype = getattr(torch, args.dtype)
     layers = [l for l in LAYERS if args.net in ("all", l.net)]
 
     say = cli.table_printer(args)
     peak = None
     if device.type == "cpu" and not args.no_peak:
         peak = max(torch.ops.miniplaces_ext.cpu_fma_peak_gflops() for _ in range(3))
-    report = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+    report = {"device": str(device), "dtypes": args.dtype, "threads": torch.get_num_threads(),
               "cpu": miniplaces_ext.cpu_capabilities(), "cpu_model": cli.cpu_model(), "fma_peak_gflops": peak,
               "torch": torch.__version__, "channels_last": args.channels_last, "runs": []}
-    for batch in batches:
+    for dtype_name, batch in [(d, b) for d in args.dtype for b in batches]:
+        dtype = getattr(torch, dtype_name)
         rows = []
         for layer in layers:
-            log.info("batch %d: %s %s ...", batch, layer.net, layer.name)
+            log.info("batch %d, %s: %s %s ...", batch, dtype_name, layer.net, layer.name)
             rows.append(bench_layer(layer, batch, device, dtype, args.channels_last, args.min_time))
         totals = summarise(rows)
-        say(f"\nbatch {batch}, {args.dtype}, {device}, {torch.get_num_threads()} threads, times in ms")
+        say(f"\nbatch {batch}, {dtype_name}, {device}, {torch.get_num_threads()} threads, times in ms")
         say(format_table(rows, totals, peak))
-        run = {"batch": batch, "layers": rows, "totals": totals}
+        run = {"batch": batch, "dtype": dtype_name, "layers": rows, "totals": totals}
         if args.models:
             run["models"] = bench_models(batch, device, dtype, args.min_time)
             for m in run["models"]:
-                say(f"{m['net']} eval, batch {batch}: torch {m['torch_images_per_s']:.1f} img/s, "
+                say(f"{m['net']} eval, batch {batch}, {dtype_name}: torch {m['torch_images_per_s']:.1f} img/s, "
                       f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f})")
         report["runs"].append(run)
     if args.json:
         cli.write_json(args.json, report)
     if args.plot:
-        plot(report["runs"], args.plot, f"{report['cpu_model']}, {report['threads']} threads, {args.dtype}, "
-                                        f"torch {torch.__version__}")
+        plot(report["runs"], args.plot, f"{report['cpu_model']}, {report['threads']} threads, "
+                                        f"{', '.join(args.dtype)}, torch {torch.__version__}")
         log.info("wrote %s", args.plot)
     return 0
 

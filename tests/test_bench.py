@@ -37,3 +37,14 @@ def test_algorithm_choice_is_reported():
     assert miniplaces_ext.cpu_conv_algorithm(x, w, 1, 1) == ("gemm" if level == "portable" else "winograd")
     assert miniplaces_ext.cpu_conv_algorithm(x, w, 2, 1) == ("gemm" if level == "portable" else "direct")
     assert miniplaces_ext.cpu_conv_algorithm(x.double(), w.double(), 1, 1) == "gemm"
+
+
+def test_bench_runs_each_dtype(tmp_path):
+    """--dtype takes several dtypes, one run each; bfloat16 layers run the algorithm float32 runs."""
+    out = tmp_path / "bench.json"
+    assert bench.main(["--net", "alexnet", "--batch-size", "1", "--min-time", "0", "--no-peak",
+                       "--dtype", "float32", "bfloat16", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["dtype"] for r in runs] == ["float32", "bfloat16"]
+    assert [r["algo"] for r in runs[1]["layers"]] == [r["algo"] for r in runs[0]["layers"]]
+    assert all(r["fwd_ratio"] > 0 and r["fwdbwd_ratio"] > 0 for run in runs for r in run["layers"])
