@@ -17,6 +17,7 @@ Environment switches:
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -89,12 +90,23 @@ def _cuda_plan(torch_cuda: str | None) -> Path | None:
     return None
 
 
-def _write_build_info(torch_version: str, with_cuda: bool) -> None:
-    """miniplaces_ext/_build_info.py: what the extension was compiled against, checked at import."""
+def _source_fingerprint() -> str:
+    """miniplaces_ext/_build_stamp.py's fingerprint of the sources and build switches (loaded by path:
+    importing the package needs torch and the extension)."""
+    spec = importlib.util.spec_from_file_location("_build_stamp", ROOT / "miniplaces_ext" / "_build_stamp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_fingerprint()
+
+
+def _write_build_info(torch_version: str, with_cuda: bool, sources: str) -> None:
+    """miniplaces_ext/_build_info.py: what the extension was compiled against, checked at import
+    (and by scripts/setup.sh, through _build_stamp.py, to skip a build that is current)."""
     text = (
         '"""Written by setup.py at build time: what miniplaces_ext._C was compiled against."""\n'
         f"TORCH_VERSION = {torch_version!r}\n"
         f"WITH_CUDA = {with_cuda!r}\n"
+        f"SOURCES = {sources!r}\n"
     )
     path = ROOT / "miniplaces_ext" / "_build_info.py"
     if not path.exists() or path.read_text() != text:
@@ -131,6 +143,8 @@ def _extension(torch, cuda_home: Path | None):
 def main() -> None:
     import torch  # provided by [build-system] requires, or the environment with --no-build-isolation
 
+    sources = _source_fingerprint()  # of the environment as given, before defaults are filled in
+
     cuda_home = _cuda_plan(torch.version.cuda)
     if cuda_home is not None:
         os.environ["CUDA_HOME"] = str(cuda_home)  # read by torch.utils.cpp_extension when it is imported
@@ -140,11 +154,17 @@ def main() -> None:
     from setuptools import setup
     from torch.utils.cpp_extension import BuildExtension
 
-    _write_build_info(torch.__version__, cuda_home is not None)
+    class RecordingBuildExtension(BuildExtension.with_options(use_ninja=True)):
+        """torch's BuildExtension, recording what it compiled against once the build succeeded."""
+
+        def run(self) -> None:
+            super().run()
+            _write_build_info(torch.__version__, cuda_home is not None, sources)
+
     public_version = torch.__version__.split("+")[0]
     setup(
         ext_modules=[_extension(torch, cuda_home)],
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass={"build_ext": RecordingBuildExtension},
         # pytest is a runtime dependency so that the documented first check, `pip install -e .` then
         # `pytest tests/test_gradcheck.py`, works with nothing else installed; the [test] extra adds the rest.
         install_requires=[f"torch=={public_version}", "numpy", "pillow", "tqdm", "matplotlib", "pytest"],

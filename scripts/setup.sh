@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a development environment in .venv and builds the extension in place.
 #
-#   bash scripts/setup.sh            # idempotent: reuses .venv, rebuilds what changed
+#   bash scripts/setup.sh            # idempotent: reuses .venv, builds only when the sources, the
+#                                    # build switches or torch changed
 #
 # Environment: CUDA_HOME (default /usr/local/cuda when it exists),
 # TORCH_CUDA_ARCH_LIST (default 9.0 = H100/H200), FORCE_CUDA=1/0 (see setup.py),
@@ -24,8 +25,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> installing requirements"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
-echo "==> building miniplaces_ext (CUDA_HOME=${CUDA_HOME:-none}, FORCE_CUDA=${FORCE_CUDA:-auto})"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+# A build compiled from these sources, switches and torch is kept (miniplaces_ext/_build_stamp.py):
+# CI builds once in a fresh venv with a plain `pip install -e .`, then runs this script on it.
+if stale=$("$VENV/bin/python" miniplaces_ext/_build_stamp.py); then
+  echo "==> miniplaces_ext is built from these sources for this torch: not rebuilding"
+else
+  echo "==> building miniplaces_ext ($stale; CUDA_HOME=${CUDA_HOME:-none}, FORCE_CUDA=${FORCE_CUDA:-auto})"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+fi
 "$VENV/bin/python" -c "import miniplaces_ext as m; print('==> built', m.LIBRARY_PATH, '| CUDA kernels:', m.cuda_kernels_built())"
 
 # Where the project's shared folder sits beside the checkout, link (never copy) its data and
