@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import use_cpu_kernel
+from conftest import assert_within_accumulation_bound, use_cpu_kernel
 
 SUPPORTED = me.cpu_capabilities()["supported"]
 
@@ -54,6 +54,7 @@ def _import_with(env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("env, message", [
     ({"MINIPLACES_CPU_ISA": "sse9"}, "is not a level"),
     ({"MINIPLACES_CPU_ALGO": "fft"}, "is not an algorithm"),
+    ({"MINIPLACES_CPU_BF16": "fast"}, "is not a mode"),
 ])
 def test_invalid_switch_is_one_line_at_import(env, message):
     result = _import_with(env)
@@ -150,6 +151,7 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     (not im2col in the half type): output and every gradient hold exactly the bits of the
     float32 computation on the widened operands, rounded once, in the input's layout."""
     use_cpu_kernel(monkeypatch, (isa, algo))
+    monkeypatch.setenv("MINIPLACES_CPU_BF16", "widen")  # not the bfloat16 pair kernel, where the CPU has one
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 12, 10, 9, generator=gen).to(dtype)
     w = (torch.randn(20, 12, 3, 3, generator=gen) / 6).to(dtype)
@@ -170,6 +172,51 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     assert results[0][0].is_contiguous(memory_format=expected) and results[0][1].is_contiguous(memory_format=expected)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=1)
     torch.testing.assert_close(results[0][0].double(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("in_channels, kernel, stride, out_channels", [
+    (3, 7, 2, 40),    # the stem: odd channel count (a zero channel is added), one run per kernel row
+    (5, 3, 1, 17),    # odd, output-channel tail
+    (16, 3, 2, 64),
+    (288, 3, 2, 256),  # packed weight above 2 MiB: channel blocks outermost, strided stores
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bf16_pair_kernel(isa, in_channels, kernel, stride, out_channels, layout, monkeypatch):
+    """The direct kernel multiplying bfloat16 pairs into float32 sums (vdpbf16ps where the CPU has
+    AVX512-BF16, emulated elsewhere): within what a float32 accumulator of the bfloat16 operands'
+    exact products, rounded once to bfloat16, can be off from float64, borders and tails included."""
+    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    monkeypatch.setenv("MINIPLACES_CPU_BF16", "pairs")
+    gen = torch.Generator().manual_seed(in_channels + kernel)
+    x = LAYOUTS[layout](torch.randn(2, in_channels, 13, 11, generator=gen).bfloat16())
+    w = (torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / (in_channels ** 0.5 * kernel)).bfloat16()
+    b = torch.randn(out_channels, generator=gen).bfloat16()
+    padding = kernel // 2
+    assert me.cpu_conv_algorithm(x, w, stride, padding) == "direct-bf16"
+    out = me.conv2d(x, w, b, stride, padding)
+    assert out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding)
+    abs_ref = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), stride, padding)
+    assert_within_accumulation_bound(out, ref, abs_ref, in_channels * kernel * kernel + 1, "bf16 pairs")
+
+
+def test_bf16_pairs_only_where_asked(monkeypatch):
+    """auto multiplies bfloat16 pairs only with AVX512-BF16 at the avx512 level; widen never;
+    the pair kernel takes only bfloat16 one-group layers on the direct kernel."""
+    x, w = torch.empty(32, 64, 16, 16, device="meta"), torch.empty(128, 64, 3, 3, device="meta")
+    caps = me.cpu_capabilities()
+    native = caps["avx512_bf16"] == "yes" and caps["chosen"] == "avx512"
+    assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == ("direct-bf16" if native else "direct")
+    assert me.cpu_conv_algorithm(x, w, 2, 1) == "direct"
+    monkeypatch.setenv("MINIPLACES_CPU_BF16", "widen")
+    assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct"
+    monkeypatch.setenv("MINIPLACES_CPU_BF16", "pairs")
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "direct")
+    assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct-bf16"
+    assert me.cpu_conv_algorithm(x.half(), w.half(), 2, 1) == "direct"
+    assert me.cpu_conv_algorithm(x.bfloat16(), w[:, :32].bfloat16(), 2, 1, groups=2) == "direct"
 
 
 def test_one_openmp_runtime_and_torch_threads():

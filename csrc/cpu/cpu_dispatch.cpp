@@ -14,6 +14,7 @@ namespace {
 
 constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};
 constexpr const char* kAlgoNames[] = {"auto", "direct", "gemm", "winograd"};
+constexpr const char* kBf16ModeNames[] = {"auto", "pairs", "widen"};
 
 Isa read_cpuid() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -27,6 +28,15 @@ Isa read_cpuid() {
   }
 #endif
   return Isa::portable;
+}
+
+bool read_avx512_bf16() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
 }
 
 // Index of `value` in `names`, or -1.
@@ -111,6 +121,30 @@ Algo chosen_algo() {
   return static_cast<Algo>(algo);
 }
 
+Bf16Mode chosen_bf16_mode() {
+  const char* value = std::getenv("MINIPLACES_CPU_BF16");
+  if (value == nullptr || *value == '\0') {
+    return Bf16Mode::automatic;
+  }
+  const int mode = find_name(value, kBf16ModeNames);
+  TORCH_CHECK(mode >= 0, "MINIPLACES_CPU_BF16=", value, " is not a mode; use auto, pairs or widen");
+  return static_cast<Bf16Mode>(mode);
+}
+
+bool has_avx512_bf16() {
+  static const bool has = read_avx512_bf16();
+  return has;
+}
+
+bool uses_bf16_pairs(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
+  if (dtype != at::kBFloat16 || algo != Algo::direct || g.groups != 1) {
+    return false;
+  }
+  const Bf16Mode mode = chosen_bf16_mode();
+  return mode == Bf16Mode::pairs ||
+      (mode == Bf16Mode::automatic && chosen_isa() == Isa::avx512 && has_avx512_bf16());
+}
+
 bool winograd_applies(const ConvGeometry& g) {
   return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
       g.dilation_w == 1 && g.groups == 1;
@@ -144,19 +178,33 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
                        at::MemoryFormat out_format) {
-  TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.scalar_type() == at::kFloat,
-              "NHWC conv kernels: expected a contiguous NHWC float32 input");
+  TORCH_CHECK(x_nhwc.is_contiguous(), "NHWC conv kernels: expected a contiguous NHWC input");
   TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
               "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
   const Isa isa = chosen_isa();
-  const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
   const IsaKernels& k = kernels(isa);
+  if (x_nhwc.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(uses_bf16_pairs(g, at::kBFloat16, algo), "NHWC conv kernels: a bfloat16 input needs the pair kernel");
+    // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's when it is packed).
+    ConvGeometry even = g;
+    even.in_channels += g.in_channels % 2;
+    const at::Tensor x = even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1});
+    const at::Tensor packed = packed_weight_pairs(weight, g, direct_block(isa), cache_weight);
+#if defined(__x86_64__)
+    if (isa == Isa::avx512 && has_avx512_bf16()) {
+      return avx512_bf16_pairs_direct()(x, packed, bias, even, out_format);
+    }
+#endif
+    return k.direct_bf16_pairs_emulated(x, packed, bias, even, out_format);
+  }
+  TORCH_CHECK(x_nhwc.scalar_type() == at::kFloat, "NHWC conv kernels: expected a float32 or bfloat16 input");
+  const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
   return (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g, out_format);
 }
 
 namespace {
 
-// "detected=avx2 chosen=avx2 algo=auto supported=portable,avx2": parsed by
+// "detected=avx2 chosen=avx2 algo=auto bf16=auto avx512_bf16=no supported=portable,avx2": parsed by
 // miniplaces_ext.cpu_capabilities(). Raises if a switch is invalid.
 std::string cpu_capabilities() {
   std::string supported;
@@ -164,14 +212,18 @@ std::string cpu_capabilities() {
     supported += (supported.empty() ? "" : ",") + std::string(isa_name(isa));
   }
   return std::string("detected=") + isa_name(detected_isa()) + " chosen=" + isa_name(chosen_isa()) +
-      " algo=" + kAlgoNames[static_cast<int>(chosen_algo())] + " supported=" + supported;
+      " algo=" + kAlgoNames[static_cast<int>(chosen_algo())] + " bf16=" +
+      kBf16ModeNames[static_cast<int>(chosen_bf16_mode())] + " avx512_bf16=" + (has_avx512_bf16() ? "yes" : "no") +
+      " supported=" + supported;
 }
 
-// The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd.
+// The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd;
+// "direct-bf16" for the direct kernel on bfloat16 pairs.
 std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
-  return kAlgoNames[static_cast<int>(choose_algo(g, input.scalar_type()))];
+  const Algo algo = choose_algo(g, input.scalar_type());
+  return std::string(kAlgoNames[static_cast<int>(algo)]) + (uses_bf16_pairs(g, input.scalar_type(), algo) ? "-bf16" : "");
 }
 
 // GFLOP/s of float32 FMAs on all of torch's threads at the chosen ISA level.

@@ -3,8 +3,13 @@
 // The instruction-set level is read from CPUID once. MINIPLACES_CPU_ISA
 // (portable | avx2 | avx512) lowers it, never raises it: asking for a level
 // the CPU lacks is an error. MINIPLACES_CPU_ALGO (auto | direct | gemm |
-// winograd) forces an algorithm where it applies. Both are read on every call, so a
-// test can change them between calls.
+// winograd) forces an algorithm where it applies. MINIPLACES_CPU_BF16 (auto |
+// pairs | widen) says how bfloat16 layers on the direct kernel multiply: auto
+// takes bfloat16 pair products (vdpbf16ps) where the CPU has AVX512-BF16 and
+// the avx512 level is in use, else widens to float32; pairs takes the pair
+// kernel everywhere (emulated with float32 FMAs where the CPU lacks the
+// instruction: how tests run it on any CPU); widen always widens. All three
+// are read on every call, so a test can change them between calls.
 #pragma once
 
 #include "../conv.h"
@@ -34,6 +39,18 @@ Isa chosen_isa();
 // MINIPLACES_CPU_ALGO if set (checked), else Algo::automatic.
 Algo chosen_algo();
 
+// How bfloat16 direct convolutions multiply (MINIPLACES_CPU_BF16, checked).
+enum class Bf16Mode : int { automatic = 0, pairs = 1, widen = 2 };
+Bf16Mode chosen_bf16_mode();
+
+// True when the CPU has AVX512-BF16 (vdpbf16ps); read from CPUID once.
+bool has_avx512_bf16();
+
+// True when this convolution, of dtype `dtype` computed by `algo`, runs on the
+// bfloat16 pair kernel: bfloat16, the direct kernel, one group, and
+// MINIPLACES_CPU_BF16 asking for it (see above).
+bool uses_bf16_pairs(const ConvGeometry& g, at::ScalarType dtype, Algo algo);
+
 // True when the Winograd F(4x4, 3x3) kernel can compute this convolution
 // (3x3, stride 1, dilation 1, one group).
 bool winograd_applies(const ConvGeometry& g);
@@ -49,11 +66,13 @@ bool winograd_applies(const ConvGeometry& g);
 //    The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
 Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype);
 
-// out [N, Cout, Ho, Wo], in `out_format` (written in place by the kernel:
-// no conversion afterwards), of the convolution of the contiguous NHWC float32
+// out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
+// kernel: no conversion afterwards), of the convolution of the contiguous NHWC
 // input x [N, H, W, C] with weight [Cout, Cg, kh, kw], computed by `algo`
-// (direct or winograd) at the chosen ISA level. With `cache_weight` the packed
-// weight is kept for the next call (packed_weights.h).
+// (direct or winograd) at the chosen ISA level. x is float32, or bfloat16 for
+// the pair kernel (uses_bf16_pairs; an odd channel count is padded with a zero
+// channel here); bias is float32. With `cache_weight` the packed weight is kept
+// for the next call (packed_weights.h).
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
                        at::MemoryFormat out_format);
@@ -67,6 +86,8 @@ struct IsaKernels {
                                   at::MemoryFormat out_format);
   NhwcConv direct;
   NhwcConv winograd;
+  // The direct kernel on bfloat16 pairs, emulated with float32 FMAs (vec_bf16_pairs.h).
+  NhwcConv direct_bf16_pairs_emulated;
   // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).
   double (*fma_peak_gflops)(int64_t steps);
 };
@@ -75,6 +96,8 @@ const IsaKernels& portable_kernels();
 #if defined(__x86_64__)
 const IsaKernels& avx2_kernels();
 const IsaKernels& avx512_kernels();
+// The direct kernel on bfloat16 pairs with vdpbf16ps: only on CPUs with AVX512-BF16.
+IsaKernels::NhwcConv avx512_bf16_pairs_direct();
 #endif
 
 } // namespace miniplaces_ext::cpu

@@ -1,4 +1,6 @@
-// The direct float32 convolution in NHWC, written once for every vector ISA.
+// The direct convolution in NHWC, written once for every vector ISA, with
+// float32 operands or bfloat16 ones (In = uint16_t: their bits) multiplied in
+// pairs of input channels; float32 accumulators and output either way.
 //
 // out[n, oh, ow, co] = bias[co] + sum_{i, j, c} x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] * W[co, c, i, j]
 //
@@ -15,7 +17,9 @@
 // and the interior blocks have no bounds checks. The weight comes packed per
 // group into blocks of
 // kBlock = 2 * kLanes output channels, [group][block][kh][kw][Cg][kBlock]
-// (pack_direct_weight in packed_weights.cpp).
+// (pack_direct_weight in packed_weights.cpp); bfloat16 weights as
+// [group][block][kh][kw][Cg/2][kBlock][2] (pack_direct_weight_pairs), with Cg
+// even (the caller pads an odd channel count with a zero channel).
 // One register block (register_block.h) computes R <= kMaxRows consecutive
 // output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
 // Work is split over output rows (and channel blocks when the weight is
@@ -36,23 +40,27 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace miniplaces_ext::cpu {
 
-template <typename Vec>
+template <typename Vec, typename In = float>
 struct DirectConv {
+  static_assert(std::is_same_v<In, float> || std::is_same_v<In, uint16_t>, "float32 or bfloat16 bits");
+  static constexpr bool kPairs = std::is_same_v<In, uint16_t>;  // Vec has vec_bf16_pairs.h's interface
   static constexpr int64_t kBlock = 2 * Vec::kLanes;
   static constexpr int kMaxRows = Vec::kMaxRows;
   // A group's packed weight up to this size is kept in cache across output rows.
   static constexpr int64_t kWeightInCacheBytes = int64_t{2} << 20;
 
   struct Args {
-    const float* x;       // input [N, H, W, C]
-    const float* weight;  // packed [groups][blocks][kh][kw][Cg][kBlock]
+    const In* x;          // input [N, H, W, C]
+    const In* weight;     // packed [groups][blocks][kh][kw][Cg][kBlock] (pairs: [..][Cg/2][kBlock][2])
     const float* bias;    // [Cout] or nullptr
-    const float* zeros;   // Cg zeros: what a pixel left or right of the input reads
+    const In* zeros;      // Cg zeros: what a pixel left or right of the input reads
     float* out;           // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
     std::array<int64_t, 4> out_strides;  // element strides of out (n, c, h, w)
     const ConvGeometry& g;
@@ -66,6 +74,27 @@ struct DirectConv {
     int64_t pixel_stride, channel_stride;
   };
 
+  // acc += the rank-`depth` product of R input rows (a row stride apart, or
+  // one pointer each) and a packed weight panel: float32 FMAs, or bfloat16
+  // pairs (depth is even).
+  template <int R>
+  static void reduce(RegisterBlock<Vec, R>& acc, const In* a, int64_t a_row_stride, const In* b, int64_t depth) {
+    if constexpr (kPairs) {
+      acc.accumulate_pairs(a, a_row_stride, b, depth / 2);
+    } else {
+      acc.accumulate(a, a_row_stride, b, depth);
+    }
+  }
+
+  template <int R>
+  static void reduce(RegisterBlock<Vec, R>& acc, const In* const (&rows)[R], const In* b, int64_t depth) {
+    if constexpr (kPairs) {
+      acc.accumulate_pairs(rows, b, depth / 2);
+    } else {
+      acc.accumulate(rows, b, depth);
+    }
+  }
+
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
   // the input read zeros; otherwise all columns must be inside.
   template <int R, bool kCheckColumns>
@@ -75,7 +104,7 @@ struct DirectConv {
     const int64_t cg = g.in_channels_per_group();
     RegisterBlock<Vec, R> acc;
     const int64_t pixel_step = g.stride_w * g.in_channels;
-    const float* wblock = a.weight + (grp * a.blocks + blk) * g.kernel_h * g.kernel_w * cg * kBlock;
+    const In* wblock = a.weight + (grp * a.blocks + blk) * g.kernel_h * g.kernel_w * cg * kBlock;
     // With one group and undilated columns, the kw taps of a kernel row read
     // kw consecutive pixels: one contiguous run of kw * Cg inputs against the
     // contiguous [kw][Cg] weight rows, a single rank-(kw * Cg) update.
@@ -88,20 +117,20 @@ struct DirectConv {
       if (ih < 0 || ih >= g.in_h) {
         continue;
       }
-      const float* xrow = a.x + (n * g.in_h + ih) * g.in_w * g.in_channels + grp * cg;
+      const In* xrow = a.x + (n * g.in_h + ih) * g.in_w * g.in_channels + grp * cg;
       if (row_is_one_run && row_inside) {
-        acc.accumulate(xrow + first_iw * g.in_channels, pixel_step, wblock + i * g.kernel_w * cg * kBlock,
-                       g.kernel_w * cg);
+        reduce(acc, xrow + first_iw * g.in_channels, pixel_step, wblock + i * g.kernel_w * cg * kBlock,
+               g.kernel_w * cg);
         continue;
       }
       for (int64_t j = 0; j < g.kernel_w; ++j) {
         const int64_t iw0 = first_iw + j * g.dilation_w;  // input column of the first pixel
-        const float* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
+        const In* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
         if (!kCheckColumns || (iw0 >= 0 && iw0 + (R - 1) * g.stride_w < g.in_w)) {
-          acc.accumulate(xrow + iw0 * g.in_channels, pixel_step, wtap, cg);
+          reduce(acc, xrow + iw0 * g.in_channels, pixel_step, wtap, cg);
           continue;
         }
-        const float* pixels[R];
+        const In* pixels[R];
         bool any_inside = false;
         for (int r = 0; r < R; ++r) {
           const int64_t iw = iw0 + r * g.stride_w;
@@ -110,7 +139,7 @@ struct DirectConv {
           any_inside = any_inside || inside;
         }
         if (any_inside) {
-          acc.accumulate(pixels, wtap, cg);
+          reduce(acc, pixels, wtap, cg);
         }
       }
     }
@@ -160,7 +189,7 @@ struct DirectConv {
     // within kWeightInCacheBytes) the blocks of one output row run back to back,
     // so the input rows are read once and the weight stays; otherwise each block
     // sweeps all rows, so its weight panel stays and the input is re-read.
-    const int64_t group_weight_bytes = a.blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(float));
+    const int64_t group_weight_bytes = a.blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In));
     if (group_weight_bytes > kWeightInCacheBytes) {
       at::parallel_for(0, g.groups * a.blocks * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
@@ -196,17 +225,23 @@ struct DirectConv {
     });
   }
 
-  // `packed` is pack_direct_weight(weight, g, kBlock). Returns [N, Cout, Ho, Wo] in `out_format`.
+  // `packed` is pack_direct_weight(weight, g, kBlock) (pairs: pack_direct_weight_pairs), `x_nhwc`
+  // and `packed` float32 (pairs: bfloat16), bias float32. Returns float32 [N, Cout, Ho, Wo] in `out_format`.
   static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         const ConvGeometry& g, at::MemoryFormat out_format) {
+    const at::ScalarType in_type = kPairs ? at::kBFloat16 : at::kFloat;
+    TORCH_CHECK(x_nhwc.scalar_type() == in_type && packed.scalar_type() == in_type,
+                "direct conv: expected ", in_type, " operands, got ", x_nhwc.scalar_type(), " and ", packed.scalar_type());
+    TORCH_CHECK(!kPairs || g.in_channels_per_group() % 2 == 0, "direct conv: bfloat16 pairs need an even channel count");
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
     TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x_nhwc.options().memory_format(out_format));
+    at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                               x_nhwc.options().dtype(at::kFloat).memory_format(out_format));
     if (g.batch > 0) {
       const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x_nhwc.options());
-      rows(Args{x_nhwc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
-                b.defined() ? b.const_data_ptr<float>() : nullptr, zeros.const_data_ptr<float>(),
+      rows(Args{static_cast<const In*>(x_nhwc.const_data_ptr()), static_cast<const In*>(packed.const_data_ptr()),
+                b.defined() ? b.const_data_ptr<float>() : nullptr, static_cast<const In*>(zeros.const_data_ptr()),
                 out.mutable_data_ptr<float>(), {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, g,
                 blocks});
     }

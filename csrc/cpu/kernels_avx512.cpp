@@ -1,4 +1,5 @@
-// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h) instantiated for
+// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h; the direct kernel
+// also on emulated bfloat16 pairs, vec_bf16_pairs.h) instantiated for
 // AVX-512F, compiled for it by a target pragma (never -march). cpu_dispatch.cpp calls these only
 // on CPUs that have AVX-512F. x86-64 builds only.
 #if defined(__x86_64__)
@@ -21,6 +22,7 @@
 
 #include "cpu_dispatch.h"
 #include "vec_avx512.h"
+#include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
 #include "fma_peak.h"
@@ -28,7 +30,8 @@
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& avx512_kernels() {
-  static constexpr IsaKernels kKernels{&DirectConv<Avx512>::run, &WinogradConv<Avx512>::run, &FmaPeak<Avx512>::gflops};
+  static constexpr IsaKernels kKernels{&DirectConv<Avx512>::run, &WinogradConv<Avx512>::run,
+                                        &DirectConv<EmulatedBf16Pairs<Avx512>, uint16_t>::run, &FmaPeak<Avx512>::gflops};
   return kKernels;
 }
 

@@ -1,4 +1,5 @@
-// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h) instantiated for
+// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h; the direct kernel
+// also on emulated bfloat16 pairs, vec_bf16_pairs.h) instantiated for
 // any CPU, with the vector traits of vec_portable.h (GCC/Clang vector extensions: no target-
 // specific code). Everything outside the target region is included first, so that the pragma
 // applies to the kernels alone (inline library code compiled for AVX could otherwise leak to other
@@ -15,6 +16,7 @@
 
 #include "cpu_dispatch.h"
 #include "vec_portable.h"
+#include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
 #include "fma_peak.h"
@@ -22,7 +24,8 @@
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& portable_kernels() {
-  static constexpr IsaKernels kKernels{&DirectConv<Portable>::run, &WinogradConv<Portable>::run, &FmaPeak<Portable>::gflops};
+  static constexpr IsaKernels kKernels{&DirectConv<Portable>::run, &WinogradConv<Portable>::run,
+                                        &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &FmaPeak<Portable>::gflops};
   return kKernels;
 }
 

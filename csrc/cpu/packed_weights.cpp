@@ -38,6 +38,19 @@ at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, i
       .contiguous();
 }
 
+at::Tensor pack_direct_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width) {
+  TORCH_CHECK(g.groups == 1 && weight.scalar_type() == at::kBFloat16,
+              "bfloat16 pair packing: expected a one-group bfloat16 weight");
+  const int64_t cin = g.in_channels, cin_even = cin + cin % 2;
+  const int64_t blocks = (g.out_channels + block_width - 1) / block_width;
+  at::Tensor padded = at::zeros({blocks * block_width, cin_even, g.kernel_h, g.kernel_w}, weight.options());
+  padded.narrow(0, 0, g.out_channels).narrow(1, 0, cin).copy_(weight);
+  // [blocks, width, Cin'/2, 2, kh, kw] -> [blocks, kh, kw, Cin'/2, width, 2]
+  return padded.view({1, blocks, block_width, cin_even / 2, 2, g.kernel_h, g.kernel_w})
+      .permute({0, 1, 5, 6, 3, 2, 4})
+      .contiguous();
+}
+
 // U = G w G^T per (output, input) channel pair, in float64, rounded once to
 // float32 and written straight into the packed layout.
 at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_width) {
@@ -152,6 +165,15 @@ at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry
   // A layout is the algorithm, the block width and the number of groups.
   const int64_t layout = (static_cast<int64_t>(algo) << 48) | (block_width << 32) | g.groups;
   return weight_cache().get(weight, layout, pack);
+}
+
+at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width, bool cacheable) {
+  const auto pack = [&] { return pack_direct_weight_pairs(weight, g, block_width); };
+  if (!cacheable) {
+    return pack();
+  }
+  constexpr int64_t kPairsLayout = int64_t{1} << 56;  // apart from every (algorithm, width, groups) layout
+  return weight_cache().get(weight, kPairsLayout | (block_width << 32) | g.groups, pack);
 }
 
 TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {

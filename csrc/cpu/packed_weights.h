@@ -21,6 +21,11 @@ namespace miniplaces_ext::cpu {
 // direct kernel, output channels zero-filled past Cout/groups.
 at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width);
 
+// The bfloat16 [Cout, Cin, kh, kw] weight of a one-group convolution as
+// [1][blocks][kh][kw][Cin'/2][block_width][2] for the pair kernel, Cin' = Cin
+// rounded up to even (the extra channel and output channels past Cout zero).
+at::Tensor pack_direct_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width);
+
 // The Winograd F(4x4, 3x3) weight U[xi][block][Cin][block_width] (xi = 6*row +
 // column of G w G^T, output channels zero-padded to whole blocks), in float64
 // then rounded to float32.
@@ -31,5 +36,8 @@ at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_wid
 // from the cache when `cacheable` and packed before.
 at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
                          bool cacheable);
+
+// pack_direct_weight_pairs of the weight (a bfloat16 one), cached like packed_weight.
+at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width, bool cacheable);
 
 } // namespace miniplaces_ext::cpu

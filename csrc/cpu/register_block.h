@@ -1,7 +1,8 @@
 // The register block shared by the direct and Winograd kernels: R rows x
 // 2*kLanes columns of float32 accumulators, updated by a rank-1 product per
-// step of the reduction (two weight-vector loads, R broadcasts, 2R FMAs), and
-// stored to any (row, column) strides (NHWC or NCHW outputs).
+// step of the reduction (two weight-vector loads, R broadcasts, 2R FMAs) or,
+// for bfloat16 operands, a rank-2 product per pair of steps (2R dot_pairs),
+// and stored to any (row, column) strides (NHWC or NCHW outputs).
 //
 // Include only after the vector traits (vec_<isa>.h), inside the same target
 // pragma, so that it is compiled for that ISA alone.
@@ -70,6 +71,34 @@ struct RegisterBlock {
         const Reg av = Vec::broadcast(rows[r][k]);
         acc0[r] = Vec::fma(av, b0, acc0[r]);
         acc1[r] = Vec::fma(av, b1, acc1[r]);
+      }
+    }
+  }
+
+  // bfloat16 operands taken in pairs (Vec has vec_bf16_pairs.h's interface):
+  // acc[r][j] += sum_{k < 2 * pairs} a[r * a_row_stride + k] * b[k / 2][j][k % 2],
+  // `b` a packed [pairs][kColumns][2] panel.
+  void accumulate_pairs(const uint16_t* a, int64_t a_row_stride, const uint16_t* b, int64_t pairs) {
+    for (int64_t p = 0; p < pairs; ++p) {
+      const auto b0 = Vec::load_pairs(b + p * 2 * kColumns);
+      const auto b1 = Vec::load_pairs(b + p * 2 * kColumns + 2 * kLanes);
+      for (int r = 0; r < R; ++r) {
+        const auto av = Vec::broadcast_pair(a + r * a_row_stride + 2 * p);
+        acc0[r] = Vec::dot_pairs(acc0[r], av, b0);
+        acc1[r] = Vec::dot_pairs(acc1[r], av, b1);
+      }
+    }
+  }
+
+  // The same with one pointer per row.
+  void accumulate_pairs(const uint16_t* const (&rows)[R], const uint16_t* b, int64_t pairs) {
+    for (int64_t p = 0; p < pairs; ++p) {
+      const auto b0 = Vec::load_pairs(b + p * 2 * kColumns);
+      const auto b1 = Vec::load_pairs(b + p * 2 * kColumns + 2 * kLanes);
+      for (int r = 0; r < R; ++r) {
+        const auto av = Vec::broadcast_pair(rows[r] + 2 * p);
+        acc0[r] = Vec::dot_pairs(acc0[r], av, b0);
+        acc1[r] = Vec::dot_pairs(acc1[r], av, b1);
       }
     }
   }
