@@ -44,6 +44,21 @@ struct ConvGeometry {
   }
 };
 
+// Element strides of a 4-D tensor's dimensions (N, C, H, W), or (Cout, Cin, kh,
+// kw) of a weight: how every CPU and CUDA kernel addresses a tensor in any
+// memory layout (NCHW, NHWC, ...).
+struct Strides4 {
+  int64_t n, c, h, w;
+  C10_HOST_DEVICE int64_t at(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
+    return in * n + ic * c + ih * h + iw * w;
+  }
+};
+
+// The strides of a 4-D tensor.
+inline Strides4 strides_of(const at::Tensor& t) {
+  return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
 // Validates the arguments of a 2-D convolution (ranks, dtypes, devices,
 // channel/group consistency, stride/dilation/padding ranges, kernel fitting in
 // the padded input) with messages a user understands, and returns the geometry.

@@ -6,8 +6,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace miniplaces_ext::cpu {
 namespace {
@@ -39,15 +41,23 @@ bool read_avx512_bf16() {
 #endif
 }
 
-// Index of `value` in `names`, or -1.
+// The value of switch `variable` as the index of its name in `names`, or -1
+// when it is unset or empty; a value that is not one of the names is an error
+// saying it is not `a_what` and listing them.
 template <size_t N>
-int find_name(const char* value, const char* const (&names)[N]) {
+int read_switch(const char* variable, const char* const (&names)[N], const char* a_what) {
+  const char* value = std::getenv(variable);
+  if (value == nullptr || *value == '\0') {
+    return -1;
+  }
+  std::string choices;
   for (size_t i = 0; i < N; ++i) {
     if (std::strcmp(value, names[i]) == 0) {
       return static_cast<int>(i);
     }
+    choices += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(names[i]);
   }
-  return -1;
+  TORCH_CHECK(false, variable, "=", value, " is not ", a_what, "; use ", choices);
 }
 
 // Fewest 4x4 output tiles for which `auto` picks Winograd (measured: see docs/winograd.md).
@@ -100,35 +110,21 @@ std::vector<Isa> supported_isas() {
 }
 
 Isa chosen_isa() {
-  const char* value = std::getenv("MINIPLACES_CPU_ISA");
-  if (value == nullptr || *value == '\0') {
+  const int level = read_switch("MINIPLACES_CPU_ISA", kIsaNames, "a level");
+  if (level < 0) {
     return detected_isa();
   }
-  const int level = find_name(value, kIsaNames);
-  TORCH_CHECK(level >= 0, "MINIPLACES_CPU_ISA=", value, " is not a level; use portable, avx2 or avx512");
-  TORCH_CHECK(level <= static_cast<int>(detected_isa()), "MINIPLACES_CPU_ISA=", value,
+  TORCH_CHECK(level <= static_cast<int>(detected_isa()), "MINIPLACES_CPU_ISA=", kIsaNames[level],
               " asks for more than this CPU supports (", isa_name(detected_isa()), "); unset it or choose a lower level");
   return static_cast<Isa>(level);
 }
 
 Algo chosen_algo() {
-  const char* value = std::getenv("MINIPLACES_CPU_ALGO");
-  if (value == nullptr || *value == '\0') {
-    return Algo::automatic;
-  }
-  const int algo = find_name(value, kAlgoNames);
-  TORCH_CHECK(algo >= 0, "MINIPLACES_CPU_ALGO=", value, " is not an algorithm; use auto, direct, gemm or winograd");
-  return static_cast<Algo>(algo);
+  return static_cast<Algo>(std::max(0, read_switch("MINIPLACES_CPU_ALGO", kAlgoNames, "an algorithm")));
 }
 
 Bf16Mode chosen_bf16_mode() {
-  const char* value = std::getenv("MINIPLACES_CPU_BF16");
-  if (value == nullptr || *value == '\0') {
-    return Bf16Mode::automatic;
-  }
-  const int mode = find_name(value, kBf16ModeNames);
-  TORCH_CHECK(mode >= 0, "MINIPLACES_CPU_BF16=", value, " is not a mode; use auto, pairs or widen");
-  return static_cast<Bf16Mode>(mode);
+  return static_cast<Bf16Mode>(std::max(0, read_switch("MINIPLACES_CPU_BF16", kBf16ModeNames, "a mode")));
 }
 
 bool has_avx512_bf16() {

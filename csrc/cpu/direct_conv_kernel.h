@@ -62,7 +62,7 @@ struct DirectConv {
     const float* bias;    // [Cout] or nullptr
     const In* zeros;      // Cg zeros: what a pixel left or right of the input reads
     float* out;           // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
-    std::array<int64_t, 4> out_strides;  // element strides of out (n, c, h, w)
+    Strides4 out_strides;
     const ConvGeometry& g;
     int64_t blocks;       // register blocks per group
   };
@@ -183,7 +183,7 @@ struct DirectConv {
     const auto& s = a.out_strides;
     const int64_t coutg = g.out_channels_per_group();
     const auto output_row = [&](int64_t grp, int64_t n, int64_t oh) {
-      return a.out + n * s[0] + grp * coutg * s[1] + oh * s[2];
+      return a.out + n * s.n + grp * coutg * s.c + oh * s.h;
     };
     // Which operand stays in cache: with a small weight (a group's packed weight
     // within kWeightInCacheBytes) the blocks of one output row run back to back,
@@ -195,7 +195,7 @@ struct DirectConv {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, blk = (t / (g.out_h * g.batch)) % a.blocks;
           const int64_t grp = t / (g.out_h * g.batch * a.blocks);
-          one_row(grp, blk, n, oh, RowDestination{output_row(grp, n, oh), s[3], s[1]});
+          one_row(grp, blk, n, oh, RowDestination{output_row(grp, n, oh), s.w, s.c});
         }
       });
       return;
@@ -204,20 +204,20 @@ struct DirectConv {
     // channels are not innermost (NCHW), the row is first stored channels
     // innermost to a small buffer (one row, in L1/L2) and then written out
     // transposed, plane by plane, in contiguous runs.
-    const bool buffered = s[1] != 1;
+    const bool buffered = s.c != 1;
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
         float* row = output_row(grp, n, oh);
-        const RowDestination d = buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{row, s[3], s[1]};
+        const RowDestination d = buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{row, s.w, s.c};
         for (int64_t blk = 0; blk < a.blocks; ++blk) {
           one_row(grp, blk, n, oh, d);
         }
         if (buffered) {
           for (int64_t co = 0; co < coutg; ++co) {
             for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              row[co * s[1] + ow * s[3]] = buffer[ow * coutg + co];
+              row[co * s.c + ow * s.w] = buffer[ow * coutg + co];
             }
           }
         }
@@ -242,7 +242,7 @@ struct DirectConv {
       const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x_nhwc.options());
       rows(Args{static_cast<const In*>(x_nhwc.const_data_ptr()), static_cast<const In*>(packed.const_data_ptr()),
                 b.defined() ? b.const_data_ptr<float>() : nullptr, static_cast<const In*>(zeros.const_data_ptr()),
-                out.mutable_data_ptr<float>(), {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, g,
+                out.mutable_data_ptr<float>(), strides_of(out), g,
                 blocks});
     }
     return out;

@@ -1,18 +1,16 @@
 // Tiled layout conversions (see layout.h).
 #include "layout.h"
 
+#include "../conv.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <array>
 #include <optional>
 
 namespace miniplaces_ext::cpu {
 namespace {
-
-// Element strides of a 4-D tensor in (n, c, h, w) order.
-using Strides = std::array<int64_t, 4>;
 
 // dst[n, c, h, w] = src[n, c, h, w] for n < N, c < C, h < H, w < W, each side
 // addressed through its own strides. Rows (n, h) are split over torch's
@@ -23,18 +21,18 @@ using Strides = std::array<int64_t, 4>;
 // (Src = Dst), so one instantiation per element size serves every dtype; a
 // change of dtype (bfloat16 or float16 to float32) converts each value.
 template <typename Src, typename Dst>
-void copy_tiled(const Src* src, const Strides& s, Dst* dst, const Strides& d, int64_t N, int64_t C, int64_t H,
+void copy_tiled(const Src* src, const Strides4& s, Dst* dst, const Strides4& d, int64_t N, int64_t C, int64_t H,
                 int64_t W) {
   constexpr int64_t kTile = 16;
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
-      const Src* src_row = src + n * s[0] + h * s[2];
-      Dst* dst_row = dst + n * d[0] + h * d[2];
-      if (s[1] == 1 && d[1] == 1) {  // channels innermost on both sides: one run per pixel
+      const Src* src_row = src + n * s.n + h * s.h;
+      Dst* dst_row = dst + n * d.n + h * d.h;
+      if (s.c == 1 && d.c == 1) {  // channels innermost on both sides: one run per pixel
         for (int64_t w = 0; w < W; ++w) {
-          const Src* from = src_row + w * s[3];
-          Dst* to = dst_row + w * d[3];
+          const Src* from = src_row + w * s.w;
+          Dst* to = dst_row + w * d.w;
           for (int64_t c = 0; c < C; ++c) {
             to[c] = static_cast<Dst>(from[c]);
           }
@@ -47,7 +45,7 @@ void copy_tiled(const Src* src, const Strides& s, Dst* dst, const Strides& d, in
           const int64_t c1 = std::min(C, c0 + kTile);
           for (int64_t c = c0; c < c1; ++c) {
             for (int64_t w = w0; w < w1; ++w) {
-              dst_row[c * d[1] + w * d[3]] = static_cast<Dst>(src_row[c * s[1] + w * s[3]]);
+              dst_row[c * d.c + w * d.w] = static_cast<Dst>(src_row[c * s.c + w * s.w]);
             }
           }
         }
@@ -58,7 +56,7 @@ void copy_tiled(const Src* src, const Strides& s, Dst* dst, const Strides& d, in
 
 // Copies the (n, c, h, w) box of sizes `sizes` between two tensors' storage,
 // converting bfloat16 or float16 to float32 when dst is float32.
-void copy_box(const at::Tensor& src, const Strides& s, at::Tensor& dst, const Strides& d, at::IntArrayRef sizes) {
+void copy_box(const at::Tensor& src, const Strides4& s, at::Tensor& dst, const Strides4& d, at::IntArrayRef sizes) {
   const void* from = src.const_data_ptr();
   void* to = dst.mutable_data_ptr();
   if (src.scalar_type() != dst.scalar_type()) {
@@ -98,8 +96,8 @@ at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h, int64_t step_w, std:
   const int64_t H = (x.size(2) + step_h - 1) / step_h, W = (x.size(3) + step_w - 1) / step_w;
   at::Tensor out = at::empty({N, H, W, C}, x.options().dtype(out_dtype).memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() > 0) {
-    const Strides s = {x.stride(0), x.stride(1), x.stride(2) * step_h, x.stride(3) * step_w};
-    const Strides d = {H * W * C, 1, W * C, C};
+    const Strides4 s = {x.stride(0), x.stride(1), x.stride(2) * step_h, x.stride(3) * step_w};
+    const Strides4 d = {H * W * C, 1, W * C, C};
     copy_box(x, s, out, d, {N, C, H, W});
   }
   return out;

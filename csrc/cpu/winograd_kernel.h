@@ -57,7 +57,7 @@ struct WinogradConv {
     const float* u;     // transformed weight [36][blocks][Cin][kBlock]
     const float* bias;  // [Cout] or nullptr
     float* out;         // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
-    std::array<int64_t, 4> out_strides;  // element strides of out (n, c, h, w)
+    Strides4 out_strides;
     const ConvGeometry& g;
     int64_t blocks;     // output-channel blocks
     int64_t tiles_h, tiles_w;
@@ -160,9 +160,9 @@ struct WinogradConv {
       Reg y[kOut];
       output_1d(t[i], y);
       const auto& s = a.out_strides;
-      float* dst = a.out + n * s[0] + c0 * s[1] + (th * kOut + i) * s[2] + tw * kOut * s[3];
+      float* dst = a.out + n * s.n + c0 * s.c + (th * kOut + i) * s.h + tw * kOut * s.w;
       for (int j = 0; j < cols; ++j) {
-        store_lanes<Vec>(dst + j * s[3], s[1], Vec::add(y[j], b), lanes);
+        store_lanes<Vec>(dst + j * s.w, s.c, Vec::add(y[j], b), lanes);
       }
     }
   }
@@ -234,7 +234,7 @@ struct WinogradConv {
     if (out.numel() > 0) {
       tile_blocks(Args{x_nhwc.const_data_ptr<float>(), u.const_data_ptr<float>(),
                        b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
-                       {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, g, blocks,
+                       strides_of(out), g, blocks,
                        (g.out_h + kOut - 1) / kOut, (g.out_w + kOut - 1) / kOut});
     }
     return out;

@@ -84,8 +84,6 @@ void launch_gemm(Launcher& launcher, const char* pass, const Problem& p, int64_t
   launch_gemm_with<SimtMma<typename Problem::acc_t>>(launcher, pass, p, z_count);
 }
 
-inline Strides4 strides_of(const at::Tensor& t) { return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
 // True when the forward pass can read kPerThread consecutive reduction positions (channels of
 // one tap) with one vector load from each operand: input and weight channels innermost
 // (NHWC and channels_last weights, as in a model converted to channels_last), channels per

@@ -30,7 +30,6 @@
 #include "../conv.h"
 #include "mixed_radix_cursor.cuh"
 #include "gemm_tile.cuh"
-#include "strides4.cuh"
 
 #include <ATen/OpMathType.h>
 

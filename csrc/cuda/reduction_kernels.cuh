@@ -2,8 +2,8 @@
 // bias gradient. Both sum in a fixed order: deterministic, no atomics.
 #pragma once
 
+#include "../conv.h"
 #include "mixed_radix_cursor.cuh"
-#include "strides4.cuh"
 
 #include <ATen/OpMathType.h>
 
