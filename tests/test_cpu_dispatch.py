@@ -205,6 +205,7 @@ def test_bf16_pair_kernel(isa, in_channels, kernel, stride, out_channels, layout
 def test_bf16_pairs_only_where_asked(monkeypatch):
     """auto multiplies bfloat16 pairs only with AVX512-BF16 at the avx512 level; widen never;
     the pair kernel takes only bfloat16 one-group layers on the direct kernel."""
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "direct")  # at every level, including portable (auto: gemm)
     x, w = torch.empty(32, 64, 16, 16, device="meta"), torch.empty(128, 64, 3, 3, device="meta")
     caps = me.cpu_capabilities()
     native = caps["avx512_bf16"] == "yes" and caps["chosen"] == "avx512"
@@ -213,7 +214,6 @@ def test_bf16_pairs_only_where_asked(monkeypatch):
     monkeypatch.setenv("MINIPLACES_CPU_BF16", "widen")
     assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct"
     monkeypatch.setenv("MINIPLACES_CPU_BF16", "pairs")
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "direct")
     assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct-bf16"
     assert me.cpu_conv_algorithm(x.half(), w.half(), 2, 1) == "direct"
     assert me.cpu_conv_algorithm(x.bfloat16(), w[:, :32].bfloat16(), 2, 1, groups=2) == "direct"
