@@ -245,14 +245,15 @@ at::Tensor transposed_weight(const at::Tensor& weight, const ConvGeometry& g) {
 // bfloat16 and float16 are computed in float32: the operands are widened (the
 // input as it is laid out for the kernel, the weight as it is packed), sums
 // are accumulated in float32 and each result is rounded once to its dtype.
-// (The forward pass of bfloat16 layers on the direct kernel may instead
-// multiply bfloat16 pairs, into float32 sums: uses_bf16_pairs.)
-// (oneDNN's bfloat16 path on a CPU without AVX512-BF16 ran 20-40x slower than
-// its float32 path here; this one runs at the float32 kernels' speed.)
+// The forward pass of bfloat16 layers on the direct kernel may instead
+// multiply bfloat16 pairs into float32 sums (uses_bf16_pairs). oneDNN's
+// bfloat16 path on a CPU without AVX512-BF16 ran 20-40x slower than its
+// float32 path here; this one runs at the float32 kernels' speed.
 bool widened_to_float(at::ScalarType dtype) {
   return dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
+// The tensor in float32 (itself when it is float32), or none.
 c10::optional<at::Tensor> float_or_none(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? c10::optional<at::Tensor>(t->to(at::kFloat)) : c10::nullopt;
 }
@@ -299,7 +300,7 @@ at::Tensor conv2d_forward(
     // kernel reads bfloat16; every other kernel float32.
     const bool pairs = uses_bf16_pairs(g, dtype, algo);
     const at::Tensor out = nhwc_conv2d(algo, pairs ? nhwc_pixels(input) : nhwc_pixels(input, 1, 1, at::kFloat), weight,
-                                       dtype == at::kFloat ? bias : float_or_none(bias), g,
+                                       float_or_none(bias), g,
                                        c10::InferenceMode::is_enabled(), conv_output_memory_format(input));
     return out.to(dtype);
   }

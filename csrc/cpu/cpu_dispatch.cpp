@@ -181,11 +181,11 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& we
   const IsaKernels& k = kernels(isa);
   if (x_nhwc.scalar_type() == at::kBFloat16) {
     TORCH_CHECK(uses_bf16_pairs(g, at::kBFloat16, algo), "NHWC conv kernels: a bfloat16 input needs the pair kernel");
-    // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's when it is packed).
+    // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's where it is packed).
     ConvGeometry even = g;
     even.in_channels += g.in_channels % 2;
     const at::Tensor x = even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1});
-    const at::Tensor packed = packed_weight_pairs(weight, g, direct_block(isa), cache_weight);
+    const at::Tensor packed = packed_weight_pairs(weight, even, direct_block(isa), cache_weight);
 #if defined(__x86_64__)
     if (isa == Isa::avx512 && has_avx512_bf16()) {
       return avx512_bf16_pairs_direct()(x, packed, bias, even, out_format);

@@ -39,15 +39,14 @@ at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, i
 }
 
 at::Tensor pack_direct_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width) {
-  TORCH_CHECK(g.groups == 1 && weight.scalar_type() == at::kBFloat16,
-              "bfloat16 pair packing: expected a one-group bfloat16 weight");
-  const int64_t cin = g.in_channels, cin_even = cin + cin % 2;
-  const int64_t blocks = (g.out_channels + block_width - 1) / block_width;
-  at::Tensor padded = at::zeros({blocks * block_width, cin_even, g.kernel_h, g.kernel_w}, weight.options());
-  padded.narrow(0, 0, g.out_channels).narrow(1, 0, cin).copy_(weight);
-  // [blocks, width, Cin'/2, 2, kh, kw] -> [blocks, kh, kw, Cin'/2, width, 2]
-  return padded.view({1, blocks, block_width, cin_even / 2, 2, g.kernel_h, g.kernel_w})
-      .permute({0, 1, 5, 6, 3, 2, 4})
+  TORCH_CHECK(g.groups == 1 && g.in_channels % 2 == 0 && weight.scalar_type() == at::kBFloat16,
+              "bfloat16 pair packing: expected a one-group bfloat16 weight and an even channel count");
+  // The direct kernel's packing of the weight padded to g.in_channels, [1][blocks][kh][kw][Cin][width],
+  // with each pair of adjacent channels then made the innermost dimension.
+  const at::Tensor padded = at::constant_pad_nd(weight, {0, 0, 0, 0, 0, g.in_channels - weight.size(1)});
+  const at::Tensor packed = pack_direct_weight(padded, g, block_width);
+  return packed.view({1, packed.size(1), g.kernel_h, g.kernel_w, g.in_channels / 2, 2, block_width})
+      .transpose(5, 6)
       .contiguous();
 }
 
@@ -151,6 +150,12 @@ WeightCache& weight_cache() {
   return cache;
 }
 
+// pack(), or the cache's copy of it for this weight in `layout` when `cacheable`.
+at::Tensor packed_or_cached(const at::Tensor& weight, int64_t layout, bool cacheable,
+                            const std::function<at::Tensor()>& pack) {
+  return cacheable ? weight_cache().get(weight, layout, pack) : pack();
+}
+
 } // namespace
 
 at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
@@ -159,21 +164,15 @@ at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry
     const at::Tensor w = weight.to(at::kFloat);  // the kernels read float32 weights, whatever the input dtype
     return algo == Algo::winograd ? winograd_transform_weight(w, block_width) : pack_direct_weight(w, g, block_width);
   };
-  if (!cacheable) {
-    return pack();
-  }
   // A layout is the algorithm, the block width and the number of groups.
-  const int64_t layout = (static_cast<int64_t>(algo) << 48) | (block_width << 32) | g.groups;
-  return weight_cache().get(weight, layout, pack);
+  return packed_or_cached(weight, (static_cast<int64_t>(algo) << 48) | (block_width << 32) | g.groups, cacheable,
+                          pack);
 }
 
 at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width, bool cacheable) {
-  const auto pack = [&] { return pack_direct_weight_pairs(weight, g, block_width); };
-  if (!cacheable) {
-    return pack();
-  }
   constexpr int64_t kPairsLayout = int64_t{1} << 56;  // apart from every (algorithm, width, groups) layout
-  return weight_cache().get(weight, kPairsLayout | (block_width << 32) | g.groups, pack);
+  return packed_or_cached(weight, kPairsLayout | (block_width << 32) | g.groups, cacheable,
+                          [&] { return pack_direct_weight_pairs(weight, g, block_width); });
 }
 
 TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {

@@ -21,9 +21,9 @@ namespace miniplaces_ext::cpu {
 // direct kernel, output channels zero-filled past Cout/groups.
 at::Tensor pack_direct_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width);
 
-// The bfloat16 [Cout, Cin, kh, kw] weight of a one-group convolution as
-// [1][blocks][kh][kw][Cin'/2][block_width][2] for the pair kernel, Cin' = Cin
-// rounded up to even (the extra channel and output channels past Cout zero).
+// The bfloat16 [Cout, Cin, kh, kw] weight of a one-group convolution with an
+// even g.in_channels >= Cin as [1][blocks][kh][kw][g.in_channels/2][block_width][2]
+// for the pair kernel (channels past Cin and output channels past Cout zero).
 at::Tensor pack_direct_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width);
 
 // The Winograd F(4x4, 3x3) weight U[xi][block][Cin][block_width] (xi = 6*row +
@@ -37,7 +37,7 @@ at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_wid
 at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry& g, int64_t block_width,
                          bool cacheable);
 
-// pack_direct_weight_pairs of the weight (a bfloat16 one), cached like packed_weight.
+// pack_direct_weight_pairs(weight, g, block_width), cached like packed_weight.
 at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width, bool cacheable);
 
 } // namespace miniplaces_ext::cpu
