@@ -74,25 +74,14 @@ struct DirectConv {
     int64_t pixel_stride, channel_stride;
   };
 
-  // acc += the rank-`depth` product of R input rows (a row stride apart, or
-  // one pointer each) and a packed weight panel: float32 FMAs, or bfloat16
-  // pairs (depth is even).
-  template <int R>
-  static void reduce(RegisterBlock<Vec, R>& acc, const In* a, int64_t a_row_stride, const In* b, int64_t depth) {
-    if constexpr (kPairs) {
-      acc.accumulate_pairs(a, a_row_stride, b, depth / 2);
-    } else {
-      acc.accumulate(a, a_row_stride, b, depth);
-    }
-  }
+  // How one step of the reduction multiplies (float32 FMAs or bfloat16 pairs).
+  using Steps = std::conditional_t<kPairs, Bf16PairSteps<Vec>, Float32Steps<Vec>>;
 
-  template <int R>
-  static void reduce(RegisterBlock<Vec, R>& acc, const In* const (&rows)[R], const In* b, int64_t depth) {
-    if constexpr (kPairs) {
-      acc.accumulate_pairs(rows, b, depth / 2);
-    } else {
-      acc.accumulate(rows, b, depth);
-    }
+  // acc += the rank-`depth` product of R input rows (StridedRows or
+  // PointerRows) and a packed weight panel; depth is even for pairs.
+  template <int R, typename Rows>
+  static void reduce(RegisterBlock<Vec, R>& acc, const Rows& rows, const In* b, int64_t depth) {
+    acc.template accumulate<Steps>(rows, b, depth / Steps::kWidth);
   }
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
@@ -119,15 +108,15 @@ struct DirectConv {
       }
       const In* xrow = a.x + (n * g.in_h + ih) * g.in_w * g.in_channels + grp * cg;
       if (row_is_one_run && row_inside) {
-        reduce(acc, xrow + first_iw * g.in_channels, pixel_step, wblock + i * g.kernel_w * cg * kBlock,
-               g.kernel_w * cg);
+        reduce(acc, StridedRows<In>{xrow + first_iw * g.in_channels, pixel_step},
+               wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg);
         continue;
       }
       for (int64_t j = 0; j < g.kernel_w; ++j) {
         const int64_t iw0 = first_iw + j * g.dilation_w;  // input column of the first pixel
         const In* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
         if (!kCheckColumns || (iw0 >= 0 && iw0 + (R - 1) * g.stride_w < g.in_w)) {
-          reduce(acc, xrow + iw0 * g.in_channels, pixel_step, wtap, cg);
+          reduce(acc, StridedRows<In>{xrow + iw0 * g.in_channels, pixel_step}, wtap, cg);
           continue;
         }
         const In* pixels[R];
@@ -139,7 +128,7 @@ struct DirectConv {
           any_inside = any_inside || inside;
         }
         if (any_inside) {
-          reduce(acc, pixels, wtap, cg);
+          reduce(acc, PointerRows<In, R>{pixels}, wtap, cg);
         }
       }
     }

@@ -1,8 +1,11 @@
 // The register block shared by the direct and Winograd kernels: R rows x
-// 2*kLanes columns of float32 accumulators, updated by a rank-1 product per
-// step of the reduction (two weight-vector loads, R broadcasts, 2R FMAs) or,
-// for bfloat16 operands, a rank-2 product per pair of steps (2R dot_pairs),
-// and stored to any (row, column) strides (NHWC or NCHW outputs).
+// 2*kLanes columns of float32 accumulators, updated per step of the reduction
+// by a rank-1 product (float32 operands: two weight-vector loads, R
+// broadcasts, 2R FMAs) or a rank-2 one (bfloat16 operands taken in pairs: 2R
+// dot_pairs), and stored to any (row, column) strides (NHWC or NCHW outputs).
+// What differs between the two operand types is one small policy
+// (Float32Steps, Bf16PairSteps); where the R rows are is another
+// (StridedRows, PointerRows); one reduction loop serves all four combinations.
 //
 // Include only after the vector traits (vec_<isa>.h), inside the same target
 // pragma, so that it is compiled for that ISA alone.
@@ -32,6 +35,54 @@ inline void store_lanes(float* p, int64_t stride, typename Vec::Reg v, int n) {
   }
 }
 
+// One step of the reduction over float32 operands: a weight panel row of
+// kLanes floats per half, a row operand broadcast from one float, one FMA.
+template <typename Vec>
+struct Float32Steps {
+  using In = float;
+  using Operand = typename Vec::Reg;
+  static constexpr int kWidth = 1;  // reduction elements per step
+  static Operand load(const float* p) { return Vec::load(p); }
+  static Operand broadcast(const float* p) { return Vec::broadcast(*p); }
+  static typename Vec::Reg multiply_add(typename Vec::Reg acc, Operand a, Operand b) { return Vec::fma(a, b, acc); }
+};
+
+// One step over bfloat16 operands (their bits) taken in pairs; Vec has
+// vec_bf16_pairs.h's interface: kLanes pairs per half of the panel row, a
+// pair broadcast, one dot_pairs adding both products.
+template <typename Vec>
+struct Bf16PairSteps {
+  using In = uint16_t;
+  using Operand = typename Vec::Pairs;
+  static constexpr int kWidth = 2;
+  static Operand load(const uint16_t* p) { return Vec::load_pairs(p); }
+  static Operand broadcast(const uint16_t* p) { return Vec::broadcast_pair(p); }
+  static typename Vec::Reg multiply_add(typename Vec::Reg acc, Operand a, Operand b) {
+    return Vec::dot_pairs(acc, a, b);
+  }
+};
+
+// The row accessors depend on no vector trait, so they live in an unnamed
+// namespace: each ISA's file gets its own copy, compiled for its own target.
+namespace {
+
+// R operand rows a fixed stride apart (consecutive pixels of one input row).
+template <typename In>
+struct StridedRows {
+  const In* first;
+  int64_t stride;
+  const In* operator[](int r) const { return first + r * stride; }
+};
+
+// R operand rows, one pointer each (pixels of which some read a row of zeros).
+template <typename In, int R>
+struct PointerRows {
+  const In* const (&rows)[R];
+  const In* operator[](int r) const { return rows[r]; }
+};
+
+} // namespace
+
 template <typename Vec, int R>
 struct RegisterBlock {
   using Reg = typename Vec::Reg;
@@ -48,61 +99,21 @@ struct RegisterBlock {
     }
   }
 
-  // acc[r][j] += sum_{k < depth} a[r * a_row_stride + k] * b[k * kColumns + j]:
-  // `a` is R rows of a row-major matrix, `b` a packed [depth][kColumns] panel.
-  void accumulate(const float* a, int64_t a_row_stride, const float* b, int64_t depth) {
-    for (int64_t k = 0; k < depth; ++k) {
-      const Reg b0 = Vec::load(b + k * kColumns);
-      const Reg b1 = Vec::load(b + k * kColumns + kLanes);
+  // acc[r][j] += sum_{k < steps * kWidth} rows[r][k] * b[k / kWidth][j][k % kWidth]: `rows` are R
+  // rows of operands (StridedRows or PointerRows), `b` a packed [steps][kColumns][kWidth] panel.
+  template <typename Steps, typename Rows>
+  void accumulate(const Rows& rows, const typename Steps::In* b, int64_t steps) {
+    constexpr int kWidth = Steps::kWidth;
+    for (int64_t k = 0; k < steps; ++k) {
+      const auto b0 = Steps::load(b + k * kWidth * kColumns);
+      const auto b1 = Steps::load(b + k * kWidth * kColumns + kWidth * kLanes);
       for (int r = 0; r < R; ++r) {
-        const Reg av = Vec::broadcast(a[r * a_row_stride + k]);
-        acc0[r] = Vec::fma(av, b0, acc0[r]);
-        acc1[r] = Vec::fma(av, b1, acc1[r]);
+        const auto av = Steps::broadcast(rows[r] + k * kWidth);
+        acc0[r] = Steps::multiply_add(acc0[r], av, b0);
+        acc1[r] = Steps::multiply_add(acc1[r], av, b1);
       }
     }
   }
-
-  // The same with one pointer per row: acc[r][j] += sum_k rows[r][k] * b[k * kColumns + j].
-  void accumulate(const float* const (&rows)[R], const float* b, int64_t depth) {
-    for (int64_t k = 0; k < depth; ++k) {
-      const Reg b0 = Vec::load(b + k * kColumns);
-      const Reg b1 = Vec::load(b + k * kColumns + kLanes);
-      for (int r = 0; r < R; ++r) {
-        const Reg av = Vec::broadcast(rows[r][k]);
-        acc0[r] = Vec::fma(av, b0, acc0[r]);
-        acc1[r] = Vec::fma(av, b1, acc1[r]);
-      }
-    }
-  }
-
-  // bfloat16 operands taken in pairs (Vec has vec_bf16_pairs.h's interface):
-  // acc[r][j] += sum_{k < 2 * pairs} a[r * a_row_stride + k] * b[k / 2][j][k % 2],
-  // `b` a packed [pairs][kColumns][2] panel.
-  void accumulate_pairs(const uint16_t* a, int64_t a_row_stride, const uint16_t* b, int64_t pairs) {
-    for (int64_t p = 0; p < pairs; ++p) {
-      const auto b0 = Vec::load_pairs(b + p * 2 * kColumns);
-      const auto b1 = Vec::load_pairs(b + p * 2 * kColumns + 2 * kLanes);
-      for (int r = 0; r < R; ++r) {
-        const auto av = Vec::broadcast_pair(a + r * a_row_stride + 2 * p);
-        acc0[r] = Vec::dot_pairs(acc0[r], av, b0);
-        acc1[r] = Vec::dot_pairs(acc1[r], av, b1);
-      }
-    }
-  }
-
-  // The same with one pointer per row.
-  void accumulate_pairs(const uint16_t* const (&rows)[R], const uint16_t* b, int64_t pairs) {
-    for (int64_t p = 0; p < pairs; ++p) {
-      const auto b0 = Vec::load_pairs(b + p * 2 * kColumns);
-      const auto b1 = Vec::load_pairs(b + p * 2 * kColumns + 2 * kLanes);
-      for (int r = 0; r < R; ++r) {
-        const auto av = Vec::broadcast_pair(rows[r] + 2 * p);
-        acc0[r] = Vec::dot_pairs(acc0[r], av, b0);
-        acc1[r] = Vec::dot_pairs(acc1[r], av, b1);
-      }
-    }
-  }
-
   // dst[r * dst_row_stride + j * dst_column_stride] = acc[r][j] (+ bias[j])
   // for j < columns; bias may be null.
   void store(float* dst, int64_t dst_row_stride, int64_t dst_column_stride, const float* bias, int columns) const {
