@@ -99,7 +99,8 @@ def _run(algo: str, monkeypatch, *args, **kwargs) -> torch.Tensor:
 
 def test_auto_takes_winograd_where_it_pays(monkeypatch):
     """auto = Winograd bit for bit on a ResNet layer with many tiles (and not the direct kernel's
-    bits); with few tiles, or for stride 2, auto is the direct kernel bit for bit."""
+    bits); with few tiles, or for stride 2, auto is the direct kernel bit for bit; in between,
+    Winograd only where the transformed weight is cached (inference mode)."""
     if me.cpu_capabilities()["chosen"] == "portable":
         pytest.skip("at the portable level auto takes im2col + GEMM")
     x, w = torch.randn(8, 64, 32, 32), torch.randn(64, 64, 3, 3)
@@ -110,6 +111,17 @@ def test_auto_takes_winograd_where_it_pays(monkeypatch):
     assert torch.equal(_run("auto", monkeypatch, small, w, padding=1), _run("direct", monkeypatch, small, w, padding=1))
     assert torch.equal(_run("auto", monkeypatch, x, w, padding=1, stride=2),
                        _run("direct", monkeypatch, x, w, padding=1, stride=2))
+    # 32 tiles: not enough to repay a weight transform per call, enough when the transformed
+    # weight is cached (torch.inference_mode).
+    mid = torch.randn(2, 64, 16, 16)
+    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "auto")
+    assert me.cpu_conv_algorithm(mid, w, padding=1) == "direct"
+    assert torch.equal(_run("auto", monkeypatch, mid, w, padding=1), _run("direct", monkeypatch, mid, w, padding=1))
+    with torch.inference_mode():
+        monkeypatch.setenv("MINIPLACES_CPU_ALGO", "auto")
+        assert me.cpu_conv_algorithm(mid, w, padding=1) == "winograd"
+        assert torch.equal(_run("auto", monkeypatch, mid, w, padding=1),
+                           _run("winograd", monkeypatch, mid, w, padding=1))
 
 
 def test_forced_winograd_elsewhere_takes_the_default(monkeypatch):

@@ -295,13 +295,13 @@ at::Tensor conv2d_forward(
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
   const at::ScalarType dtype = input.scalar_type();
-  if (const Algo algo = choose_algo(g, dtype); algo != Algo::gemm) {
-    // Under torch.inference_mode the packed weight is kept for the next call. The bfloat16 pair
-    // kernel reads bfloat16; every other kernel float32.
+  // Under torch.inference_mode the packed weight is kept for the next call.
+  const bool cache_weight = c10::InferenceMode::is_enabled();
+  if (const Algo algo = choose_algo(g, dtype, cache_weight); algo != Algo::gemm) {
+    // The bfloat16 pair kernel reads bfloat16; every other kernel float32.
     const bool pairs = uses_bf16_pairs(g, dtype, algo);
     const at::Tensor out = nhwc_conv2d(algo, pairs ? nhwc_pixels(input) : nhwc_pixels(input, 1, 1, at::kFloat), weight,
-                                       float_or_none(bias), g,
-                                       c10::InferenceMode::is_enabled(), conv_output_memory_format(input));
+                                       float_or_none(bias), g, cache_weight, conv_output_memory_format(input));
     return out.to(dtype);
   }
   if (widened_to_float(dtype)) {
@@ -363,7 +363,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
     const auto t = transposed_geometry(g);
-    const Algo algo = t.has_value() ? choose_algo(*t, input.scalar_type()) : Algo::gemm;
+    const Algo algo = t.has_value() ? choose_algo(*t, input.scalar_type(), false) : Algo::gemm;
     if (algo != Algo::gemm) {
       grad_input = nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t, false,
                                conv_output_memory_format(input));

@@ -4,6 +4,7 @@
 #include "packed_weights.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -60,8 +61,10 @@ int read_switch(const char* variable, const char* const (&names)[N], const char*
   TORCH_CHECK(false, variable, "=", value, " is not ", a_what, "; use ", choices);
 }
 
-// Fewest 4x4 output tiles for which `auto` picks Winograd (measured: see docs/winograd.md).
-constexpr int64_t kWinogradMinTiles = 32;
+// Fewest 4x4 output tiles for which `auto` picks Winograd: the weight transform is
+// paid per call unless the weight is cached (measured: see docs/winograd.md).
+constexpr int64_t kWinogradMinTiles = 48;
+constexpr int64_t kWinogradMinTilesCachedWeight = 16;
 
 // Output channels of one register block (two vector registers) at each level.
 int64_t direct_block(Isa isa) {
@@ -146,7 +149,7 @@ bool winograd_applies(const ConvGeometry& g) {
       g.dilation_w == 1 && g.groups == 1;
 }
 
-Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
+Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached) {
   const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
   const Algo asked = chosen_algo();
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
@@ -156,9 +159,9 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype) {
     return asked;
   }
   if (winograd_applies(g) && (asked == Algo::winograd || isa != Isa::portable)) {
-    // Below a few tiles per thread the per-call weight transform is not repaid.
+    // Below a few tiles per thread the weight transform is not repaid.
     const int64_t tiles = g.batch * ((g.out_h + 3) / 4) * ((g.out_w + 3) / 4);
-    if (asked == Algo::winograd || tiles >= kWinogradMinTiles) {
+    if (asked == Algo::winograd || tiles >= (weight_cached ? kWinogradMinTilesCachedWeight : kWinogradMinTiles)) {
       return Algo::winograd;
     }
   }
@@ -214,11 +217,12 @@ std::string cpu_capabilities() {
 }
 
 // The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd;
-// "direct-bf16" for the direct kernel on bfloat16 pairs.
+// "direct-bf16" for the direct kernel on bfloat16 pairs. Asked under torch.inference_mode,
+// the choice for a cached weight (what an inference-mode forward pass runs).
 std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
-  const Algo algo = choose_algo(g, input.scalar_type());
+  const Algo algo = choose_algo(g, input.scalar_type(), c10::InferenceMode::is_enabled());
   return std::string(kAlgoNames[static_cast<int>(algo)]) + (uses_bf16_pairs(g, input.scalar_type(), algo) ? "-bf16" : "");
 }
 

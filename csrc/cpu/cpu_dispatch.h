@@ -60,11 +60,11 @@ bool winograd_applies(const ConvGeometry& g);
 //    as float32 (their operands are widened to float32 for the kernels);
 //  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
 //    where it applies, else what `auto` picks;
-//  - auto: Winograd for 3x3 stride-1 layers with enough tiles to fill the
-//    threads; gemm for 1x1 layers without padding (a GEMM over the sampled
+//  - auto: Winograd for 3x3 stride-1 layers with enough tiles to repay the
+//    weight transform (fewer when `weight_cached`: the transform is kept); gemm for 1x1 layers without padding (a GEMM over the sampled
 //    pixels); the direct kernel where its register block is filled; else gemm.
 //    The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
-Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype);
+Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached);
 
 // out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
 // kernel: no conversion afterwards), of the convolution of the contiguous NHWC

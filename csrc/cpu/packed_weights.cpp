@@ -7,8 +7,10 @@
 #include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 #include <utility>
 
 namespace miniplaces_ext::cpu {
@@ -65,23 +67,45 @@ at::Tensor winograd_transform_weight(const at::Tensor& weight, int64_t block_wid
                                          : at::zeros({36, blocks, cin, block_width}, w.options());
   const float* src = w.const_data_ptr<float>();
   float* dst = u.mutable_data_ptr<float>();
-  at::parallel_for(0, cout, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t co = begin; co < end; ++co) {
-      const int64_t blk = co / block_width, lane = co % block_width;
-      for (int64_t ci = 0; ci < cin; ++ci) {
-        const float* k = src + co * s_co + ci * s_ci;  // k[r * s_r + c * s_c] = w[co, ci, r, c]
-        double gk[6][3];  // G k
-        for (int i = 0; i < 6; ++i) {
-          for (int j = 0; j < 3; ++j) {
-            gk[i][j] = kG[i][0] * k[j * s_c] + kG[i][1] * k[s_r + j * s_c] + kG[i][2] * k[2 * s_r + j * s_c];
+  // One task per (block, input channel): the block_width kernels of its output channels are
+  // transformed together (lanes innermost, so the float64 arithmetic vectorises) and its 36 rows
+  // of block_width values then written whole. (Writing each value straight to the layout touched
+  // 36 cache lines a 36th of the tensor apart, which share a cache set, once per output channel:
+  // 8x slower on a 512 x 512 weight.)
+  at::parallel_for(0, blocks * cin, 16, [&](int64_t begin, int64_t end) {
+    std::vector<double> k(9 * block_width), gk(18 * block_width);  // [tap][lane], [6][3][lane]
+    std::vector<float> rows(36 * block_width);                      // [36][lane]
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t blk = task / cin, ci = task % cin;
+      const int64_t lanes = std::min(block_width, cout - blk * block_width);
+      for (int64_t lane = 0; lane < lanes; ++lane) {
+        const float* kernel = src + (blk * block_width + lane) * s_co + ci * s_ci;
+        for (int r = 0; r < 3; ++r) {
+          for (int c = 0; c < 3; ++c) {
+            k[(r * 3 + c) * block_width + lane] = kernel[r * s_r + c * s_c];
           }
         }
-        for (int i = 0; i < 6; ++i) {  // (G k) G^T
-          for (int j = 0; j < 6; ++j) {
-            const double v = gk[i][0] * kG[j][0] + gk[i][1] * kG[j][1] + gk[i][2] * kG[j][2];
-            dst[(((i * 6 + j) * blocks + blk) * cin + ci) * block_width + lane] = static_cast<float>(v);
+      }
+      for (int i = 0; i < 6; ++i) {  // G k
+        for (int j = 0; j < 3; ++j) {
+          double* out = gk.data() + (i * 3 + j) * block_width;
+          const double *k0 = k.data() + j * block_width, *k1 = k0 + 3 * block_width, *k2 = k1 + 3 * block_width;
+          for (int64_t lane = 0; lane < lanes; ++lane) {
+            out[lane] = kG[i][0] * k0[lane] + kG[i][1] * k1[lane] + kG[i][2] * k2[lane];
           }
         }
+      }
+      for (int i = 0; i < 6; ++i) {  // (G k) G^T
+        const double *g0 = gk.data() + i * 3 * block_width, *g1 = g0 + block_width, *g2 = g1 + block_width;
+        for (int j = 0; j < 6; ++j) {
+          float* out = rows.data() + (i * 6 + j) * block_width;
+          for (int64_t lane = 0; lane < lanes; ++lane) {
+            out[lane] = static_cast<float>(g0[lane] * kG[j][0] + g1[lane] * kG[j][1] + g2[lane] * kG[j][2]);
+          }
+        }
+      }
+      for (int64_t xi = 0; xi < 36; ++xi) {
+        std::copy_n(rows.data() + xi * block_width, lanes, dst + ((xi * blocks + blk) * cin + ci) * block_width);
       }
     }
   });
