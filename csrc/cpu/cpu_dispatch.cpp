@@ -174,9 +174,16 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
   return Algo::gemm;
 }
 
-at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
-                       at::MemoryFormat out_format) {
+void check_output(const at::Tensor& out, const ConvGeometry& g) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat &&
+                  out.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
+              "NHWC conv kernels: expected a float32 [", g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w,
+              "] output, got ", out.scalar_type(), " ", out.sizes());
+}
+
+void nhwc_conv2d_out(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
+                     const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
+                     const at::Tensor& out) {
   TORCH_CHECK(x_nhwc.is_contiguous(), "NHWC conv kernels: expected a contiguous NHWC input");
   TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
               "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
@@ -191,14 +198,25 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& we
     const at::Tensor packed = packed_weight_pairs(weight, even, direct_block(isa), cache_weight);
 #if defined(__x86_64__)
     if (isa == Isa::avx512 && has_avx512_bf16()) {
-      return avx512_bf16_pairs_direct()(x, packed, bias, even, out_format);
+      avx512_bf16_pairs_direct()(x, packed, bias, even, out);
+      return;
     }
 #endif
-    return k.direct_bf16_pairs_emulated(x, packed, bias, even, out_format);
+    k.direct_bf16_pairs_emulated(x, packed, bias, even, out);
+    return;
   }
   TORCH_CHECK(x_nhwc.scalar_type() == at::kFloat, "NHWC conv kernels: expected a float32 or bfloat16 input");
   const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
-  return (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g, out_format);
+  (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g, out);
+}
+
+at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
+                       at::MemoryFormat out_format) {
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                             x_nhwc.options().dtype(at::kFloat).memory_format(out_format));
+  nhwc_conv2d_out(algo, x_nhwc, weight, bias, g, cache_weight, out);
+  return out;
 }
 
 namespace {

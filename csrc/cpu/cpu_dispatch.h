@@ -77,13 +77,22 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& we
                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
                        at::MemoryFormat out_format);
 
+// Checks that `out` can take the result of g: float32 [N, Cout, Ho, Wo], any strides.
+void check_output(const at::Tensor& out, const ConvGeometry& g);
+
+// Writes the convolution of g (as nhwc_conv2d) into `out`, float32 [N, Cout, Ho, Wo] with any
+// strides (a strided view of a larger tensor, say).
+void nhwc_conv2d_out(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
+                     const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
+                     const at::Tensor& out);
+
 // The kernels of one ISA level (kernels_<level>.cpp), taking the weight packed
 // for them (packed_weights.h). The x86 levels exist only in x86-64 builds and
 // must only be used when the CPU has them.
 struct IsaKernels {
-  using NhwcConv = at::Tensor (*)(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
-                                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g,
-                                  at::MemoryFormat out_format);
+  // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output).
+  using NhwcConv = void (*)(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+                            const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out);
   NhwcConv direct;
   NhwcConv winograd;
   // The direct kernel on bfloat16 pairs, emulated with float32 FMAs (vec_bf16_pairs.h).

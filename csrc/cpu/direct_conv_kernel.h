@@ -215,9 +215,10 @@ struct DirectConv {
   }
 
   // `packed` is pack_direct_weight(weight, g, kBlock) (pairs: pack_direct_weight_pairs), `x_nhwc`
-  // and `packed` float32 (pairs: bfloat16), bias float32. Returns float32 [N, Cout, Ho, Wo] in `out_format`.
-  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                        const ConvGeometry& g, at::MemoryFormat out_format) {
+  // and `packed` float32 (pairs: bfloat16), bias float32. Writes `out`, float32 [N, Cout, Ho, Wo]
+  // with any strides.
+  static void run(const at::Tensor& x_nhwc, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                  const ConvGeometry& g, const at::Tensor& out) {
     const at::ScalarType in_type = kPairs ? at::kBFloat16 : at::kFloat;
     TORCH_CHECK(x_nhwc.scalar_type() == in_type && packed.scalar_type() == in_type,
                 "direct conv: expected ", in_type, " operands, got ", x_nhwc.scalar_type(), " and ", packed.scalar_type());
@@ -225,16 +226,14 @@ struct DirectConv {
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
     TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
-                               x_nhwc.options().dtype(at::kFloat).memory_format(out_format));
-    if (g.batch > 0) {
+    check_output(out, g);
+    if (out.numel() > 0) {
       const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x_nhwc.options());
       rows(Args{static_cast<const In*>(x_nhwc.const_data_ptr()), static_cast<const In*>(packed.const_data_ptr()),
                 b.defined() ? b.const_data_ptr<float>() : nullptr, static_cast<const In*>(zeros.const_data_ptr()),
                 out.mutable_data_ptr<float>(), strides_of(out), g,
                 blocks});
     }
-    return out;
   }
 };
 

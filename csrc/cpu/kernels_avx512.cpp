@@ -17,10 +17,11 @@
 #include <vector>
 #include <immintrin.h>
 
+#include "cpu_dispatch.h"  // and conv.h: their inline functions compiled for the baseline
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
 
-#include "cpu_dispatch.h"
 #include "vec_avx512.h"
 #include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"

@@ -224,20 +224,19 @@ struct WinogradConv {
   }
 
   // `u` is winograd_transform_weight(weight, kBlock). Returns [N, Cout, Ho, Wo] in `out_format`.
-  static at::Tensor run(const at::Tensor& x_nhwc, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
-                        const ConvGeometry& g, at::MemoryFormat out_format) {
+  static void run(const at::Tensor& x_nhwc, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
+                  const ConvGeometry& g, const at::Tensor& out) {
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
     const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
     TORCH_CHECK(u.numel() == kPoints * blocks * kBlock * g.in_channels, "Winograd: transformed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x_nhwc.options().memory_format(out_format));
+    check_output(out, g);
     if (out.numel() > 0) {
       tile_blocks(Args{x_nhwc.const_data_ptr<float>(), u.const_data_ptr<float>(),
                        b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
                        strides_of(out), g, blocks,
                        (g.out_h + kOut - 1) / kOut, (g.out_w + kOut - 1) / kOut});
     }
-    return out;
   }
 };
 
