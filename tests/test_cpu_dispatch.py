@@ -143,6 +143,36 @@ def test_one_by_one_layers_are_a_gemm_of_the_sampled_pixels(layout, stride, grou
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("kernel, stride, padding, dilation, groups", [
+    ((3, 3), (2, 2), (1, 1), (1, 1), 1),  # ResNet's 3x3/2: phases of 1, 2, 2 and 4 taps
+    ((1, 1), (2, 2), (0, 0), (1, 1), 1),  # its 1x1/2 downsample: one 1x1 phase, three zero phases
+    ((7, 7), (2, 2), (3, 3), (1, 1), 1),  # the stem's shape
+    ((5, 5), (3, 3), (2, 2), (1, 1), 2),  # stride 3, two groups
+    ((4, 4), (2, 2), (1, 1), (1, 1), 1),  # an even kernel
+    ((3, 3), (2, 2), (2, 2), (3, 3), 1),  # dilation 3 with stride 2: each phase's taps 2 apart
+    ((3, 1), (2, 1), (1, 0), (1, 1), 1),  # strided in one dimension only
+    ((2, 2), (3, 3), (0, 0), (1, 1), 1),  # kernel below the stride: phases no tap reaches
+], ids=["3x3/2", "1x1/2", "7x7/2", "5x5/3-groups2", "4x4/2", "3x3/2-dilation3", "3x1/(2,1)", "2x2/3"])
+def test_strided_grad_input_by_phases(isa, layout, kernel, stride, padding, dilation, groups, monkeypatch):
+    """grad_input of a strided convolution, computed as one stride-1 convolution of grad_output
+    per phase of the input grid written into strided views of dx (zeros where no tap reaches; at
+    the portable level im2col + GEMM): against float64 torch within the float32 accumulation
+    bound, with odd input sizes so that phases differ in size, in the input's layout."""
+    use_cpu_kernel(monkeypatch, (isa, "auto"))
+    x = LAYOUTS[layout](torch.randn(2, 16, 13, 11))
+    w = torch.randn(32, 16 // groups, *kernel)
+    args = (stride, padding, dilation, False, [0, 0], groups, [True, False, False])
+    dy = torch.randn_like(F.conv2d(x, w, None, stride, padding, dilation, groups))
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), None, *args)[0]
+    abs_ref = torch.ops.aten.convolution_backward(dy.double().abs(), x.double(), w.double().abs(), None, *args)[0]
+    got = torch.ops.miniplaces_ext.conv2d_backward(dy, x, w, stride, padding, dilation, groups, [True, False, False])[0]
+    assert_within_accumulation_bound(got, ref, abs_ref, 32 // groups * kernel[0] * kernel[1], "grad_input")
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert got.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
 @pytest.mark.parametrize("algo, stride", [("direct", 2), ("winograd", 1), ("gemm", 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

@@ -13,9 +13,10 @@
 // padding) convolutions skip im2col and multiply the input in place.
 //
 // Where cpu_dispatch.cpp chooses the direct (direct_conv_kernel.h) or Winograd
-// (winograd_kernel.h) kernel, it computes the forward pass, and grad_input of
-// stride-1 convolutions as the forward convolution of grad_output with the
-// flipped, transposed weight.
+// (winograd_kernel.h) kernel, it computes the forward pass, and grad_input as
+// forward convolutions of grad_output with the flipped, transposed weight: one
+// for stride 1, one per phase of the input grid for larger strides
+// (grad_input_by_kernels).
 #include "cpu_dispatch.h"
 #include "layout.h"
 
@@ -28,6 +29,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace miniplaces_ext::cpu {
@@ -213,33 +216,103 @@ void check_cpu(const at::Tensor& input) {
   TORCH_CHECK(input.device().is_cpu(), "the CPU conv kernel got a tensor on ", input.device());
 }
 
-// grad_input of a stride-1 convolution is the convolution of grad_output with
-// W'[g*Cg + c, o, i, j] = W[g*Coutg + o, c, kh-1-i, kw-1-j] and padding
-// d*(k-1) - p. Returns the geometry of that convolution when it applies.
-std::optional<ConvGeometry> transposed_geometry(const ConvGeometry& g) {
-  const int64_t pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
-  const int64_t pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
-  if (g.stride_h != 1 || g.stride_w != 1 || pad_h < 0 || pad_w < 0) {
-    return std::nullopt;
+// The taps of one dimension (kernel k, stride s, padding p, dilation d) that reach the input
+// positions of phase u, i.e. a * s + u for a = 0, 1, ...: those with i * d = u + p (mod s),
+// i = first, first + step, ... (count of them). Input position a * s + u gets from tap
+// first + (count - 1 - t) * step the output position a - pad + t * dilation.
+struct PhaseTaps {
+  int64_t first, step, count;
+  int64_t pad, dilation;  // of the stride-1 convolution over grad_output
+  int64_t positions;      // input positions in the phase: ceil((size - u) / s)
+};
+
+PhaseTaps phase_taps(int64_t u, int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
+  PhaseTaps t{0, 1, 0, 0, 1, u < size ? (size - u + s - 1) / s : 0};
+  for (int64_t i = 0; i < k; ++i) {
+    if (((i * d - u - p) % s + s) % s == 0) {
+      t.step = t.count == 1 ? i - t.first : t.step;
+      t.first = t.count == 0 ? i : t.first;
+      ++t.count;
+    }
   }
-  ConvGeometry t = g;
-  t.in_channels = g.out_channels;
-  t.out_channels = g.in_channels;
-  t.in_h = g.out_h;
-  t.in_w = g.out_w;
-  t.out_h = g.in_h;
-  t.out_w = g.in_w;
-  t.pad_h = pad_h;
-  t.pad_w = pad_w;
+  const int64_t last = t.first + (t.count - 1) * t.step;
+  t.pad = (last * d - u - p) / s;  // exact: last * d = u + p (mod s)
+  t.dilation = t.count > 1 ? t.step * d / s : 1;  // exact: step = s / gcd(s, d)
   return t;
 }
 
-at::Tensor transposed_weight(const at::Tensor& weight, const ConvGeometry& g) {
-  return weight
-      .view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h, g.kernel_w})
+// W'[g*Cg + c, o, i, j] = W[g*Coutg + o, c, kh-1-i, kw-1-j]: the weight of the convolution whose
+// forward pass is this weight's grad_input.
+at::Tensor transposed_weight(const at::Tensor& weight, int64_t groups) {
+  const int64_t cout = weight.size(0), cg = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  return weight.reshape({groups, cout / groups, cg, kh, kw})
       .transpose(1, 2)
       .flip({3, 4})
-      .reshape({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w});
+      .reshape({groups * cg, cout / groups, kh, kw});
+}
+
+// grad_input by the direct / Winograd kernels, or nullopt where they do not apply. The input
+// grid splits into stride_h x stride_w phases (u, v), positions (a * sh + u, b * sw + v); each
+// phase of grad_input is a stride-1 convolution of grad_output with the flipped, transposed
+// sub-kernel of the taps that reach it (phase_taps), written by the kernel straight into its
+// strided view of dx; a phase no tap reaches is zero. For stride 1 there is one phase: the
+// transposed convolution with padding d*(k-1) - p.
+std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy_nhwc, const at::Tensor& weight,
+                                                const ConvGeometry& g, at::MemoryFormat out_format) {
+  struct Phase {
+    ConvGeometry t;
+    Algo algo;
+    at::Tensor weight;
+    int64_t u, v;
+  };
+  std::vector<Phase> phases;
+  for (int64_t u = 0; u < g.stride_h; ++u) {
+    for (int64_t v = 0; v < g.stride_w; ++v) {
+      const PhaseTaps th = phase_taps(u, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+      const PhaseTaps tw = phase_taps(v, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+      if (th.count == 0 || tw.count == 0 || th.positions == 0 || tw.positions == 0) {
+        continue;  // zero
+      }
+      if (th.pad < 0 || tw.pad < 0) {
+        return std::nullopt;
+      }
+      ConvGeometry t = g;
+      t.in_channels = g.out_channels;
+      t.out_channels = g.in_channels;
+      t.in_h = g.out_h;
+      t.in_w = g.out_w;
+      t.out_h = th.positions;
+      t.out_w = tw.positions;
+      t.kernel_h = th.count;
+      t.kernel_w = tw.count;
+      t.stride_h = t.stride_w = 1;
+      t.pad_h = th.pad;
+      t.pad_w = tw.pad;
+      t.dilation_h = th.dilation;
+      t.dilation_w = tw.dilation;
+      // A phase's output is a strided view of dx: a 1x1 phase has no GEMM form, so it takes the
+      // direct kernel where that fits.
+      Algo algo = choose_algo(t, dy_nhwc.scalar_type(), false);
+      if (algo == Algo::gemm && t.samples_pixels() && direct_fits(t, dy_nhwc.scalar_type())) {
+        algo = Algo::direct;
+      }
+      if (algo == Algo::gemm) {
+        return std::nullopt;
+      }
+      const at::Tensor sub = weight.slice(2, th.first, th.first + (th.count - 1) * th.step + 1, th.step)
+                                 .slice(3, tw.first, tw.first + (tw.count - 1) * tw.step + 1, tw.step);
+      phases.push_back(Phase{t, algo, transposed_weight(sub, g.groups), u, v});
+    }
+  }
+  at::Tensor dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, dy_nhwc.options().memory_format(out_format));
+  if (static_cast<int64_t>(phases.size()) < g.stride_h * g.stride_w) {
+    dx.zero_();  // some phases get no tap
+  }
+  for (const Phase& ph : phases) {
+    nhwc_conv2d_out(ph.algo, dy_nhwc, ph.weight, c10::nullopt, ph.t, false,
+                    dx.slice(2, ph.u, g.in_h, g.stride_h).slice(3, ph.v, g.in_w, g.stride_w));
+  }
+  return dx;
 }
 
 // bfloat16 and float16 are computed in float32: the operands are widened (the
@@ -362,11 +435,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
 
   at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
-    const auto t = transposed_geometry(g);
-    const Algo algo = t.has_value() ? choose_algo(*t, input.scalar_type(), false) : Algo::gemm;
-    if (algo != Algo::gemm) {
-      grad_input = nhwc_conv2d(algo, dy_nhwc, transposed_weight(weight, g), c10::nullopt, *t, false,
-                               conv_output_memory_format(input));
+    if (auto dx = grad_input_by_kernels(dy_nhwc, weight, g, conv_output_memory_format(input))) {
+      grad_input = std::move(*dx);
       need_input = false;
     }
   }

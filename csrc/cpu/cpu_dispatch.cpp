@@ -168,10 +168,15 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
   if (g.samples_pixels() && asked == Algo::automatic) {
     return Algo::gemm;  // a 1x1 layer is one GEMM over the sampled pixels, no im2col
   }
-  if (isa != Isa::portable && g.out_channels_per_group() >= direct_block(isa) / 2) {
-    return Algo::direct;
-  }
-  return Algo::gemm;
+  return direct_fits(g, dtype) ? Algo::direct : Algo::gemm;
+}
+
+bool direct_fits(const ConvGeometry& g, at::ScalarType dtype) {
+  const Isa isa = chosen_isa();
+  const Algo asked = chosen_algo();
+  const bool float_kernels = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  return float_kernels && asked != Algo::gemm && isa != Isa::portable &&
+      g.out_channels_per_group() >= direct_block(isa) / 2;
 }
 
 void check_output(const at::Tensor& out, const ConvGeometry& g) {

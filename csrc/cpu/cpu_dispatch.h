@@ -66,6 +66,13 @@ bool winograd_applies(const ConvGeometry& g);
 //    The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
 Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached);
 
+// True when `auto` may run this problem on the direct kernel: float32 (or
+// bfloat16 / float16, widened), not MINIPLACES_CPU_ALGO=gemm, not the portable
+// level, and enough output channels per group to fill half its register block.
+// (choose_algo prefers a GEMM for 1x1 layers; a caller with no GEMM form of the
+// problem asks this.)
+bool direct_fits(const ConvGeometry& g, at::ScalarType dtype);
+
 // out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
 // kernel: no conversion afterwards), of the convolution of the contiguous NHWC
 // input x [N, H, W, C] with weight [Cout, Cg, kh, kw], computed by `algo`
