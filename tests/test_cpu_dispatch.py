@@ -173,6 +173,34 @@ def test_strided_grad_input_by_phases(isa, layout, kernel, stride, padding, dila
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, dilation, width", [
+    (16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 11),  # a ResNet 3x3; vectors over the input's channels
+    (3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 37),  # the stem: vectors over grad_output's channels
+    (32, 16, (3, 3), (2, 2), (1, 1), (1, 1), 9),  # stride 2
+    (32, 100, (1, 1), (2, 2), (0, 0), (1, 1), 8),  # 1x1/2; 100 rows: many row tasks and a tail
+    (128, 7, (5, 3), (3, 1), (2, 0), (2, 1), 20),  # 8 column blocks (AVX2): two column tasks
+    (48, 32, (3, 3), (1, 2), (0, 3), (1, 3), 3),  # dilated taps that miss the input entirely
+])
+def test_weight_grad_kernel(isa, layout, in_channels, out_channels, kernel, stride, padding, dilation, width,
+                            monkeypatch):
+    """The weight-gradient kernel (no im2col matrix; forced with MINIPLACES_CPU_ALGO=direct, so
+    every level runs it) against float64 torch within the float32 accumulation bound: both
+    orientations, row and column tails, strides, padding beyond the taps, dilation, more output
+    rows than one chunk of 512 pixels (8 images of 13 rows)."""
+    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    x = LAYOUTS[layout](torch.randn(8, in_channels, 13, width))
+    w = torch.randn(out_channels, in_channels, *kernel)
+    args = (stride, padding, dilation, False, [0, 0], 1, [False, True, False])
+    dy = torch.randn_like(F.conv2d(x, w, None, stride, padding, dilation))
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), None, *args)[1]
+    abs_ref = torch.ops.aten.convolution_backward(dy.double().abs(), x.double().abs(), w.double(), None, *args)[1]
+    got = torch.ops.miniplaces_ext.conv2d_backward(dy, x, w, stride, padding, dilation, 1, [False, True, False])[1]
+    assert got.shape == w.shape and got.is_contiguous()
+    assert_within_accumulation_bound(got, ref, abs_ref, dy[0, 0].numel() * dy.shape[0], "grad_weight")
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
 @pytest.mark.parametrize("algo, stride", [("direct", 2), ("winograd", 1), ("gemm", 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

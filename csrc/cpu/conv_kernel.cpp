@@ -447,6 +447,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
                             g.out_channels);
     });
   }
+  if (need_weight && weight_grad_kernel_applies(g, input.scalar_type())) {
+    grad_weight = nhwc_weight_grad(nhwc_pixels(input), dy_nhwc, g);
+    need_weight = false;
+  }
   const int64_t coutg = g.out_channels_per_group();
   const int64_t cg = g.in_channels_per_group();
   const int64_t pixels = g.out_pixels();

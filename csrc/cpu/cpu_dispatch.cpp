@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -177,6 +178,44 @@ bool direct_fits(const ConvGeometry& g, at::ScalarType dtype) {
   const bool float_kernels = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
   return float_kernels && asked != Algo::gemm && isa != Isa::portable &&
       g.out_channels_per_group() >= direct_block(isa) / 2;
+}
+
+namespace {
+
+// The weight-gradient kernel loads vectors from the input's channels where they fill whole
+// register blocks (and are not the fewer), else from grad_output's.
+bool weight_grad_over_input(const ConvGeometry& g, int64_t block) {
+  return g.in_channels % block == 0 && (g.in_channels >= g.out_channels || g.out_channels % block != 0);
+}
+
+} // namespace
+
+bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
+  const Isa isa = chosen_isa();
+  const Algo asked = chosen_algo();
+  const int64_t block = direct_block(isa);
+  const bool fits =
+      g.groups == 1 && dtype == at::kFloat && (weight_grad_over_input(g, block) || g.out_channels % block == 0);
+  if (asked == Algo::direct) {
+    return fits;
+  }
+  // auto (or winograd, which leaves this to auto): a 1x1 layer's weight gradient is one GEMM of the sampled pixels (no im2col), and rows
+  // of 8 output pixels are too short a reduction per register block: GEMM was faster on both
+  // (ResNet-18's 1x1/2 layers 2x, layer4 ~10 %); the kernel won on the rest.
+  return fits && asked != Algo::gemm && isa != Isa::portable && !g.samples_pixels() && g.out_w >= 16;
+}
+
+at::Tensor nhwc_weight_grad(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g) {
+  TORCH_CHECK(weight_grad_kernel_applies(g, x_nhwc.scalar_type()), "the weight-gradient kernel cannot compute this");
+  const Isa isa = chosen_isa();
+  const bool over_input = weight_grad_over_input(g, direct_block(isa));
+  const int64_t rows = over_input ? g.out_channels : g.in_channels;
+  const int64_t columns = over_input ? g.in_channels : g.out_channels;
+  const at::Tensor sums = at::zeros({g.kernel_h, g.kernel_w, rows, columns}, x_nhwc.options());
+  kernels(isa).weight_grad(x_nhwc, dy_nhwc, g, over_input, sums);
+  // [kh][kw][Cout][Cin] or [kh][kw][Cin][Cout] -> [Cout, Cin, kh, kw]
+  const std::array<int64_t, 4> order = over_input ? std::array<int64_t, 4>{2, 3, 0, 1} : std::array<int64_t, 4>{3, 2, 0, 1};
+  return sums.permute(order).contiguous();
 }
 
 void check_output(const at::Tensor& out, const ConvGeometry& g) {

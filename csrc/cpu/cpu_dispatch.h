@@ -84,6 +84,16 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& we
                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
                        at::MemoryFormat out_format);
 
+// True when the weight-gradient kernel (no im2col matrix) computes this problem's weight
+// gradient: float32, one group, one of the channel counts a multiple of the register block's
+// width, and MINIPLACES_CPU_ALGO=direct, or auto on a layer where it beats im2col + GEMM (not
+// 1x1, output rows of 16 pixels or more, not the portable level).
+bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype);
+
+// The weight gradient [Cout, Cin, kh, kw] of a float32 convolution (weight_grad_kernel_applies)
+// from its contiguous NHWC input and grad_output.
+at::Tensor nhwc_weight_grad(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g);
+
 // Checks that `out` can take the result of g: float32 [N, Cout, Ho, Wo], any strides.
 void check_output(const at::Tensor& out, const ConvGeometry& g);
 
@@ -104,6 +114,9 @@ struct IsaKernels {
   NhwcConv winograd;
   // The direct kernel on bfloat16 pairs, emulated with float32 FMAs (vec_bf16_pairs.h).
   NhwcConv direct_bf16_pairs_emulated;
+  // Adds the weight gradient to sums [kh][kw][rows][columns] (weight_grad_kernel.h).
+  void (*weight_grad)(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g,
+                      bool vector_over_input, const at::Tensor& sums);
   // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).
   double (*fma_peak_gflops)(int64_t steps);
 };

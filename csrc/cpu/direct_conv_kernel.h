@@ -81,7 +81,7 @@ struct DirectConv {
   // PointerRows) and a packed weight panel; depth is even for pairs.
   template <int R, typename Rows>
   static void reduce(RegisterBlock<Vec, R>& acc, const Rows& rows, const In* b, int64_t depth) {
-    acc.template accumulate<Steps>(rows, b, depth / Steps::kWidth);
+    acc.template accumulate<Steps>(rows, b, Steps::kWidth * kBlock, depth / Steps::kWidth);
   }
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of

@@ -26,13 +26,14 @@
 #include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
+#include "weight_grad_kernel.h"
 #include "fma_peak.h"
 
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& avx2_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Avx2>::run, &WinogradConv<Avx2>::run,
-                                        &DirectConv<EmulatedBf16Pairs<Avx2>, uint16_t>::run, &FmaPeak<Avx2>::gflops};
+                                        &DirectConv<EmulatedBf16Pairs<Avx2>, uint16_t>::run, &WeightGrad<Avx2>::run, &FmaPeak<Avx2>::gflops};
   return kKernels;
 }
 

@@ -26,13 +26,14 @@
 #include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
+#include "weight_grad_kernel.h"
 #include "fma_peak.h"
 
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& avx512_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Avx512>::run, &WinogradConv<Avx512>::run,
-                                        &DirectConv<EmulatedBf16Pairs<Avx512>, uint16_t>::run, &FmaPeak<Avx512>::gflops};
+                                        &DirectConv<EmulatedBf16Pairs<Avx512>, uint16_t>::run, &WeightGrad<Avx512>::run, &FmaPeak<Avx512>::gflops};
   return kKernels;
 }
 

@@ -19,13 +19,14 @@
 #include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
+#include "weight_grad_kernel.h"
 #include "fma_peak.h"
 
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& portable_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Portable>::run, &WinogradConv<Portable>::run,
-                                        &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &FmaPeak<Portable>::gflops};
+                                        &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &WeightGrad<Portable>::run, &FmaPeak<Portable>::gflops};
   return kKernels;
 }
 

@@ -1,11 +1,12 @@
-// The register block shared by the direct and Winograd kernels: R rows x
-// 2*kLanes columns of float32 accumulators, updated per step of the reduction
-// by a rank-1 product (float32 operands: two weight-vector loads, R
-// broadcasts, 2R FMAs) or a rank-2 one (bfloat16 operands taken in pairs: 2R
-// dot_pairs), and stored to any (row, column) strides (NHWC or NCHW outputs).
-// What differs between the two operand types is one small policy
-// (Float32Steps, Bf16PairSteps); where the R rows are is another
-// (StridedRows, PointerRows); one reduction loop serves all four combinations.
+// The register block shared by the direct, Winograd and weight-gradient
+// kernels: R rows x 2*kLanes columns of float32 accumulators, updated per step
+// of the reduction by a rank-1 product (float32 operands: two vector loads of
+// the panel, R broadcasts, 2R FMAs) or a rank-2 one (bfloat16 operands taken
+// in pairs: 2R dot_pairs), and stored to any (row, column) strides (NHWC or
+// NCHW outputs) or added to memory. What differs between the two operand types
+// is one small policy (Float32Steps, Bf16PairSteps); where the R rows are is
+// another (StridedRows, PointerRows, ChannelRows); one reduction loop serves
+// every combination.
 //
 // Include only after the vector traits (vec_<isa>.h), inside the same target
 // pragma, so that it is compiled for that ISA alone.
@@ -66,19 +67,29 @@ struct Bf16PairSteps {
 // namespace: each ISA's file gets its own copy, compiled for its own target.
 namespace {
 
-// R operand rows a fixed stride apart (consecutive pixels of one input row).
+// R operand rows a fixed stride apart, elements contiguous (consecutive pixels of one
+// input row, their channels the reduction).
 template <typename In>
 struct StridedRows {
   const In* first;
   int64_t stride;
-  const In* operator[](int r) const { return first + r * stride; }
+  const In* at(int r, int64_t k) const { return first + r * stride + k; }
 };
 
 // R operand rows, one pointer each (pixels of which some read a row of zeros).
 template <typename In, int R>
 struct PointerRows {
   const In* const (&rows)[R];
-  const In* operator[](int r) const { return rows[r]; }
+  const In* at(int r, int64_t k) const { return rows[r] + k; }
+};
+
+// R operand rows that are adjacent elements, the reduction a fixed step apart (R channels
+// of a run of pixels, the pixels the reduction: the weight gradient).
+template <typename In>
+struct ChannelRows {
+  const In* first;
+  int64_t step;
+  const In* at(int r, int64_t k) const { return first + k * step + r; }
 };
 
 } // namespace
@@ -99,21 +110,31 @@ struct RegisterBlock {
     }
   }
 
-  // acc[r][j] += sum_{k < steps * kWidth} rows[r][k] * b[k / kWidth][j][k % kWidth]: `rows` are R
-  // rows of operands (StridedRows or PointerRows), `b` a packed [steps][kColumns][kWidth] panel.
+  // acc[r][j] += sum_{k < steps * kWidth} rows.at(r, k) * b[(k / kWidth) * b_step + j * kWidth + k % kWidth]:
+  // `rows` are R rows of operands (StridedRows, PointerRows, ChannelRows), `b` a panel of
+  // [steps][kColumns][kWidth] operands, one step b_step apart (packed: kWidth * kColumns).
   template <typename Steps, typename Rows>
-  void accumulate(const Rows& rows, const typename Steps::In* b, int64_t steps) {
+  void accumulate(const Rows& rows, const typename Steps::In* b, int64_t b_step, int64_t steps) {
     constexpr int kWidth = Steps::kWidth;
     for (int64_t k = 0; k < steps; ++k) {
-      const auto b0 = Steps::load(b + k * kWidth * kColumns);
-      const auto b1 = Steps::load(b + k * kWidth * kColumns + kWidth * kLanes);
+      const auto b0 = Steps::load(b + k * b_step);
+      const auto b1 = Steps::load(b + k * b_step + kWidth * kLanes);
       for (int r = 0; r < R; ++r) {
-        const auto av = Steps::broadcast(rows[r] + k * kWidth);
+        const auto av = Steps::broadcast(rows.at(r, k * kWidth));
         acc0[r] = Steps::multiply_add(acc0[r], av, b0);
         acc1[r] = Steps::multiply_add(acc1[r], av, b1);
       }
     }
   }
+  // dst[r * dst_row_stride + j] += acc[r][j] for all kColumns columns.
+  void add_to(float* dst, int64_t dst_row_stride) const {
+    for (int r = 0; r < R; ++r) {
+      float* row = dst + r * dst_row_stride;
+      Vec::store(row, Vec::add(Vec::load(row), acc0[r]));
+      Vec::store(row + kLanes, Vec::add(Vec::load(row + kLanes), acc1[r]));
+    }
+  }
+
   // dst[r * dst_row_stride + j * dst_column_stride] = acc[r][j] (+ bias[j])
   // for j < columns; bias may be null.
   void store(float* dst, int64_t dst_row_stride, int64_t dst_column_stride, const float* bias, int columns) const {

@@ -173,7 +173,7 @@ struct WinogradConv {
   template <int R>
   static void product(const float* v, int64_t cin, const float* u, int64_t depth, float* m, int64_t m_stride) {
     RegisterBlock<Vec, R> acc;
-    acc.template accumulate<Float32Steps<Vec>>(StridedRows<float>{v, cin}, u, depth);
+    acc.template accumulate<Float32Steps<Vec>>(StridedRows<float>{v, cin}, u, kBlock, depth);
     acc.store(m, m_stride, 1, nullptr, static_cast<int>(kBlock));
   }
 
