@@ -423,32 +423,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, g);
   check_cpu(input);
-  if (widened_to_float(input.scalar_type())) {
-    const auto [gi, gw, gb] = conv2d_backward(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
-                                              stride, padding, dilation, groups, output_mask);
-    return {to_dtype_if_defined(gi, input.scalar_type()), to_dtype_if_defined(gw, weight.scalar_type()),
-            to_dtype_if_defined(gb, grad_output.scalar_type())};
-  }
+  // bfloat16 and float16 are computed in float32 (widened_to_float): grad_output and the input
+  // are widened as they are laid out NHWC, the weight up front; each gradient is rounded once.
+  const std::optional<at::ScalarType> widen =
+      widened_to_float(input.scalar_type()) ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt;
+  const at::Tensor w = widen ? weight.to(at::kFloat) : weight;
+  const auto rounded = [&](const at::Tensor& gi, const at::Tensor& gw, const at::Tensor& gb) {
+    return std::make_tuple(to_dtype_if_defined(gi, input.scalar_type()), to_dtype_if_defined(gw, weight.scalar_type()),
+                           to_dtype_if_defined(gb, grad_output.scalar_type()));
+  };
   auto [need_input, need_weight, need_bias] = output_mask;
-  const at::Tensor dy_nhwc = nhwc_pixels(grad_output);  // one layout conversion serves every gradient
+  const at::Tensor dy_nhwc = nhwc_pixels(grad_output, 1, 1, widen);  // one layout conversion serves every gradient
   const at::Tensor dy = dy_nhwc.reshape({-1, g.out_channels});  // [N*Ho*Wo, Cout], a view
+  const at::TensorOptions options = dy_nhwc.options();  // the computation's dtype
 
   at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
-    if (auto dx = grad_input_by_kernels(dy_nhwc, weight, g, conv_output_memory_format(input))) {
+    if (auto dx = grad_input_by_kernels(dy_nhwc, w, g, conv_output_memory_format(input))) {
       grad_input = std::move(*dx);
       need_input = false;
     }
   }
   if (need_bias) {
-    grad_bias = at::empty({g.out_channels}, grad_output.options());
+    grad_bias = at::empty({g.out_channels}, options);
     AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "miniplaces_bias_grad", [&] {
       column_sums<scalar_t>(dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), dy.size(0),
                             g.out_channels);
     });
   }
-  if (need_weight && weight_grad_kernel_applies(g, input.scalar_type())) {
-    grad_weight = nhwc_weight_grad(nhwc_pixels(input), dy_nhwc, g);
+  if (need_weight && weight_grad_kernel_applies(g, dy.scalar_type())) {
+    grad_weight = nhwc_weight_grad(nhwc_pixels(input, 1, 1, widen), dy_nhwc, g);
     need_weight = false;
   }
   const int64_t coutg = g.out_channels_per_group();
@@ -457,12 +461,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   if (need_weight) {
     // dW[group] += dy[rows, group]^T @ col[rows, group], in runs of rows small enough to stay in
     // cache; the sum is accumulated in the op-math type.
-    const auto acc_type = at::toOpMathType(weight.scalar_type());
-    at::Tensor dw = at::zeros({g.out_channels, g.patch_size()}, weight.options().dtype(acc_type));
+    const auto acc_type = at::toOpMathType(w.scalar_type());
+    at::Tensor dw = at::zeros({g.out_channels, g.patch_size()}, options.dtype(acc_type));
     const int64_t total = g.batch * pixels;
     const int64_t chunk_rows = g.samples_pixels() ? std::max<int64_t>(total, 1)
-                                                  : weight_grad_rows(g, input.element_size());
-    ColumnSource source(input, g, chunk_rows);
+                                                  : weight_grad_rows(g, dy.element_size());
+    ColumnSource source(widen ? input.to(*widen) : input, g, chunk_rows);
     for (int64_t row0 = 0; row0 < total; row0 += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, total - row0);
       for (int64_t grp = 0; grp < groups; ++grp) {
@@ -478,25 +482,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     }
     grad_weight = dw.view({g.out_channels, g.kernel_h, g.kernel_w, cg})
                       .permute({0, 3, 1, 2})
-                      .to(weight.scalar_type())
+                      .to(w.scalar_type())
                       .contiguous();
   }
   if (!need_input) {
-    return {grad_input, grad_weight, grad_bias};
+    return rounded(grad_input, grad_weight, grad_bias);
   }
 
   // dx = col2im(dy @ W) in chunks of whole images (col2im gathers every tap of a pixel).
-  const int64_t chunk = images_per_chunk(g, input.element_size());
-  const at::Tensor w = weight_matrix(weight, g);
-  at::Tensor dx = at::empty({g.batch, g.in_h, g.in_w, g.in_channels}, input.options());
+  const int64_t chunk = images_per_chunk(g, dy.element_size());
+  const at::Tensor w_matrix = weight_matrix(w, g);
+  at::Tensor dx = at::empty({g.batch, g.in_h, g.in_w, g.in_channels}, options);
   const at::Tensor dx_pixels = dx.view({-1, g.in_channels});
-  at::Tensor dcol = !g.is_pointwise() ? at::empty({chunk * pixels, g.patch_size()}, input.options()) : at::Tensor();
+  at::Tensor dcol = !g.is_pointwise() ? at::empty({chunk * pixels, g.patch_size()}, options) : at::Tensor();
   for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
     const int64_t count = std::min(chunk, g.batch - n0);
     const int64_t rows = count * pixels;
     for (int64_t grp = 0; grp < groups; ++grp) {
       const at::Tensor dy_g = dy.narrow(0, n0 * pixels, rows).narrow(1, grp * coutg, coutg);
-      const at::Tensor w_g = w.narrow(0, grp * coutg, coutg);
+      const at::Tensor w_g = w_matrix.narrow(0, grp * coutg, coutg);
       if (g.is_pointwise()) {
         at::Tensor dx_g = dx_pixels.narrow(0, n0 * pixels, rows).narrow(1, grp * cg, cg);
         at::mm_out(dx_g, dy_g, w_g);
@@ -511,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     }
   }
   grad_input = nchw_from_nhwc(dx, conv_output_memory_format(input));
-  return {grad_input, grad_weight, grad_bias};
+  return rounded(grad_input, grad_weight, grad_bias);
 }
 
 TORCH_LIBRARY_IMPL(miniplaces_ext, CPU, m) {
