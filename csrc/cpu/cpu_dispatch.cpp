@@ -199,9 +199,10 @@ bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
   if (asked == Algo::direct) {
     return fits;
   }
-  // auto (or winograd, which leaves this to auto): a 1x1 layer's weight gradient is one GEMM of the sampled pixels (no im2col), and rows
-  // of 8 output pixels are too short a reduction per register block: GEMM was faster on both
-  // (ResNet-18's 1x1/2 layers 2x, layer4 ~10 %); the kernel won on the rest.
+  // auto (or winograd, which leaves this to auto): a 1x1 layer's weight gradient is one GEMM of
+  // the sampled pixels (no im2col), and rows of 8 output pixels are too short a reduction per
+  // register block: GEMM was faster on both (ResNet-18's 1x1/2 layers 2x, layer4 ~10 %); the
+  // kernel won on the rest.
   return fits && asked != Algo::gemm && isa != Isa::portable && !g.samples_pixels() && g.out_w >= 16;
 }
 
@@ -214,7 +215,8 @@ at::Tensor nhwc_weight_grad(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc,
   const at::Tensor sums = at::zeros({g.kernel_h, g.kernel_w, rows, columns}, x_nhwc.options());
   kernels(isa).weight_grad(x_nhwc, dy_nhwc, g, over_input, sums);
   // [kh][kw][Cout][Cin] or [kh][kw][Cin][Cout] -> [Cout, Cin, kh, kw]
-  const std::array<int64_t, 4> order = over_input ? std::array<int64_t, 4>{2, 3, 0, 1} : std::array<int64_t, 4>{3, 2, 0, 1};
+  using Order = std::array<int64_t, 4>;
+  const Order order = over_input ? Order{2, 3, 0, 1} : Order{3, 2, 0, 1};
   return sums.permute(order).contiguous();
 }
 
