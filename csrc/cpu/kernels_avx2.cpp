@@ -33,7 +33,8 @@ namespace miniplaces_ext::cpu {
 
 const IsaKernels& avx2_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Avx2>::run, &WinogradConv<Avx2>::run,
-                                        &DirectConv<EmulatedBf16Pairs<Avx2>, uint16_t>::run, &WeightGrad<Avx2>::run, &FmaPeak<Avx2>::gflops};
+                                        &DirectConv<EmulatedBf16Pairs<Avx2>, uint16_t>::run, &WeightGrad<Avx2>::run,
+                                        &FmaPeak<Avx2>::gflops};
   return kKernels;
 }
 

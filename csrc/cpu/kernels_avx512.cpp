@@ -33,7 +33,8 @@ namespace miniplaces_ext::cpu {
 
 const IsaKernels& avx512_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Avx512>::run, &WinogradConv<Avx512>::run,
-                                        &DirectConv<EmulatedBf16Pairs<Avx512>, uint16_t>::run, &WeightGrad<Avx512>::run, &FmaPeak<Avx512>::gflops};
+                                        &DirectConv<EmulatedBf16Pairs<Avx512>, uint16_t>::run, &WeightGrad<Avx512>::run,
+                                        &FmaPeak<Avx512>::gflops};
   return kKernels;
 }
 

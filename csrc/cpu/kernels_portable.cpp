@@ -26,7 +26,8 @@ namespace miniplaces_ext::cpu {
 
 const IsaKernels& portable_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Portable>::run, &WinogradConv<Portable>::run,
-                                        &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &WeightGrad<Portable>::run, &FmaPeak<Portable>::gflops};
+                                        &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &WeightGrad<Portable>::run,
+                                        &FmaPeak<Portable>::gflops};
   return kKernels;
 }
 

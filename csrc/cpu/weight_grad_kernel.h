@@ -17,9 +17,9 @@
 // a chunk's tiles (tap, row block, column block) in tasks of neighbouring
 // tiles whose operands stay in L2 (all of a chunk's dy and x rows do not, at
 // 512 channels); each sum is added by one thread in a fixed order, so results
-// do not depend on the thread count. Sums go
-// to a float32 buffer [kh][kw][rows][columns] (rows: the broadcast operand's
-// channels), which the caller reorders to [Cout, Cin, kh, kw].
+// do not depend on the thread count. Sums go to a float32 buffer
+// [kh][kw][rows][columns] (rows: the broadcast operand's channels), which the
+// caller reorders to [Cout, Cin, kh, kw].
 //
 // Include this header only after <ATen/ATen.h>, <ATen/Parallel.h>, <algorithm>,
 // <array>, <utility> and the vector traits, so that a target pragma around it

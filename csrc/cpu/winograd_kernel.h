@@ -223,7 +223,8 @@ struct WinogradConv {
     });
   }
 
-  // `u` is winograd_transform_weight(weight, kBlock). Returns [N, Cout, Ho, Wo] in `out_format`.
+  // `u` is winograd_transform_weight(weight, kBlock). Writes `out`, float32 [N, Cout, Ho, Wo] with
+  // any strides.
   static void run(const at::Tensor& x_nhwc, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
                   const ConvGeometry& g, const at::Tensor& out) {
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
