@@ -116,6 +116,40 @@ def test_direct_kernel_writes_the_output_in_its_layout(isa, in_channels, layout,
     assert torch.equal(out, me.conv2d(LAYOUTS["channels_last"](x), w, b, stride=2, padding=1))
 
 
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("batch, in_channels, size, out_channels, kernel, stride, padding, dilation, groups", [
+    (3, 16, (11, 9), 32, (3, 3), 2, 1, 1, 1),         # ResNet's 3x3/2: a cache of 4 rows, reused across images
+    (2, 5, (13, 12), 24, (7, 5), (2, 1), (3, 2), (1, 2), 1),  # rows far apart, odd channels
+    (2, 8, (12, 10), 16, (3, 3), 1, 3, 3, 1),          # dilation 3: 8 rows cached
+    (2, 32, (9, 9), 16, (1, 1), 2, 0, 1, 1),           # a 1x1 layer on the direct kernel
+    (3, 288, (9, 7), 272, (3, 3), 2, 1, 1, 1),         # large weight: a whole image cached, (block, image) tasks
+    (2, 16, (9, 9), 32, (3, 3), 2, 1, 1, 2),           # groups: converted up front
+])
+def test_direct_kernel_reads_the_input_in_any_layout(isa, batch, in_channels, size, out_channels, kernel, stride,
+                                                     padding, dilation, groups, monkeypatch):
+    """The direct kernel reads NCHW and strided inputs by laying out rows as it reaches them
+    (or up front), channels_last ones in place: the same bits from every layout and thread
+    count, within float32's accumulation bound of float64."""
+    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    gen = torch.Generator().manual_seed(in_channels + out_channels)
+    x = torch.randn(batch, in_channels, *size, generator=gen)
+    w = torch.randn(out_channels, in_channels // groups, *kernel, generator=gen)
+    b = torch.randn(out_channels, generator=gen)
+    conf = (stride, padding, dilation, groups)
+    ref = F.conv2d(x.double(), w.double(), b.double(), *conf)
+    abs_ref = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), *conf)
+    expected = me.conv2d(LAYOUTS["channels_last"](x), w, b, *conf)
+    assert_within_accumulation_bound(expected, ref, abs_ref, w[0].numel() + 1, "channels_last")
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for layout in ("nchw", "strided"):
+                assert torch.equal(me.conv2d(LAYOUTS[layout](x), w, b, *conf), expected), (layout, count)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stride, groups", [((2, 3), 1), (1, 1), (2, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -310,8 +310,9 @@ std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy_nhwc, const
   if (static_cast<int64_t>(phases.size()) < g.stride_h * g.stride_w) {
     dx.zero_();  // some phases get no tap
   }
+  const at::Tensor dy = dy_nhwc.permute({0, 3, 1, 2});  // [N, Cout, Ho, Wo] stored NHWC
   for (const Phase& ph : phases) {
-    nhwc_conv2d_out(ph.algo, dy_nhwc, ph.weight, c10::nullopt, ph.t, false,
+    nhwc_conv2d_out(ph.algo, dy, ph.weight, c10::nullopt, ph.t, false,
                     dx.slice(2, ph.u, g.in_h, g.stride_h).slice(3, ph.v, g.in_w, g.stride_w));
   }
   return dx;
@@ -373,10 +374,12 @@ at::Tensor conv2d_forward(
   // Under torch.inference_mode the packed weight is kept for the next call.
   const bool cache_weight = c10::InferenceMode::is_enabled();
   if (const Algo algo = choose_algo(g, dtype, cache_weight); algo != Algo::gemm) {
-    // The bfloat16 pair kernel reads bfloat16; every other kernel float32.
-    const bool pairs = uses_bf16_pairs(g, dtype, algo);
-    const at::Tensor out = nhwc_conv2d(algo, pairs ? nhwc_pixels(input) : nhwc_pixels(input, 1, 1, at::kFloat), weight,
-                                       float_or_none(bias), g, cache_weight, conv_output_memory_format(input));
+    // The bfloat16 pair kernel reads bfloat16; every other kernel float32 (a bfloat16 or float16
+    // input is widened as it is laid out NHWC).
+    const bool as_is = dtype == at::kFloat || uses_bf16_pairs(g, dtype, algo);
+    const at::Tensor x = as_is ? input : nhwc_pixels(input, 1, 1, at::kFloat).permute({0, 3, 1, 2});
+    const at::Tensor out =
+        nhwc_conv2d(algo, x, weight, float_or_none(bias), g, cache_weight, conv_output_memory_format(input));
     return out.to(dtype);
   }
   if (widened_to_float(dtype)) {

@@ -1,6 +1,7 @@
 // CPU feature detection, the MINIPLACES_CPU_ISA / MINIPLACES_CPU_ALGO switches,
 // and the choice of kernel for each call (see cpu_dispatch.h).
 #include "cpu_dispatch.h"
+#include "layout.h"
 #include "packed_weights.h"
 
 #include <ATen/ATen.h>
@@ -227,41 +228,44 @@ void check_output(const at::Tensor& out, const ConvGeometry& g) {
               "] output, got ", out.scalar_type(), " ", out.sizes());
 }
 
-void nhwc_conv2d_out(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                     const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
-                     const at::Tensor& out) {
-  TORCH_CHECK(x_nhwc.is_contiguous(), "NHWC conv kernels: expected a contiguous NHWC input");
+void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     const ConvGeometry& g, bool cache_weight, const at::Tensor& out) {
   TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
               "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
   const Isa isa = chosen_isa();
   const IsaKernels& k = kernels(isa);
-  if (x_nhwc.scalar_type() == at::kBFloat16) {
+  if (x.scalar_type() == at::kBFloat16) {
     TORCH_CHECK(uses_bf16_pairs(g, at::kBFloat16, algo), "NHWC conv kernels: a bfloat16 input needs the pair kernel");
     // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's where it is packed).
     ConvGeometry even = g;
     even.in_channels += g.in_channels % 2;
-    const at::Tensor x = even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1});
+    const at::Tensor x_nhwc = nhwc_pixels(x);
+    const at::Tensor padded =
+        (even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1})).permute({0, 3, 1, 2});
     const at::Tensor packed = packed_weight_pairs(weight, even, direct_block(isa), cache_weight);
 #if defined(__x86_64__)
     if (isa == Isa::avx512 && has_avx512_bf16()) {
-      avx512_bf16_pairs_direct()(x, packed, bias, even, out);
+      avx512_bf16_pairs_direct()(padded, packed, bias, even, out);
       return;
     }
 #endif
-    k.direct_bf16_pairs_emulated(x, packed, bias, even, out);
+    k.direct_bf16_pairs_emulated(padded, packed, bias, even, out);
     return;
   }
-  TORCH_CHECK(x_nhwc.scalar_type() == at::kFloat, "NHWC conv kernels: expected a float32 or bfloat16 input");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "NHWC conv kernels: expected a float32 or bfloat16 input");
   const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
-  (algo == Algo::winograd ? k.winograd : k.direct)(x_nhwc, packed, bias, g, out);
+  if (algo == Algo::winograd) {
+    k.winograd(nhwc_pixels(x).permute({0, 3, 1, 2}), packed, bias, g, out);
+  } else {
+    k.direct(x, packed, bias, g, out);  // reads any layout
+  }
 }
 
-at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
-                       at::MemoryFormat out_format) {
-  at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
-                             x_nhwc.options().dtype(at::kFloat).memory_format(out_format));
-  nhwc_conv2d_out(algo, x_nhwc, weight, bias, g, cache_weight, out);
+at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       const ConvGeometry& g, bool cache_weight, at::MemoryFormat out_format) {
+  at::Tensor out =
+      at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options().dtype(at::kFloat).memory_format(out_format));
+  nhwc_conv2d_out(algo, x, weight, bias, g, cache_weight, out);
   return out;
 }
 

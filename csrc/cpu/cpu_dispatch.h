@@ -74,15 +74,17 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
 bool direct_fits(const ConvGeometry& g, at::ScalarType dtype);
 
 // out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
-// kernel: no conversion afterwards), of the convolution of the contiguous NHWC
-// input x [N, H, W, C] with weight [Cout, Cg, kh, kw], computed by `algo`
-// (direct or winograd) at the chosen ISA level. x is float32, or bfloat16 for
-// the pair kernel (uses_bf16_pairs; an odd channel count is padded with a zero
-// channel here); bias is float32. With `cache_weight` the packed weight is kept
-// for the next call (packed_weights.h).
-at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
-                       at::MemoryFormat out_format);
+// kernel: no conversion afterwards), of the convolution of the input
+// x [N, C, H, W] with weight [Cout, Cg, kh, kw], computed by `algo` (direct or
+// winograd) at the chosen ISA level. The kernels compute in NHWC: x in any
+// layout is read by the direct kernel through its strides (laid out row by row
+// as it reaches them), converted up front for the others (a channels_last x is
+// read in place by all). x is float32, or bfloat16 for the pair kernel
+// (uses_bf16_pairs; an odd channel count is padded with a zero channel here);
+// bias is float32. With `cache_weight` the packed weight is kept for the next
+// call (packed_weights.h).
+at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       const ConvGeometry& g, bool cache_weight, at::MemoryFormat out_format);
 
 // True when the weight-gradient kernel (no im2col matrix) computes this problem's weight
 // gradient: float32, one group, one of the channel counts a multiple of the register block's
@@ -99,16 +101,16 @@ void check_output(const at::Tensor& out, const ConvGeometry& g);
 
 // Writes the convolution of g (as nhwc_conv2d) into `out`, float32 [N, Cout, Ho, Wo] with any
 // strides (a strided view of a larger tensor, say).
-void nhwc_conv2d_out(Algo algo, const at::Tensor& x_nhwc, const at::Tensor& weight,
-                     const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool cache_weight,
-                     const at::Tensor& out);
+void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     const ConvGeometry& g, bool cache_weight, const at::Tensor& out);
 
 // The kernels of one ISA level (kernels_<level>.cpp), taking the weight packed
 // for them (packed_weights.h). The x86 levels exist only in x86-64 builds and
 // must only be used when the CPU has them.
 struct IsaKernels {
-  // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output).
-  using NhwcConv = void (*)(const at::Tensor& x_nhwc, const at::Tensor& packed_weight,
+  // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output), from x [N, C, H, W]:
+  // any strides for the direct kernels, stored NHWC for Winograd.
+  using NhwcConv = void (*)(const at::Tensor& x, const at::Tensor& packed_weight,
                             const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out);
   NhwcConv direct;
   NhwcConv winograd;

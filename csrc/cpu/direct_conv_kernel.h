@@ -33,6 +33,7 @@
 #pragma once
 
 #include "../conv.h"
+#include "layout.h"
 #include "register_block.h"
 
 #include <ATen/ATen.h>
@@ -55,9 +56,12 @@ struct DirectConv {
   static constexpr int kMaxRows = Vec::kMaxRows;
   // A group's packed weight up to this size is kept in cache across output rows.
   static constexpr int64_t kWeightInCacheBytes = int64_t{2} << 20;
+  // Most bytes of input rows a thread lays out channels innermost and keeps (InputRows).
+  static constexpr int64_t kInputCacheBytes = int64_t{1} << 20;
 
   struct Args {
-    const In* x;          // input [N, H, W, C]
+    const In* x;          // input [N, C, H, W], addressed through x_strides
+    Strides4 x_strides;
     const In* weight;     // packed [groups][blocks][kh][kw][Cg][kBlock] (pairs: [..][Cg/2][kBlock][2])
     const float* bias;    // [Cout] or nullptr
     const In* zeros;      // Cg zeros: what a pixel left or right of the input reads
@@ -74,6 +78,69 @@ struct DirectConv {
     int64_t pixel_stride, channel_stride;
   };
 
+  // The input rows that output rows read, channels innermost: element (iw, c) of input row ih
+  // of image n at row(n, ih)[iw * C + c]. Read in place when the input's channels are innermost
+  // with pixels C apart (NHWC); otherwise each row is laid out when first needed into a
+  // per-thread cache of `slots` rows (slot ih % slots), where it stays in L1/L2 for the
+  // output rows that read it, instead of converting the whole input up front.
+  class InputRows {
+   public:
+    InputRows(const Args& a, int64_t slots)
+        : a_(a), slots_(slots), cache_(slots * a.g.in_w * a.g.in_channels), tags_(slots, -1),
+          rows_(a.g.kernel_h) {}
+
+    // Whether an input with strides s can be read in place.
+    static bool in_place(const Strides4& s, const ConvGeometry& g) {
+      return s.c == 1 && s.w == g.in_channels;
+    }
+
+    // For each kernel row i, the input row that output row oh of image n reads, from group
+    // grp's first channel; nullptr for a row above or below the input (all its taps are zero).
+    const In* const* for_output_row(int64_t grp, int64_t n, int64_t oh) {
+      const ConvGeometry& g = a_.g;
+      const Strides4& s = a_.x_strides;
+      for (int64_t i = 0; i < g.kernel_h; ++i) {
+        const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) {
+          rows_[i] = nullptr;
+          continue;
+        }
+        const In* source = a_.x + n * s.n + ih * s.h;
+        if (slots_ == 0) {
+          rows_[i] = source + grp * g.in_channels_per_group();
+          continue;
+        }
+        const int64_t slot = ih % slots_, tag = n * g.in_h + ih;
+        In* row = cache_.data() + slot * g.in_w * g.in_channels;
+        if (tags_[slot] != tag) {
+          copy_pixels_to_nhwc(source, s.c, s.w, g.in_channels, g.in_w, row);
+          tags_[slot] = tag;
+        }
+        rows_[i] = row + grp * g.in_channels_per_group();
+      }
+      return rows_.data();
+    }
+
+   private:
+    const Args& a_;
+    int64_t slots_;
+    std::vector<In> cache_;
+    std::vector<int64_t> tags_;
+    std::vector<const In*> rows_;
+  };
+
+  // Whether a group's packed weight is too large to stay in cache across output rows.
+  static bool weight_is_large(const ConvGeometry& g, int64_t blocks) {
+    return blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In)) > kWeightInCacheBytes;
+  }
+
+  // Rows of the per-thread input cache: every row of an image when a large weight runs image
+  // by image (below); else the rows of two consecutive output rows.
+  static int64_t cached_input_rows(const ConvGeometry& g, int64_t blocks) {
+    const int64_t two_output_rows = (g.kernel_h - 1) * g.dilation_h + 1 + g.stride_h;
+    return weight_is_large(g, blocks) ? g.in_h : std::min(g.in_h, two_output_rows);
+  }
+
   // How one step of the reduction multiplies (float32 FMAs or bfloat16 pairs).
   using Steps = std::conditional_t<kPairs, Bf16PairSteps<Vec>, Float32Steps<Vec>>;
 
@@ -86,8 +153,9 @@ struct DirectConv {
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
   // the input read zeros; otherwise all columns must be inside.
+  // xrows: InputRows::for_output_row of the output row.
   template <int R, bool kCheckColumns>
-  static void micro_kernel(const Args& a, int64_t grp, int64_t blk, int64_t n, int64_t oh, int64_t ow0,
+  static void micro_kernel(const Args& a, const In* const* xrows, int64_t grp, int64_t blk, int64_t ow0,
                            const RowDestination& d) {
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels_per_group();
@@ -102,11 +170,10 @@ struct DirectConv {
     const bool row_inside = !kCheckColumns ||
         (first_iw >= 0 && first_iw + (g.kernel_w - 1) + (R - 1) * g.stride_w < g.in_w);
     for (int64_t i = 0; i < g.kernel_h; ++i) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-      if (ih < 0 || ih >= g.in_h) {
+      const In* xrow = xrows[i];
+      if (xrow == nullptr) {
         continue;
       }
-      const In* xrow = a.x + (n * g.in_h + ih) * g.in_w * g.in_channels + grp * cg;
       if (row_is_one_run && row_inside) {
         reduce(acc, StridedRows<In>{xrow + first_iw * g.in_channels, pixel_step},
                wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg);
@@ -139,7 +206,7 @@ struct DirectConv {
               a.bias != nullptr ? a.bias + col : nullptr, columns);
   }
 
-  using PixelKernel = void (*)(const Args&, int64_t, int64_t, int64_t, int64_t, int64_t, const RowDestination&);
+  using PixelKernel = void (*)(const Args&, const In* const*, int64_t, int64_t, int64_t, const RowDestination&);
   using KernelTable = std::array<PixelKernel, kMaxRows + 1>;
 
   // Micro-kernels for every pixel count 1..kMaxRows (index 0 unused), so the
@@ -160,12 +227,12 @@ struct DirectConv {
     // A row of output pixels in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5).
     const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
     const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
-    const auto one_row = [&](int64_t grp, int64_t blk, int64_t n, int64_t oh, const RowDestination& d) {
+    const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk, const RowDestination& d) {
       int64_t ow0 = 0;
       for (int64_t run = 0; run < runs; ++run) {
         const int64_t len = run_len + (run < longer_runs ? 1 : 0);
         const bool border = ow0 < lo || ow0 + len > hi;
-        (border ? kBorder : kInterior)[len](a, grp, blk, n, oh, ow0, d);
+        (border ? kBorder : kInterior)[len](a, xrows, grp, blk, ow0, d);
         ow0 += len;
       }
     };
@@ -176,15 +243,28 @@ struct DirectConv {
     };
     // Which operand stays in cache: with a small weight (a group's packed weight
     // within kWeightInCacheBytes) the blocks of one output row run back to back,
-    // so the input rows are read once and the weight stays; otherwise each block
-    // sweeps all rows, so its weight panel stays and the input is re-read.
-    const int64_t group_weight_bytes = a.blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In));
-    if (group_weight_bytes > kWeightInCacheBytes) {
-      at::parallel_for(0, g.groups * a.blocks * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, blk = (t / (g.out_h * g.batch)) % a.blocks;
-          const int64_t grp = t / (g.out_h * g.batch * a.blocks);
-          one_row(grp, blk, n, oh, RowDestination{output_row(grp, n, oh), s.w, s.c});
+    // so the input rows are read once and the weight stays. With a large one,
+    // the tasks are (panel, image) pairs, a panel being one block's weight:
+    // each thread takes a range of panels and runs them image by image, so one
+    // image's input stays in L2 while each panel is reused over the image's
+    // rows and the thread's panels come from L3 (sweeping all images per panel
+    // instead re-read the whole input from memory once per panel).
+    const int64_t slots = InputRows::in_place(a.x_strides, g) ? 0 : cached_input_rows(g, a.blocks);
+    if (weight_is_large(g, a.blocks)) {
+      at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
+        InputRows input(a, slots);
+        const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t panel = first_panel; panel <= last_panel; ++panel) {
+            const int64_t t = panel * g.batch + n;
+            if (t < begin || t >= end) {
+              continue;
+            }
+            const int64_t grp = panel / a.blocks, blk = panel % a.blocks;
+            for (int64_t oh = 0; oh < g.out_h; ++oh) {
+              one_row(input.for_output_row(grp, n, oh), grp, blk, RowDestination{output_row(grp, n, oh), s.w, s.c});
+            }
+          }
         }
       });
       return;
@@ -196,12 +276,14 @@ struct DirectConv {
     const bool buffered = s.c != 1;
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
+      InputRows input(a, slots);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
         float* row = output_row(grp, n, oh);
         const RowDestination d = buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{row, s.w, s.c};
+        const In* const* xrows = input.for_output_row(grp, n, oh);
         for (int64_t blk = 0; blk < a.blocks; ++blk) {
-          one_row(grp, blk, n, oh, d);
+          one_row(xrows, grp, blk, d);
         }
         if (buffered) {
           for (int64_t co = 0; co < coutg; ++co) {
@@ -214,26 +296,35 @@ struct DirectConv {
     });
   }
 
-  // `packed` is pack_direct_weight(weight, g, kBlock) (pairs: pack_direct_weight_pairs), `x_nhwc`
-  // and `packed` float32 (pairs: bfloat16), bias float32. Writes `out`, float32 [N, Cout, Ho, Wo]
-  // with any strides.
-  static void run(const at::Tensor& x_nhwc, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+  // `packed` is pack_direct_weight(weight, g, kBlock) (pairs: pack_direct_weight_pairs), `x`
+  // [N, C, H, W] with any strides, float32 (pairs: bfloat16), bias float32. Writes `out`, float32
+  // [N, Cout, Ho, Wo] with any strides. An input whose channels are not innermost is laid out
+  // row by row as the kernel reaches it (InputRows) where one group spans all channels and the
+  // cached rows fit kInputCacheBytes, else converted to NHWC up front.
+  static void run(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                   const ConvGeometry& g, const at::Tensor& out) {
     const at::ScalarType in_type = kPairs ? at::kBFloat16 : at::kFloat;
-    TORCH_CHECK(x_nhwc.scalar_type() == in_type && packed.scalar_type() == in_type,
-                "direct conv: expected ", in_type, " operands, got ", x_nhwc.scalar_type(), " and ", packed.scalar_type());
+    TORCH_CHECK(x.scalar_type() == in_type && packed.scalar_type() == in_type,
+                "direct conv: expected ", in_type, " operands, got ", x.scalar_type(), " and ", packed.scalar_type());
+    TORCH_CHECK(x.sizes() == at::IntArrayRef({g.batch, g.in_channels, g.in_h, g.in_w}),
+                "direct conv: expected an input of size [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ", g.in_w,
+                "], got ", x.sizes());
     TORCH_CHECK(!kPairs || g.in_channels_per_group() % 2 == 0, "direct conv: bfloat16 pairs need an even channel count");
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
     TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     check_output(out, g);
-    if (out.numel() > 0) {
-      const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x_nhwc.options());
-      rows(Args{static_cast<const In*>(x_nhwc.const_data_ptr()), static_cast<const In*>(packed.const_data_ptr()),
-                b.defined() ? b.const_data_ptr<float>() : nullptr, static_cast<const In*>(zeros.const_data_ptr()),
-                out.mutable_data_ptr<float>(), strides_of(out), g,
-                blocks});
+    if (out.numel() == 0) {
+      return;
     }
+    const int64_t cache_bytes = cached_input_rows(g, blocks) * g.in_w * g.in_channels * static_cast<int64_t>(sizeof(In));
+    const bool row_by_row = g.groups == 1 && cache_bytes <= kInputCacheBytes;
+    const at::Tensor input = InputRows::in_place(strides_of(x), g) || row_by_row ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
+    const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x.options());
+    rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
+              static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
+              static_cast<const In*>(zeros.const_data_ptr()), out.mutable_data_ptr<float>(), strides_of(out), g,
+              blocks});
   }
 };
 

@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include "cpu_dispatch.h"  // and conv.h: their inline functions compiled for the baseline
+#include "layout.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "layout.h"
 #include "vec_portable.h"
 #include "vec_bf16_pairs.h"
 #include "direct_conv_kernel.h"

@@ -13,43 +13,48 @@ namespace miniplaces_ext::cpu {
 namespace {
 
 // dst[n, c, h, w] = src[n, c, h, w] for n < N, c < C, h < H, w < W, each side
-// addressed through its own strides. Rows (n, h) are split over torch's
-// threads; within a row, 16 x 16 tiles of (w, c) keep the 16 cache lines
-// read and the 16 written in L1 whichever side has channels innermost (and
-// when both have, each pixel's channels are one contiguous copy).
+// addressed through its own strides, rows (n, h) split over torch's threads.
 // Without a change of dtype, values are moved as opaque words of their size
 // (Src = Dst), so one instantiation per element size serves every dtype; a
 // change of dtype (bfloat16 or float16 to float32) converts each value.
+// One row: dst_row[c * d.c + w * d.w] = src_row[c * s.c + w * s.w] for c < C, w < W, in
+// 16 x 16 tiles of (w, c), so that the 16 cache lines read and the 16 written stay in L1
+// whichever side has channels innermost (and when both have, each pixel's channels are one
+// contiguous copy).
+template <typename Src, typename Dst>
+void copy_row_tiled(const Src* src_row, int64_t s_c, int64_t s_w, Dst* dst_row, int64_t d_c, int64_t d_w, int64_t C,
+                    int64_t W) {
+  constexpr int64_t kTile = 16;
+  if (s_c == 1 && d_c == 1) {  // channels innermost on both sides: one run per pixel
+    for (int64_t w = 0; w < W; ++w) {
+      const Src* from = src_row + w * s_w;
+      Dst* to = dst_row + w * d_w;
+      for (int64_t c = 0; c < C; ++c) {
+        to[c] = static_cast<Dst>(from[c]);
+      }
+    }
+    return;
+  }
+  for (int64_t w0 = 0; w0 < W; w0 += kTile) {
+    const int64_t w1 = std::min(W, w0 + kTile);
+    for (int64_t c0 = 0; c0 < C; c0 += kTile) {
+      const int64_t c1 = std::min(C, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t w = w0; w < w1; ++w) {
+          dst_row[c * d_c + w * d_w] = static_cast<Dst>(src_row[c * s_c + w * s_w]);
+        }
+      }
+    }
+  }
+}
+
 template <typename Src, typename Dst>
 void copy_tiled(const Src* src, const Strides4& s, Dst* dst, const Strides4& d, int64_t N, int64_t C, int64_t H,
                 int64_t W) {
-  constexpr int64_t kTile = 16;
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
-      const Src* src_row = src + n * s.n + h * s.h;
-      Dst* dst_row = dst + n * d.n + h * d.h;
-      if (s.c == 1 && d.c == 1) {  // channels innermost on both sides: one run per pixel
-        for (int64_t w = 0; w < W; ++w) {
-          const Src* from = src_row + w * s.w;
-          Dst* to = dst_row + w * d.w;
-          for (int64_t c = 0; c < C; ++c) {
-            to[c] = static_cast<Dst>(from[c]);
-          }
-        }
-        continue;
-      }
-      for (int64_t w0 = 0; w0 < W; w0 += kTile) {
-        const int64_t w1 = std::min(W, w0 + kTile);
-        for (int64_t c0 = 0; c0 < C; c0 += kTile) {
-          const int64_t c1 = std::min(C, c0 + kTile);
-          for (int64_t c = c0; c < c1; ++c) {
-            for (int64_t w = w0; w < w1; ++w) {
-              dst_row[c * d.c + w * d.w] = static_cast<Dst>(src_row[c * s.c + w * s.w]);
-            }
-          }
-        }
-      }
+      copy_row_tiled(src + n * s.n + h * s.h, s.c, s.w, dst + n * d.n + h * d.h, d.c, d.w, C, W);
     }
   });
 }
@@ -85,6 +90,14 @@ void copy_box(const at::Tensor& src, const Strides4& s, at::Tensor& dst, const S
 }
 
 } // namespace
+
+template <typename T>
+void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t channels,
+                         int64_t pixels, T* dst) {
+  copy_row_tiled(src, channel_stride, pixel_stride, dst, int64_t{1}, channels, channels, pixels);
+}
+template void copy_pixels_to_nhwc(const float*, int64_t, int64_t, int64_t, int64_t, float*);
+template void copy_pixels_to_nhwc(const uint16_t*, int64_t, int64_t, int64_t, int64_t, uint16_t*);
 
 at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h, int64_t step_w, std::optional<at::ScalarType> dtype) {
   TORCH_CHECK(x.dim() == 4 && step_h >= 1 && step_w >= 1, "nhwc_pixels: expected a 4-D tensor and steps >= 1");

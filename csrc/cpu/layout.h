@@ -24,6 +24,14 @@ namespace miniplaces_ext::cpu {
 at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h = 1, int64_t step_w = 1,
                        std::optional<at::ScalarType> dtype = std::nullopt);
 
+// dst[p * channels + c] = src[c * channel_stride + p * pixel_stride] for p < pixels,
+// c < channels: one image row laid out channels innermost, copied in tiles as
+// above. For kernels that lay out their input row by row as they reach it
+// (direct_conv_kernel.h); T is float or uint16_t (the bits of bfloat16).
+template <typename T>
+void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t channels,
+                         int64_t pixels, T* dst);
+
 // The NHWC result y [N, H, W, C] as an NCHW-shaped tensor [N, C, H, W] in
 // `format`: a view for channels_last, a tiled copy for contiguous.
 at::Tensor nchw_from_nhwc(const at::Tensor& y, at::MemoryFormat format);

@@ -223,11 +223,15 @@ struct WinogradConv {
     });
   }
 
-  // `u` is winograd_transform_weight(weight, kBlock). Writes `out`, float32 [N, Cout, Ho, Wo] with
-  // any strides.
-  static void run(const at::Tensor& x_nhwc, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
+  // `u` is winograd_transform_weight(weight, kBlock), `x` float32 [N, C, H, W] stored NHWC
+  // (channels_last, contiguous). Writes `out`, float32 [N, Cout, Ho, Wo] with any strides.
+  static void run(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
                   const ConvGeometry& g, const at::Tensor& out) {
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
+    const at::Tensor x_nhwc = x.permute({0, 2, 3, 1});
+    TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.sizes() == at::IntArrayRef({g.batch, g.in_h, g.in_w, g.in_channels}),
+                "Winograd: expected a float32 [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ", g.in_w,
+                "] input stored NHWC, got ", x.sizes(), " with strides ", x.strides());
     const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
     TORCH_CHECK(u.numel() == kPoints * blocks * kBlock * g.in_channels, "Winograd: transformed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
