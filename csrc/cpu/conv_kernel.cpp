@@ -290,14 +290,10 @@ std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy_nhwc, const
       t.pad_w = tw.pad;
       t.dilation_h = th.dilation;
       t.dilation_w = tw.dilation;
-      // A phase of a strided layer writes a strided view of dx: a 1x1 phase there has no GEMM
-      // form, so it takes the direct kernel where that fits. (With stride 1, a 1x1 layer's
-      // grad_input stays one GEMM, below.)
-      Algo algo = choose_algo(t, dy_nhwc.scalar_type(), false);
+      // A phase of a strided layer writes a strided view of dx, which a 1x1 phase's GEMM cannot.
+      // (With stride 1, a 1x1 layer's grad_input stays one GEMM, below.)
       const bool strided = g.stride_h > 1 || g.stride_w > 1;
-      if (algo == Algo::gemm && strided && t.samples_pixels() && direct_fits(t, dy_nhwc.scalar_type())) {
-        algo = Algo::direct;
-      }
+      const Algo algo = choose_algo(t, dy_nhwc.scalar_type(), false, /*gemm_form=*/!strided);
       if (algo == Algo::gemm) {
         return std::nullopt;
       }

@@ -151,7 +151,20 @@ bool winograd_applies(const ConvGeometry& g) {
       g.dilation_w == 1 && g.groups == 1;
 }
 
-Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached) {
+namespace {
+
+// True when `auto` may run this problem on the direct kernel: float32 (or bfloat16 / float16,
+// widened), not MINIPLACES_CPU_ALGO=gemm, not the portable level, and enough output channels per
+// group to fill half its register block.
+bool direct_fits(const ConvGeometry& g, at::ScalarType dtype, Isa isa, Algo asked) {
+  const bool float_kernels = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  return float_kernels && asked != Algo::gemm && isa != Isa::portable &&
+      g.out_channels_per_group() >= direct_block(isa) / 2;
+}
+
+} // namespace
+
+Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached, bool gemm_form) {
   const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
   const Algo asked = chosen_algo();
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
@@ -167,18 +180,10 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
       return Algo::winograd;
     }
   }
-  if (g.samples_pixels() && asked == Algo::automatic) {
+  if (g.samples_pixels() && asked == Algo::automatic && gemm_form) {
     return Algo::gemm;  // a 1x1 layer is one GEMM over the sampled pixels, no im2col
   }
-  return direct_fits(g, dtype) ? Algo::direct : Algo::gemm;
-}
-
-bool direct_fits(const ConvGeometry& g, at::ScalarType dtype) {
-  const Isa isa = chosen_isa();
-  const Algo asked = chosen_algo();
-  const bool float_kernels = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
-  return float_kernels && asked != Algo::gemm && isa != Isa::portable &&
-      g.out_channels_per_group() >= direct_block(isa) / 2;
+  return direct_fits(g, dtype, isa, asked) ? Algo::direct : Algo::gemm;
 }
 
 namespace {

@@ -61,17 +61,14 @@ bool winograd_applies(const ConvGeometry& g);
 //  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
 //    where it applies, else what `auto` picks;
 //  - auto: Winograd for 3x3 stride-1 layers with enough tiles to repay the
-//    weight transform (fewer when `weight_cached`: the transform is kept); gemm for 1x1 layers without padding (a GEMM over the sampled
-//    pixels); the direct kernel where its register block is filled; else gemm.
-//    The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
-Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached);
-
-// True when `auto` may run this problem on the direct kernel: float32 (or
-// bfloat16 / float16, widened), not MINIPLACES_CPU_ALGO=gemm, not the portable
-// level, and enough output channels per group to fill half its register block.
-// (choose_algo prefers a GEMM for 1x1 layers; a caller with no GEMM form of the
-// problem asks this.)
-bool direct_fits(const ConvGeometry& g, at::ScalarType dtype);
+//    weight transform (fewer when `weight_cached`: the transform is kept);
+//    gemm for 1x1 layers without padding (a GEMM over the sampled pixels)
+//    when `gemm_form` (false when the result goes to a strided view, which
+//    that GEMM cannot write: a phase of a strided layer's grad_input); the
+//    direct kernel where its register block is at least half filled; else
+//    gemm. The portable level (4-wide vectors, no FMA on baseline x86-64)
+//    takes gemm.
+Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached, bool gemm_form = true);
 
 // out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
 // kernel: no conversion afterwards), of the convolution of the input
