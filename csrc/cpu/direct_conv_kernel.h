@@ -23,10 +23,11 @@
 // One register block (register_block.h) computes R <= kMaxRows consecutive
 // output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
 // Work is split over output rows (and channel blocks when the weight is
-// large), ordered so that the smaller operand stays in cache; the output is
-// written through its strides (NHWC or NCHW, no conversion afterwards). Each
-// output element is written by one thread, so results do not depend on the
-// thread count.
+// large), ordered so that the smaller operand stays in cache. The input is
+// read in place when it is NHWC, else laid out row by row as each thread
+// reaches it (InputRows); the output is written through its strides (NHWC or
+// NCHW, no conversion afterwards). Each output element is written by one
+// thread, so results do not depend on the thread count.
 //
 // Include this header only after <ATen/ATen.h>, <ATen/Parallel.h>, <algorithm>
 // and the vector traits, so that a target pragma around it applies to this code alone.
