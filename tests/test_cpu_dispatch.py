@@ -140,6 +140,11 @@ def test_direct_kernel_reads_the_input_in_any_layout(isa, batch, in_channels, si
     abs_ref = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), *conf)
     expected = me.conv2d(LAYOUTS["channels_last"](x), w, b, *conf)
     assert_within_accumulation_bound(expected, ref, abs_ref, w[0].numel() + 1, "channels_last")
+    assert_same_bits_from_every_layout(x, w, b, conf, expected)
+
+
+def assert_same_bits_from_every_layout(x, w, b, conf, expected):
+    """me.conv2d of x in NCHW and in a strided layout, on 1, 2 and 3 threads, equals `expected`."""
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
@@ -148,6 +153,28 @@ def test_direct_kernel_reads_the_input_in_any_layout(isa, batch, in_channels, si
                 assert torch.equal(me.conv2d(LAYOUTS[layout](x), w, b, *conf), expected), (layout, count)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("batch, in_channels, size, out_channels, padding", [
+    (3, 16, (11, 9), 32, 1),   # tiles of one image's rows, then the next image's: a cache of 10 rows
+    (2, 5, (14, 3), 24, 0),    # narrower than a tile, odd channels, no padding
+    (2, 8, (6, 22), 16, 2),    # one tile row per image (the cache holds all 6 rows)
+])
+def test_winograd_reads_the_input_in_any_layout(isa, batch, in_channels, size, out_channels, padding, monkeypatch):
+    """Winograd lays out NCHW and strided inputs row by row as its tiles reach them and reads
+    channels_last ones in place: the same bits from every layout and thread count."""
+    use_cpu_kernel(monkeypatch, (isa, "winograd"))
+    gen = torch.Generator().manual_seed(in_channels + out_channels)
+    x = torch.randn(batch, in_channels, *size, generator=gen)
+    w = torch.randn(out_channels, in_channels, 3, 3, generator=gen) / (3 * in_channels ** 0.5)
+    b = torch.randn(out_channels, generator=gen)
+    conf = (1, padding, 1, 1)
+    assert me.cpu_conv_algorithm(x, w, 1, padding) == "winograd"
+    expected = me.conv2d(LAYOUTS["channels_last"](x), w, b, *conf)
+    torch.testing.assert_close(expected.double(), F.conv2d(x.double(), w.double(), b.double(), *conf),
+                               rtol=1e-4, atol=1e-4)
+    assert_same_bits_from_every_layout(x, w, b, conf, expected)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -259,11 +259,7 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
   }
   TORCH_CHECK(x.scalar_type() == at::kFloat, "NHWC conv kernels: expected a float32 or bfloat16 input");
   const at::Tensor packed = packed_weight(algo, weight, g, direct_block(isa), cache_weight);
-  if (algo == Algo::winograd) {
-    k.winograd(nhwc_pixels(x).permute({0, 3, 1, 2}), packed, bias, g, out);
-  } else {
-    k.direct(x, packed, bias, g, out);  // reads any layout
-  }
+  (algo == Algo::winograd ? k.winograd : k.direct)(x, packed, bias, g, out);  // both read any layout
 }
 
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

@@ -73,11 +73,11 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
 // out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
 // kernel: no conversion afterwards), of the convolution of the input
 // x [N, C, H, W] with weight [Cout, Cg, kh, kw], computed by `algo` (direct or
-// winograd) at the chosen ISA level. The kernels compute in NHWC: x in any
-// layout is read by the direct kernel through its strides (laid out row by row
-// as it reaches them), converted up front for the others (a channels_last x is
-// read in place by all). x is float32, or bfloat16 for the pair kernel
-// (uses_bf16_pairs; an odd channel count is padded with a zero channel here);
+// winograd) at the chosen ISA level. The kernels compute in NHWC: a
+// channels_last x is read in place, any other layout through its strides,
+// its rows laid out NHWC as the kernel reaches them (input_rows.h). x is
+// float32, or bfloat16 for the pair kernel (uses_bf16_pairs; converted to
+// NHWC here, an odd channel count padded with a zero channel);
 // bias is float32. With `cache_weight` the packed weight is kept for the next
 // call (packed_weights.h).
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -105,8 +105,8 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
 // for them (packed_weights.h). The x86 levels exist only in x86-64 builds and
 // must only be used when the CPU has them.
 struct IsaKernels {
-  // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output), from x [N, C, H, W]:
-  // any strides for the direct kernels, stored NHWC for Winograd.
+  // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output), from x [N, C, H, W]
+  // with any strides.
   using NhwcConv = void (*)(const at::Tensor& x, const at::Tensor& packed_weight,
                             const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out);
   NhwcConv direct;

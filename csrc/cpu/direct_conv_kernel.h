@@ -34,6 +34,7 @@
 #pragma once
 
 #include "../conv.h"
+#include "input_rows.h"
 #include "layout.h"
 #include "register_block.h"
 
@@ -57,8 +58,6 @@ struct DirectConv {
   static constexpr int kMaxRows = Vec::kMaxRows;
   // A group's packed weight up to this size is kept in cache across output rows.
   static constexpr int64_t kWeightInCacheBytes = int64_t{2} << 20;
-  // Most bytes of input rows a thread lays out channels innermost and keeps (InputRows).
-  static constexpr int64_t kInputCacheBytes = int64_t{1} << 20;
 
   struct Args {
     const In* x;          // input [N, C, H, W], addressed through x_strides
@@ -77,57 +76,6 @@ struct DirectConv {
   struct RowDestination {
     float* row;
     int64_t pixel_stride, channel_stride;
-  };
-
-  // The input rows that output rows read, channels innermost: element (iw, c) of input row ih
-  // of image n at row(n, ih)[iw * C + c]. Read in place when the input's channels are innermost
-  // with pixels C apart (NHWC); otherwise each row is laid out when first needed into a
-  // per-thread cache of `slots` rows (slot ih % slots), where it stays in L1/L2 for the
-  // output rows that read it, instead of converting the whole input up front.
-  class InputRows {
-   public:
-    InputRows(const Args& a, int64_t slots)
-        : a_(a), slots_(slots), cache_(slots * a.g.in_w * a.g.in_channels), tags_(slots, -1),
-          rows_(a.g.kernel_h) {}
-
-    // Whether an input with strides s can be read in place.
-    static bool in_place(const Strides4& s, const ConvGeometry& g) {
-      return s.c == 1 && s.w == g.in_channels;
-    }
-
-    // For each kernel row i, the input row that output row oh of image n reads, from group
-    // grp's first channel; nullptr for a row above or below the input (all its taps are zero).
-    const In* const* for_output_row(int64_t grp, int64_t n, int64_t oh) {
-      const ConvGeometry& g = a_.g;
-      const Strides4& s = a_.x_strides;
-      for (int64_t i = 0; i < g.kernel_h; ++i) {
-        const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-        if (ih < 0 || ih >= g.in_h) {
-          rows_[i] = nullptr;
-          continue;
-        }
-        const In* source = a_.x + n * s.n + ih * s.h;
-        if (slots_ == 0) {
-          rows_[i] = source + grp * g.in_channels_per_group();
-          continue;
-        }
-        const int64_t slot = ih % slots_, tag = n * g.in_h + ih;
-        In* row = cache_.data() + slot * g.in_w * g.in_channels;
-        if (tags_[slot] != tag) {
-          copy_pixels_to_nhwc(source, s.c, s.w, g.in_channels, g.in_w, row);
-          tags_[slot] = tag;
-        }
-        rows_[i] = row + grp * g.in_channels_per_group();
-      }
-      return rows_.data();
-    }
-
-   private:
-    const Args& a_;
-    int64_t slots_;
-    std::vector<In> cache_;
-    std::vector<int64_t> tags_;
-    std::vector<const In*> rows_;
   };
 
   // Whether a group's packed weight is too large to stay in cache across output rows.
@@ -154,7 +102,8 @@ struct DirectConv {
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
   // the input read zeros; otherwise all columns must be inside.
-  // xrows: InputRows::for_output_row of the output row.
+  // xrows: the kernel rows' input rows of the output row, from the group's first channel
+  // (InputRows::rows).
   template <int R, bool kCheckColumns>
   static void micro_kernel(const Args& a, const In* const* xrows, int64_t grp, int64_t blk, int64_t ow0,
                            const RowDestination& d) {
@@ -250,10 +199,13 @@ struct DirectConv {
     // image's input stays in L2 while each panel is reused over the image's
     // rows and the thread's panels come from L3 (sweeping all images per panel
     // instead re-read the whole input from memory once per panel).
-    const int64_t slots = InputRows::in_place(a.x_strides, g) ? 0 : cached_input_rows(g, a.blocks);
+    const int64_t slots = InputRows<In>::in_place(a.x_strides, g) ? 0 : cached_input_rows(g, a.blocks);
+    const auto input_rows = [&](InputRows<In>& input, int64_t grp, int64_t n, int64_t oh) {
+      return input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, grp * g.in_channels_per_group());
+    };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
-        InputRows input(a, slots);
+        InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t panel = first_panel; panel <= last_panel; ++panel) {
@@ -263,7 +215,7 @@ struct DirectConv {
             }
             const int64_t grp = panel / a.blocks, blk = panel % a.blocks;
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              one_row(input.for_output_row(grp, n, oh), grp, blk, RowDestination{output_row(grp, n, oh), s.w, s.c});
+              one_row(input_rows(input, grp, n, oh), grp, blk, RowDestination{output_row(grp, n, oh), s.w, s.c});
             }
           }
         }
@@ -277,12 +229,12 @@ struct DirectConv {
     const bool buffered = s.c != 1;
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
-      InputRows input(a, slots);
+      InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
         float* row = output_row(grp, n, oh);
         const RowDestination d = buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{row, s.w, s.c};
-        const In* const* xrows = input.for_output_row(grp, n, oh);
+        const In* const* xrows = input_rows(input, grp, n, oh);
         for (int64_t blk = 0; blk < a.blocks; ++blk) {
           one_row(xrows, grp, blk, d);
         }
@@ -301,7 +253,7 @@ struct DirectConv {
   // [N, C, H, W] with any strides, float32 (pairs: bfloat16), bias float32. Writes `out`, float32
   // [N, Cout, Ho, Wo] with any strides. An input whose channels are not innermost is laid out
   // row by row as the kernel reaches it (InputRows) where one group spans all channels and the
-  // cached rows fit kInputCacheBytes, else converted to NHWC up front.
+  // cached rows fit kInputRowCacheBytes, else converted to NHWC up front.
   static void run(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                   const ConvGeometry& g, const at::Tensor& out) {
     const at::ScalarType in_type = kPairs ? at::kBFloat16 : at::kFloat;
@@ -318,9 +270,10 @@ struct DirectConv {
     if (out.numel() == 0) {
       return;
     }
-    const int64_t cache_bytes = cached_input_rows(g, blocks) * g.in_w * g.in_channels * static_cast<int64_t>(sizeof(In));
-    const bool row_by_row = g.groups == 1 && cache_bytes <= kInputCacheBytes;
-    const at::Tensor input = InputRows::in_place(strides_of(x), g) || row_by_row ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
+    const bool row_by_row =
+        g.groups == 1 && InputRows<In>::cache_bytes(g, cached_input_rows(g, blocks)) <= kInputRowCacheBytes;
+    const at::Tensor input =
+        InputRows<In>::in_place(strides_of(x), g) || row_by_row ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
     const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x.options());
     rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,

@@ -28,6 +28,7 @@
 
 #include "../conv.h"
 #include "cpu_dispatch.h"
+#include "input_rows.h"
 #include "register_block.h"
 
 #include <ATen/ATen.h>
@@ -53,7 +54,8 @@ struct WinogradConv {
   static constexpr int64_t kTilesPerBlock = 4 * kMaxRows;
 
   struct Args {
-    const float* x;     // input [N, H, W, Cin]
+    const float* x;     // input [N, Cin, H, W], addressed through x_strides
+    Strides4 x_strides;
     const float* u;     // transformed weight [36][blocks][Cin][kBlock]
     const float* bias;  // [Cout] or nullptr
     float* out;         // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
@@ -93,20 +95,20 @@ struct WinogradConv {
     y[3] = Vec::add(Vec::fma(Vec::broadcast(8.f), d34, d12), m[5]);
   }
 
-  // Writes B^T d B of tile `tile`, channels [c0, c0 + lanes), to v[xi * v_stride].
-  static void transform_input(const Args& a, int64_t tile, int64_t c0, int lanes, float* v, int64_t v_stride) {
+  // Writes B^T d B of tile `tile`, channels [c0, c0 + lanes), to v[xi * v_stride]; `rows` are
+  // the tile's six input rows (InputRows::rows, nullptr outside the input).
+  static void transform_input(const Args& a, const float* const* rows, int64_t tile, int64_t c0, int lanes, float* v,
+                              int64_t v_stride) {
     const ConvGeometry& g = a.g;
-    const auto [n, th, tw] = tile_position(a, tile);
-    const int64_t ih0 = th * kOut - g.pad_h, iw0 = tw * kOut - g.pad_w;
+    const int64_t iw0 = tile_position(a, tile)[2] * kOut - g.pad_w;
     Reg d[kIn][kIn];
     for (int i = 0; i < kIn; ++i) {
-      const int64_t ih = ih0 + i;
       for (int j = 0; j < kIn; ++j) {
         const int64_t iw = iw0 + j;
-        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) {
+        if (rows[i] == nullptr || iw < 0 || iw >= g.in_w) {
           d[i][j] = Vec::zero();
         } else {
-          const float* p = a.x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_channels + c0;
+          const float* p = rows[i] + iw * g.in_channels + c0;
           d[i][j] = lanes == kLanes ? Vec::load(p) : Vec::load_partial(p, lanes);
         }
       }
@@ -193,12 +195,15 @@ struct WinogradConv {
       // V[xi][tile][Cin] and M[xi][tile][Cout padded] of one block of tiles.
       std::vector<float> v(kPoints * kTilesPerBlock * cin);
       std::vector<float> m(kPoints * kTilesPerBlock * cout_padded);
+      InputRows<float> input(a.x, a.x_strides, g, input_row_slots(a.x_strides, g), kIn);
       for (int64_t tb = begin; tb < end; ++tb) {
         const int64_t tile0 = tb * kTilesPerBlock;
         const int64_t count = std::min(kTilesPerBlock, tiles - tile0);
         for (int64_t t = 0; t < count; ++t) {
+          const auto [n, th, tw] = tile_position(a, tile0 + t);
+          const float* const* rows = input.rows(n, th * kOut - g.pad_h, 1, kIn, 0);
           for (int64_t c0 = 0; c0 < cin; c0 += kLanes) {
-            transform_input(a, tile0 + t, c0, static_cast<int>(std::min<int64_t>(kLanes, cin - c0)),
+            transform_input(a, rows, tile0 + t, c0, static_cast<int>(std::min<int64_t>(kLanes, cin - c0)),
                             v.data() + t * cin + c0, kTilesPerBlock * cin);
           }
         }
@@ -223,21 +228,30 @@ struct WinogradConv {
     });
   }
 
-  // `u` is winograd_transform_weight(weight, kBlock), `x` float32 [N, C, H, W] stored NHWC
-  // (channels_last, contiguous). Writes `out`, float32 [N, Cout, Ho, Wo] with any strides.
+  // Rows of a thread's input cache (InputRows): 0 to read in place, else the rows of two
+  // consecutive tile rows (tiles run row by row).
+  static int64_t input_row_slots(const Strides4& s, const ConvGeometry& g) {
+    return InputRows<float>::in_place(s, g) ? 0 : std::min<int64_t>(g.in_h, kIn + kOut);
+  }
+
+  // `u` is winograd_transform_weight(weight, kBlock), `x` float32 [N, C, H, W] with any strides
+  // (laid out row by row as tiles reach them, or converted up front when those rows exceed
+  // kInputRowCacheBytes). Writes `out`, float32 [N, Cout, Ho, Wo] with any strides.
   static void run(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
                   const ConvGeometry& g, const at::Tensor& out) {
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
-    const at::Tensor x_nhwc = x.permute({0, 2, 3, 1});
-    TORCH_CHECK(x_nhwc.is_contiguous() && x_nhwc.sizes() == at::IntArrayRef({g.batch, g.in_h, g.in_w, g.in_channels}),
-                "Winograd: expected a float32 [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ", g.in_w,
-                "] input stored NHWC, got ", x.sizes(), " with strides ", x.strides());
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == at::IntArrayRef({g.batch, g.in_channels, g.in_h, g.in_w}),
+                "Winograd: expected a float32 input of size [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ",
+                g.in_w, "], got ", x.scalar_type(), " ", x.sizes());
+    const bool row_by_row =
+        InputRows<float>::cache_bytes(g, input_row_slots(strides_of(x), g)) <= kInputRowCacheBytes;
+    const at::Tensor input = row_by_row ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
     const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
     TORCH_CHECK(u.numel() == kPoints * blocks * kBlock * g.in_channels, "Winograd: transformed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     check_output(out, g);
     if (out.numel() > 0) {
-      tile_blocks(Args{x_nhwc.const_data_ptr<float>(), u.const_data_ptr<float>(),
+      tile_blocks(Args{input.const_data_ptr<float>(), strides_of(input), u.const_data_ptr<float>(),
                        b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
                        strides_of(out), g, blocks,
                        (g.out_h + kOut - 1) / kOut, (g.out_w + kOut - 1) / kOut});

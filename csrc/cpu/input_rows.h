@@ -1,0 +1,83 @@
+// The input rows a CPU kernel reads, channels innermost, whatever the input's
+// layout: read in place when the input is NHWC (channels innermost, pixels C
+// apart), otherwise laid out row by row as a thread first needs them into a
+// small cache of its own, where they stay in L1/L2 while the kernel reuses
+// them. The NCHW input is then read once from memory and never written back
+// as a whole NHWC copy (which cost a quarter of a 3x3/2 layer's time here).
+//
+// Include only after <ATen/ATen.h> and <vector>, inside the target pragma of
+// the kernel that uses it: the class lives in an unnamed namespace, so each
+// ISA's file gets its own copy compiled for its own target.
+#pragma once
+
+#include "../conv.h"
+#include "layout.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace miniplaces_ext::cpu {
+namespace {
+
+// Most bytes of input rows a thread lays out and keeps; a kernel that would need more
+// converts its input up front instead.
+constexpr int64_t kInputRowCacheBytes = int64_t{1} << 20;
+
+template <typename In>
+class InputRows {
+ public:
+  // x: input [N, C, H, W] of g, addressed through strides s. slots: rows kept (slot ih % slots),
+  // 0 to read in place (in_place(s, g) must hold); the rows a caller asks for at once must lie
+  // within `slots` consecutive rows. max_rows: the most rows asked for at once.
+  InputRows(const In* x, const Strides4& s, const ConvGeometry& g, int64_t slots, int64_t max_rows)
+      : x_(x), s_(s), g_(g), slots_(slots), cache_(slots * g.in_w * g.in_channels), tags_(slots, -1),
+        rows_(max_rows) {}
+
+  // Whether an input with strides s can be read in place.
+  static bool in_place(const Strides4& s, const ConvGeometry& g) {
+    return s.c == 1 && s.w == g.in_channels;
+  }
+
+  // Bytes a thread keeps with `slots` rows.
+  static int64_t cache_bytes(const ConvGeometry& g, int64_t slots) {
+    return slots * g.in_w * g.in_channels * static_cast<int64_t>(sizeof(In));
+  }
+
+  // Rows ih = first + i * step (i < count) of image n, each [W][C] channels innermost, from
+  // channel `channel0`: element (iw, c) at rows[i][iw * C + c]; nullptr for a row above or below
+  // the input (all its taps are zero).
+  const In* const* rows(int64_t n, int64_t first, int64_t step, int64_t count, int64_t channel0) {
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t ih = first + i * step;
+      if (ih < 0 || ih >= g_.in_h) {
+        rows_[i] = nullptr;
+        continue;
+      }
+      const In* source = x_ + n * s_.n + ih * s_.h;
+      if (slots_ == 0) {
+        rows_[i] = source + channel0;
+        continue;
+      }
+      const int64_t slot = ih % slots_, tag = n * g_.in_h + ih;
+      In* row = cache_.data() + slot * g_.in_w * g_.in_channels;
+      if (tags_[slot] != tag) {
+        copy_pixels_to_nhwc(source, s_.c, s_.w, g_.in_channels, g_.in_w, row);
+        tags_[slot] = tag;
+      }
+      rows_[i] = row + channel0;
+    }
+    return rows_.data();
+  }
+
+ private:
+  const In* x_;
+  Strides4 s_;
+  const ConvGeometry& g_;
+  int64_t slots_;
+  std::vector<In> cache_;
+  std::vector<int64_t> tags_;
+  std::vector<const In*> rows_;
+};
+
+} // namespace
+} // namespace miniplaces_ext::cpu
