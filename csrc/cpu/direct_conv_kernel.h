@@ -270,10 +270,9 @@ struct DirectConv {
     if (out.numel() == 0) {
       return;
     }
-    const bool row_by_row =
-        g.groups == 1 && InputRows<In>::cache_bytes(g, cached_input_rows(g, blocks)) <= kInputRowCacheBytes;
-    const at::Tensor input =
-        InputRows<In>::in_place(strides_of(x), g) || row_by_row ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
+    // Rows are laid out per thread only when one group spans all channels (else each group's
+    // pass would lay out every channel again).
+    const at::Tensor input = InputRows<In>::readable(x, g, cached_input_rows(g, blocks), g.groups == 1);
     const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x.options());
     rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,

@@ -43,6 +43,14 @@ class InputRows {
     return slots * g.in_w * g.in_channels * static_cast<int64_t>(sizeof(In));
   }
 
+  // The input a kernel reads through InputRows: x itself when it can be read in place, or laid
+  // out row by row (`may_lay_out`) with `slots` rows within kInputRowCacheBytes; else an NHWC
+  // copy of x made up front (viewed [N, C, H, W]), which is read in place.
+  static at::Tensor readable(const at::Tensor& x, const ConvGeometry& g, int64_t slots, bool may_lay_out) {
+    const bool as_is = in_place(strides_of(x), g) || (may_lay_out && cache_bytes(g, slots) <= kInputRowCacheBytes);
+    return as_is ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
+  }
+
   // Rows ih = first + i * step (i < count) of image n, each [W][C] channels innermost, from
   // channel `channel0`: element (iw, c) at rows[i][iw * C + c]; nullptr for a row above or below
   // the input (all its taps are zero).

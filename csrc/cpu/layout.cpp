@@ -12,12 +12,7 @@
 namespace miniplaces_ext::cpu {
 namespace {
 
-// dst[n, c, h, w] = src[n, c, h, w] for n < N, c < C, h < H, w < W, each side
-// addressed through its own strides, rows (n, h) split over torch's threads.
-// Without a change of dtype, values are moved as opaque words of their size
-// (Src = Dst), so one instantiation per element size serves every dtype; a
-// change of dtype (bfloat16 or float16 to float32) converts each value.
-// One row: dst_row[c * d.c + w * d.w] = src_row[c * s.c + w * s.w] for c < C, w < W, in
+// One row: dst_row[c * d_c + w * d_w] = src_row[c * s_c + w * s_w] for c < C, w < W, in
 // 16 x 16 tiles of (w, c), so that the 16 cache lines read and the 16 written stay in L1
 // whichever side has channels innermost (and when both have, each pixel's channels are one
 // contiguous copy).
@@ -48,6 +43,11 @@ void copy_row_tiled(const Src* src_row, int64_t s_c, int64_t s_w, Dst* dst_row, 
   }
 }
 
+// dst[n, c, h, w] = src[n, c, h, w] for n < N, c < C, h < H, w < W, each side
+// addressed through its own strides, rows (n, h) split over torch's threads.
+// Without a change of dtype, values are moved as opaque words of their size
+// (Src = Dst), so one instantiation per element size serves every dtype; a
+// change of dtype (bfloat16 or float16 to float32) converts each value.
 template <typename Src, typename Dst>
 void copy_tiled(const Src* src, const Strides4& s, Dst* dst, const Strides4& d, int64_t N, int64_t C, int64_t H,
                 int64_t W) {

@@ -95,12 +95,11 @@ struct WinogradConv {
     y[3] = Vec::add(Vec::fma(Vec::broadcast(8.f), d34, d12), m[5]);
   }
 
-  // Writes B^T d B of tile `tile`, channels [c0, c0 + lanes), to v[xi * v_stride]; `rows` are
-  // the tile's six input rows (InputRows::rows, nullptr outside the input).
-  static void transform_input(const Args& a, const float* const* rows, int64_t tile, int64_t c0, int lanes, float* v,
+  // Writes B^T d B of one tile, channels [c0, c0 + lanes), to v[xi * v_stride]: `rows` are the
+  // tile's six input rows (InputRows::rows, nullptr outside the input), iw0 its first column.
+  static void transform_input(const Args& a, const float* const* rows, int64_t iw0, int64_t c0, int lanes, float* v,
                               int64_t v_stride) {
     const ConvGeometry& g = a.g;
-    const int64_t iw0 = tile_position(a, tile)[2] * kOut - g.pad_w;
     Reg d[kIn][kIn];
     for (int i = 0; i < kIn; ++i) {
       for (int j = 0; j < kIn; ++j) {
@@ -203,7 +202,7 @@ struct WinogradConv {
           const auto [n, th, tw] = tile_position(a, tile0 + t);
           const float* const* rows = input.rows(n, th * kOut - g.pad_h, 1, kIn, 0);
           for (int64_t c0 = 0; c0 < cin; c0 += kLanes) {
-            transform_input(a, rows, tile0 + t, c0, static_cast<int>(std::min<int64_t>(kLanes, cin - c0)),
+            transform_input(a, rows, tw * kOut - g.pad_w, c0, static_cast<int>(std::min<int64_t>(kLanes, cin - c0)),
                             v.data() + t * cin + c0, kTilesPerBlock * cin);
           }
         }
@@ -243,9 +242,7 @@ struct WinogradConv {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == at::IntArrayRef({g.batch, g.in_channels, g.in_h, g.in_w}),
                 "Winograd: expected a float32 input of size [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ",
                 g.in_w, "], got ", x.scalar_type(), " ", x.sizes());
-    const bool row_by_row =
-        InputRows<float>::cache_bytes(g, input_row_slots(strides_of(x), g)) <= kInputRowCacheBytes;
-    const at::Tensor input = row_by_row ? x : nhwc_pixels(x).permute({0, 3, 1, 2});
+    const at::Tensor input = InputRows<float>::readable(x, g, input_row_slots(strides_of(x), g), true);
     const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
     TORCH_CHECK(u.numel() == kPoints * blocks * kBlock * g.in_channels, "Winograd: transformed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
