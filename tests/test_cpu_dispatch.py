@@ -262,6 +262,57 @@ def test_weight_grad_kernel(isa, layout, in_channels, out_channels, kernel, stri
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, size", [
+    (64, 64, 3, 1, 1, (40, 40)),  # blocks of 48 output rows: boundaries inside images and across them
+    (16, 32, 3, 2, 1, (41, 23)),  # stride 2, odd sizes: rows 4-aligned transposes leave tails
+    (3, 64, 7, 2, 3, (64, 30)),   # the stem's shape: vectors over grad_output, 3 channels (no 4x4 block)
+    (32, 48, 5, 1, 0, (6, 9)),    # no padding: every block's first input row is its first output row's
+])
+@pytest.mark.parametrize("algo", ["direct", "auto"])  # auto: Winograd's grad_input, GEMMs on narrow layers
+def test_backward_reads_grad_output_and_input_in_any_layout(isa, in_channels, out_channels, kernel, stride, padding,
+                                                           size, algo, monkeypatch):
+    """The backward pass reads grad_output and the input in the layout they come in: the
+    weight-gradient kernel lays out blocks of their rows (about 1 MiB at a time), grad_input's
+    kernels lay out grad_output's rows, the bias gradient sums NCHW planes. NCHW and strided
+    tensors give the same grad_input and grad_weight bits as channels_last ones (read in place) on
+    1, 2 and 3 threads, within the float32 accumulation bound of float64 torch."""
+    use_cpu_kernel(monkeypatch, (isa, algo))
+    gen = torch.Generator().manual_seed(in_channels * kernel)
+    x = torch.randn(6, in_channels, *size, generator=gen)
+    w = torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / (kernel * in_channels ** 0.5)
+    conf = ((stride, stride), (padding, padding), (1, 1), 1)
+    dy = torch.randn(F.conv2d(x, w, None, *conf).shape, generator=gen)
+    mask = [True, True, True]
+
+    def backward(layout: str) -> tuple[torch.Tensor, ...]:
+        return torch.ops.miniplaces_ext.conv2d_backward(LAYOUTS[layout](dy), LAYOUTS[layout](x), w, *conf, mask)
+
+    expected = backward("channels_last")
+    args = (*conf[:3], False, [0, 0], 1, mask)
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), [out_channels], *args)
+    abs_ref = torch.ops.aten.convolution_backward(dy.double().abs(), x.double().abs(), w.double().abs(),
+                                                  [out_channels], *args)
+    terms = (out_channels * kernel * kernel, dy[:, 0].numel(), dy[:, 0].numel())
+    for name, got, r, a, n in zip(("grad_input", "grad_weight", "grad_bias"), expected, ref, abs_ref, terms):
+        assert_within_accumulation_bound(got, r, a, n, name)
+    # The bias gradient sums channels_last pixels and NCHW planes in different orders: each
+    # layout's bits are fixed across thread counts and within the bound.
+    first_bias = {}
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for layout in ("channels_last", "nchw", "strided"):
+                grad_input, grad_weight, grad_bias = backward(layout)
+                assert torch.equal(grad_input, expected[0]), ("grad_input", layout, count)
+                assert torch.equal(grad_weight, expected[1]), ("grad_weight", layout, count)
+                assert torch.equal(grad_bias, first_bias.setdefault(layout, grad_bias)), ("grad_bias", layout, count)
+                assert_within_accumulation_bound(grad_bias, ref[2], abs_ref[2], terms[2], f"grad_bias {layout}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
 @pytest.mark.parametrize("algo, stride", [("direct", 2), ("winograd", 1), ("gemm", 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

@@ -173,6 +173,39 @@ void column_sums(const scalar_t* m, scalar_t* out, int64_t rows, int64_t cols) {
   });
 }
 
+// out[c] = sum over n, p of dy[n * image_stride + c * channel_stride + p] for p < P (the bias
+// gradient of an NCHW grad_output, each (n, c) one contiguous run of P pixels), accumulated in
+// the op-math type: eight interleaved partial sums per run, added up run by run in image order.
+// Channels are split over threads, so results do not depend on their number.
+template <typename scalar_t>
+void plane_sums(const scalar_t* dy, int64_t image_stride, int64_t channel_stride, scalar_t* out, int64_t N,
+                int64_t C, int64_t P) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kLanes = 8;
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      acc_t total = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t* run = dy + n * image_stride + c * channel_stride;
+        acc_t lanes[kLanes] = {};
+        int64_t p = 0;
+        for (; p + kLanes <= P; p += kLanes) {
+          for (int64_t k = 0; k < kLanes; ++k) {
+            lanes[k] += static_cast<acc_t>(run[p + k]);
+          }
+        }
+        for (; p < P; ++p) {
+          lanes[p % kLanes] += static_cast<acc_t>(run[p]);
+        }
+        for (int64_t k = 0; k < kLanes; ++k) {
+          total += lanes[k];
+        }
+      }
+      out[c] = static_cast<scalar_t>(total);
+    }
+  });
+}
+
 // Produces the im2col matrix of a run of output pixels and one group, reusing
 // one buffer of up to max_rows rows. A 1x1 convolution without padding needs no
 // im2col: its matrix is the sampled pixels themselves, gathered once (a view
@@ -257,7 +290,7 @@ at::Tensor transposed_weight(const at::Tensor& weight, int64_t groups) {
 // sub-kernel of the taps that reach it (phase_taps), written by the kernel straight into its
 // strided view of dx; a phase no tap reaches is zero. For stride 1 there is one phase: the
 // transposed convolution with padding d*(k-1) - p.
-std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy_nhwc, const at::Tensor& weight,
+std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy, const at::Tensor& weight,
                                                 const ConvGeometry& g, at::MemoryFormat out_format) {
   struct Phase {
     ConvGeometry t;
@@ -293,7 +326,7 @@ std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy_nhwc, const
       // A phase of a strided layer writes a strided view of dx, which a 1x1 phase's GEMM cannot.
       // (With stride 1, a 1x1 layer's grad_input stays one GEMM, below.)
       const bool strided = g.stride_h > 1 || g.stride_w > 1;
-      const Algo algo = choose_algo(t, dy_nhwc.scalar_type(), false, /*gemm_form=*/!strided);
+      const Algo algo = choose_algo(t, dy.scalar_type(), false, /*gemm_form=*/!strided);
       if (algo == Algo::gemm) {
         return std::nullopt;
       }
@@ -302,11 +335,10 @@ std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy_nhwc, const
       phases.push_back(Phase{t, algo, transposed_weight(sub, g.groups), u, v});
     }
   }
-  at::Tensor dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, dy_nhwc.options().memory_format(out_format));
+  at::Tensor dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, dy.options().memory_format(out_format));
   if (static_cast<int64_t>(phases.size()) < g.stride_h * g.stride_w) {
     dx.zero_();  // some phases get no tap
   }
-  const at::Tensor dy = dy_nhwc.permute({0, 3, 1, 2});  // [N, Cout, Ho, Wo] stored NHWC
   for (const Phase& ph : phases) {
     nhwc_conv2d_out(ph.algo, dy, ph.weight, c10::nullopt, ph.t, false,
                     dx.slice(2, ph.u, g.in_h, g.stride_h).slice(3, ph.v, g.in_w, g.stride_w));
@@ -434,26 +466,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
                            to_dtype_if_defined(gb, grad_output.scalar_type()));
   };
   auto [need_input, need_weight, need_bias] = output_mask;
-  const at::Tensor dy_nhwc = nhwc_pixels(grad_output, 1, 1, widen);  // one layout conversion serves every gradient
-  const at::Tensor dy = dy_nhwc.reshape({-1, g.out_channels});  // [N*Ho*Wo, Cout], a view
-  const at::TensorOptions options = dy_nhwc.options();  // the computation's dtype
+  // grad_output [N, Cout, Ho, Wo] in the computation's dtype, in the layout it came in: the
+  // kernels lay out its rows as they read them. Its NHWC pixels [N*Ho*Wo, Cout] (a view when it
+  // is channels_last) are made once, only for a path that needs them.
+  const at::Tensor dy = widen ? nhwc_pixels(grad_output, 1, 1, widen).permute({0, 3, 1, 2}) : grad_output;
+  std::optional<at::Tensor> dy_pixels_made;
+  const auto dy_pixels = [&]() -> const at::Tensor& {
+    if (!dy_pixels_made) {
+      dy_pixels_made = nhwc_pixels(dy).reshape({-1, g.out_channels});
+    }
+    return *dy_pixels_made;
+  };
+  const at::TensorOptions options = dy.options();  // the computation's dtype
 
   at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
-    if (auto dx = grad_input_by_kernels(dy_nhwc, w, g, conv_output_memory_format(input))) {
+    if (auto dx = grad_input_by_kernels(dy, w, g, conv_output_memory_format(input))) {
       grad_input = std::move(*dx);
       need_input = false;
     }
   }
   if (need_bias) {
     grad_bias = at::empty({g.out_channels}, options);
+    const bool planes = dy.stride(3) == 1 && dy.stride(2) == g.out_w;  // NCHW: each (n, c) one contiguous run
     AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "miniplaces_bias_grad", [&] {
-      column_sums<scalar_t>(dy.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), dy.size(0),
-                            g.out_channels);
+      if (planes) {
+        plane_sums<scalar_t>(dy.const_data_ptr<scalar_t>(), dy.stride(0), dy.stride(1),
+                             grad_bias.mutable_data_ptr<scalar_t>(), g.batch, g.out_channels, g.out_pixels());
+      } else {
+        column_sums<scalar_t>(dy_pixels().const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(),
+                              dy_pixels().size(0), g.out_channels);
+      }
     });
   }
   if (need_weight && weight_grad_kernel_applies(g, dy.scalar_type())) {
-    grad_weight = nhwc_weight_grad(nhwc_pixels(input, 1, 1, widen), dy_nhwc, g);
+    const at::Tensor x = widen ? nhwc_pixels(input, 1, 1, widen).permute({0, 3, 1, 2}) : input;
+    grad_weight = nhwc_weight_grad(x, dy, g);
     need_weight = false;
   }
   const int64_t coutg = g.out_channels_per_group();
@@ -471,7 +519,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     for (int64_t row0 = 0; row0 < total; row0 += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, total - row0);
       for (int64_t grp = 0; grp < groups; ++grp) {
-        const at::Tensor dy_g = dy.narrow(0, row0, rows).narrow(1, grp * coutg, coutg);
+        const at::Tensor dy_g = dy_pixels().narrow(0, row0, rows).narrow(1, grp * coutg, coutg);
         const at::Tensor col = source.columns(row0, rows, grp);
         at::Tensor dw_g = dw.narrow(0, grp * coutg, coutg);
         if (dw.scalar_type() == col.scalar_type()) {
@@ -500,7 +548,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const int64_t count = std::min(chunk, g.batch - n0);
     const int64_t rows = count * pixels;
     for (int64_t grp = 0; grp < groups; ++grp) {
-      const at::Tensor dy_g = dy.narrow(0, n0 * pixels, rows).narrow(1, grp * coutg, coutg);
+      const at::Tensor dy_g = dy_pixels().narrow(0, n0 * pixels, rows).narrow(1, grp * coutg, coutg);
       const at::Tensor w_g = w_matrix.narrow(0, grp * coutg, coutg);
       if (g.is_pointwise()) {
         at::Tensor dx_g = dx_pixels.narrow(0, n0 * pixels, rows).narrow(1, grp * cg, cg);

@@ -212,14 +212,14 @@ bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
   return fits && asked != Algo::gemm && isa != Isa::portable && !g.samples_pixels() && g.out_w >= 16;
 }
 
-at::Tensor nhwc_weight_grad(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g) {
-  TORCH_CHECK(weight_grad_kernel_applies(g, x_nhwc.scalar_type()), "the weight-gradient kernel cannot compute this");
+at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
+  TORCH_CHECK(weight_grad_kernel_applies(g, x.scalar_type()), "the weight-gradient kernel cannot compute this");
   const Isa isa = chosen_isa();
   const bool over_input = weight_grad_over_input(g, direct_block(isa));
   const int64_t rows = over_input ? g.out_channels : g.in_channels;
   const int64_t columns = over_input ? g.in_channels : g.out_channels;
-  const at::Tensor sums = at::zeros({g.kernel_h, g.kernel_w, rows, columns}, x_nhwc.options());
-  kernels(isa).weight_grad(x_nhwc, dy_nhwc, g, over_input, sums);
+  const at::Tensor sums = at::zeros({g.kernel_h, g.kernel_w, rows, columns}, x.options());
+  kernels(isa).weight_grad(x, dy, g, over_input, sums);
   // [kh][kw][Cout][Cin] or [kh][kw][Cin][Cout] -> [Cout, Cin, kh, kw]
   using Order = std::array<int64_t, 4>;
   const Order order = over_input ? Order{2, 3, 0, 1} : Order{3, 2, 0, 1};

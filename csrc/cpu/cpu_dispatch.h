@@ -90,8 +90,8 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight,
 bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype);
 
 // The weight gradient [Cout, Cin, kh, kw] of a float32 convolution (weight_grad_kernel_applies)
-// from its contiguous NHWC input and grad_output.
-at::Tensor nhwc_weight_grad(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g);
+// from its input x [N, Cin, H, W] and grad_output dy [N, Cout, Ho, Wo], any strides.
+at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
 // Checks that `out` can take the result of g: float32 [N, Cout, Ho, Wo], any strides.
 void check_output(const at::Tensor& out, const ConvGeometry& g);
@@ -113,9 +113,10 @@ struct IsaKernels {
   NhwcConv winograd;
   // The direct kernel on bfloat16 pairs, emulated with float32 FMAs (vec_bf16_pairs.h).
   NhwcConv direct_bf16_pairs_emulated;
-  // Adds the weight gradient to sums [kh][kw][rows][columns] (weight_grad_kernel.h).
-  void (*weight_grad)(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g,
-                      bool vector_over_input, const at::Tensor& sums);
+  // Adds the weight gradient to sums [kh][kw][rows][columns] (weight_grad_kernel.h), from x
+  // [N, Cin, H, W] and dy [N, Cout, Ho, Wo] with any strides.
+  void (*weight_grad)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g, bool vector_over_input,
+                      const at::Tensor& sums);
   // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).
   double (*fma_peak_gflops)(int64_t steps);
 };

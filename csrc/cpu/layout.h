@@ -7,11 +7,14 @@
 // (pixel, channel), so both sides are read and written a cache line at a time.
 #pragma once
 
+#include "../conv.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/core/MemoryFormat.h>
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace miniplaces_ext::cpu {
 
@@ -31,6 +34,34 @@ at::Tensor nhwc_pixels(const at::Tensor& x, int64_t step_h = 1, int64_t step_w =
 template <typename T>
 void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t channels,
                          int64_t pixels, T* dst);
+
+// The rows of a float32 tensor [N, C, H, W] (any strides) with channels
+// innermost, a block of rows at a time: row (n, h) is [W][C], element (w, c) at
+// row(n, h)[w * C + c]. Read in place when the tensor's channels are innermost
+// and its pixels C apart (channels_last); otherwise each block is laid out by
+// torch's threads into a buffer reused from block to block, small enough to
+// stay in cache for the kernel that reads it next — instead of an NHWC copy of
+// the whole tensor written to memory and read back.
+class NhwcRows {
+ public:
+  explicit NhwcRows(const at::Tensor& x);
+
+  // Makes rows n * H + h in [first, first + count) readable; rows of earlier blocks may be gone.
+  void load(int64_t first, int64_t count);
+
+  // Row (n, h), whose number n * H + h lies in the last block loaded.
+  const float* row(int64_t n, int64_t h) const {
+    return in_place_ ? x_ + n * s_.n + h * s_.h : buffer_.data() + (n * height_ + h - first_) * row_size_;
+  }
+
+ private:
+  const float* x_;
+  Strides4 s_;
+  int64_t channels_, height_, width_, row_size_;
+  bool in_place_;
+  int64_t first_ = 0;
+  std::vector<float> buffer_;
+};
 
 // The NHWC result y [N, H, W, C] as an NCHW-shaped tensor [N, C, H, W] in
 // `format`: a view for channels_last, a tiled copy for contiguous.

@@ -13,6 +13,10 @@
 // (the stem: 3 input, 64 output channels); its channel count is a multiple of
 // 2 * kLanes (the caller checks).
 //
+// x and dy come in any layout: blocks of their rows are laid out channels
+// innermost (NhwcRows, layout.h) as the kernel reaches them, about
+// kBlockBytes at a time, unless they are channels_last already.
+//
 // Output rows are taken in chunks of about kChunkPixels pixels. Threads split
 // a chunk's tiles (tap, row block, column block) in tasks of neighbouring
 // tiles whose operands stay in L2 (all of a chunk's dy and x rows do not, at
@@ -27,6 +31,7 @@
 #pragma once
 
 #include "../conv.h"
+#include "layout.h"
 #include "register_block.h"
 
 #include <ATen/ATen.h>
@@ -49,9 +54,13 @@ struct WeightGrad {
   static constexpr int64_t kRowBlocksPerTask = 8;
   static constexpr int64_t kColumnBlocksPerTask = 4;
 
+  // Output rows whose input and grad_output rows are laid out at once (whole chunks): about
+  // this many bytes of rows, which stay in L2/L3 while the chunks' tasks read them.
+  static constexpr int64_t kBlockBytes = int64_t{1} << 20;
+
   struct Args {
-    const float* x;   // input [N, H, W, Cin]
-    const float* dy;  // grad_output [N, Ho, Wo, Cout]
+    const NhwcRows& x;   // input rows [W][Cin]
+    const NhwcRows& dy;  // grad_output rows [Wo][Cout]
     float* sums;      // [kh][kw][rows][columns], added to
     const ConvGeometry& g;
     bool vector_over_input;
@@ -78,8 +87,8 @@ struct WeightGrad {
       if (ih < 0 || ih >= g.in_h) {
         continue;
       }
-      const float* x = a.x + ((n * g.in_h + ih) * g.in_w + lo * g.stride_w + w_offset) * g.in_channels;
-      const float* dy = a.dy + (r * g.out_w + lo) * g.out_channels;
+      const float* x = a.x.row(n, ih) + (lo * g.stride_w + w_offset) * g.in_channels;
+      const float* dy = a.dy.row(n, oh) + lo * g.out_channels;
       if (a.vector_over_input) {
         acc.template accumulate<Float32Steps<Vec>>(ChannelRows<float>{dy + row0, g.out_channels}, x + col0, x_step,
                                                    hi - lo);
@@ -98,44 +107,57 @@ struct WeightGrad {
     return {nullptr, &tile<static_cast<int>(R) + 1>...};
   }
 
-  // `sums`: float32 [kh][kw][rows][columns], contiguous, added to; `x_nhwc`, `dy_nhwc` float32 contiguous NHWC.
-  static void run(const at::Tensor& x_nhwc, const at::Tensor& dy_nhwc, const ConvGeometry& g, bool vector_over_input,
+  // `sums`: float32 [kh][kw][rows][columns], contiguous, added to; x [N, Cin, H, W] and dy
+  // [N, Cout, Ho, Wo] float32 with any strides.
+  static void run(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g, bool vector_over_input,
                   const at::Tensor& sums) {
     const int64_t rows = vector_over_input ? g.out_channels : g.in_channels;
     const int64_t columns = vector_over_input ? g.in_channels : g.out_channels;
     TORCH_CHECK(g.groups == 1 && columns % kColumns == 0,
                 "weight gradient kernel: expected one group and a multiple of ", kColumns, " vector channels");
-    TORCH_CHECK(x_nhwc.scalar_type() == at::kFloat && dy_nhwc.scalar_type() == at::kFloat &&
-                    sums.scalar_type() == at::kFloat && x_nhwc.is_contiguous() && dy_nhwc.is_contiguous() &&
+    TORCH_CHECK(x.scalar_type() == at::kFloat && dy.scalar_type() == at::kFloat && sums.scalar_type() == at::kFloat &&
                     sums.is_contiguous() && sums.numel() == g.taps() * rows * columns,
-                "weight gradient kernel: expected contiguous float32 operands and a [kh][kw][rows][columns] sum");
+                "weight gradient kernel: expected float32 operands and a contiguous [kh][kw][rows][columns] sum");
     static constexpr auto kTiles = tile_table(std::make_index_sequence<kMaxRows>{});
-    const Args a{x_nhwc.const_data_ptr<float>(), dy_nhwc.const_data_ptr<float>(), sums.mutable_data_ptr<float>(), g,
-                 vector_over_input, rows, columns};
+    NhwcRows x_rows(x), dy_rows(dy);
+    const Args a{x_rows, dy_rows, sums.mutable_data_ptr<float>(), g, vector_over_input, rows, columns};
     const int64_t row_blocks = (rows + kMaxRows - 1) / kMaxRows;
     const int64_t column_blocks = columns / kColumns;
-    // A task: one tap, up to kRowBlocksPerTask x kColumnBlocksPerTask tiles, whose operands
-    // (the chunk's pixels of those channels) stay in L2 while its tiles run.
+    // A task: one tap, up to kRowBlocksPerTask x kColumnBlocksPerTask tiles (the blocks shared
+    // evenly among tasks), whose operands (the chunk's pixels of those channels) stay in L2 while
+    // its tiles run.
     const int64_t row_tasks = (row_blocks + kRowBlocksPerTask - 1) / kRowBlocksPerTask;
     const int64_t column_tasks = (column_blocks + kColumnBlocksPerTask - 1) / kColumnBlocksPerTask;
     const int64_t tasks = g.taps() * column_tasks * row_tasks;
     const int64_t total_rows = g.batch * g.out_h;
     const int64_t chunk = std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(g.out_w, 1));
-    for (int64_t r0 = 0; r0 < total_rows; r0 += chunk) {
-      const int64_t r1 = std::min(total_rows, r0 + chunk);
-      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t rt = t % row_tasks, ct = (t / row_tasks) % column_tasks, tap = t / (row_tasks * column_tasks);
-          for (int64_t cb = ct * kColumnBlocksPerTask; cb < std::min(column_blocks, (ct + 1) * kColumnBlocksPerTask);
-               ++cb) {
-            for (int64_t rb = rt * kRowBlocksPerTask; rb < std::min(row_blocks, (rt + 1) * kRowBlocksPerTask); ++rb) {
-              const int64_t row0 = rb * kMaxRows;
-              kTiles[std::min<int64_t>(kMaxRows, rows - row0)](a, tap / g.kernel_w, tap % g.kernel_w, row0,
-                                                                cb * kColumns, r0, r1);
+    const int64_t row_bytes = (g.out_w * g.out_channels + g.stride_h * g.in_w * g.in_channels) * int64_t{4};
+    const int64_t block = chunk * std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, row_bytes * chunk));
+    for (int64_t b0 = 0; b0 < total_rows; b0 += block) {
+      const int64_t b1 = std::min(total_rows, b0 + block);
+      dy_rows.load(b0, b1 - b0);
+      // The input rows some tap of output rows b0 .. b1 - 1 reads (images n0 .. n1).
+      const int64_t n0 = b0 / g.out_h, n1 = (b1 - 1) / g.out_h;
+      const int64_t top = std::clamp<int64_t>((b0 % g.out_h) * g.stride_h - g.pad_h, 0, g.in_h);
+      const int64_t bottom = std::clamp<int64_t>(
+          ((b1 - 1) % g.out_h) * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h + 1, 0, g.in_h);
+      x_rows.load(n0 * g.in_h + top, n1 * g.in_h + bottom - (n0 * g.in_h + top));
+      for (int64_t r0 = b0; r0 < b1; r0 += chunk) {
+        const int64_t r1 = std::min(b1, r0 + chunk);
+        at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t t = begin; t < end; ++t) {
+            const int64_t rt = t % row_tasks, ct = (t / row_tasks) % column_tasks;
+            const int64_t tap = t / (row_tasks * column_tasks);
+            for (int64_t cb = ct * column_blocks / column_tasks; cb < (ct + 1) * column_blocks / column_tasks; ++cb) {
+              for (int64_t rb = rt * row_blocks / row_tasks; rb < (rt + 1) * row_blocks / row_tasks; ++rb) {
+                const int64_t row0 = rb * kMaxRows;
+                kTiles[std::min<int64_t>(kMaxRows, rows - row0)](a, tap / g.kernel_w, tap % g.kernel_w, row0,
+                                                                  cb * kColumns, r0, r1);
+              }
             }
           }
-        }
-      });
+        });
+      }
     }
   }
 };
