@@ -35,7 +35,7 @@ class InputRows {
 
   // Whether an input with strides s can be read in place.
   static bool in_place(const Strides4& s, const ConvGeometry& g) {
-    return s.c == 1 && s.w == g.in_channels;
+    return nhwc_rows_in_place(s, g.in_channels);
   }
 
   // Bytes a thread keeps with `slots` rows.

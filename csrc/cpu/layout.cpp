@@ -187,7 +187,7 @@ const at::Tensor& checked_float32_4d(const at::Tensor& x) {
 
 NhwcRows::NhwcRows(const at::Tensor& x)
     : x_(checked_float32_4d(x).const_data_ptr<float>()), s_(strides_of(x)), channels_(x.size(1)),
-      height_(x.size(2)), width_(x.size(3)), row_size_(x.size(1) * x.size(3)), in_place_(s_.c == 1 && s_.w == channels_) {}
+      height_(x.size(2)), width_(x.size(3)), row_size_(x.size(1) * x.size(3)), in_place_(nhwc_rows_in_place(s_, channels_)) {}
 
 void NhwcRows::load(int64_t first, int64_t count) {
   first_ = first;
@@ -198,8 +198,7 @@ void NhwcRows::load(int64_t first, int64_t count) {
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = (first + i) / height_, h = (first + i) % height_;
-      copy_row_tiled(x_ + n * s_.n + h * s_.h, s_.c, s_.w, buffer_.data() + i * row_size_, int64_t{1}, channels_,
-                     channels_, width_);
+      copy_pixels_to_nhwc(x_ + n * s_.n + h * s_.h, s_.c, s_.w, channels_, width_, buffer_.data() + i * row_size_);
     }
   });
 }

@@ -36,6 +36,12 @@ template <typename T>
 void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t channels,
                          int64_t pixels, T* dst);
 
+// Whether a tensor with strides s and `channels` channels can be read as NHWC rows in place:
+// channels innermost, pixels `channels` apart (channels_last, or a row-compatible view).
+inline bool nhwc_rows_in_place(const Strides4& s, int64_t channels) {
+  return s.c == 1 && s.w == channels;
+}
+
 // The rows of a float32 tensor [N, C, H, W] (any strides) with channels
 // innermost, a block of rows at a time: row (n, h) is [W][C], element (w, c) at
 // row(n, h)[w * C + c]. Read in place when the tensor's channels are innermost
