@@ -203,8 +203,15 @@ struct DirectConv {
     const auto input_rows = [&](InputRows<In>& input, int64_t grp, int64_t n, int64_t oh) {
       return input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, grp * g.in_channels_per_group());
     };
+    // When the output's channels are not innermost (NCHW), a row is first stored channels
+    // innermost to a small buffer (one row, in L1/L2) and then written out transposed.
+    const bool buffered = s.c != 1;
+    const auto write_out = [&](const std::vector<float>& buffer, int64_t co0, int64_t columns, float* row) {
+      copy_pixels_from_nhwc(buffer.data() + co0, coutg, columns, g.out_w, row + co0 * s.c, s.c, s.w);
+    };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
         InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
         for (int64_t n = 0; n < g.batch; ++n) {
@@ -215,18 +222,21 @@ struct DirectConv {
             }
             const int64_t grp = panel / a.blocks, blk = panel % a.blocks;
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              one_row(input_rows(input, grp, n, oh), grp, blk, RowDestination{output_row(grp, n, oh), s.w, s.c});
+              float* row = output_row(grp, n, oh);
+              const In* const* xrows = input_rows(input, grp, n, oh);
+              if (!buffered) {
+                one_row(xrows, grp, blk, RowDestination{row, s.w, s.c});
+                continue;
+              }
+              one_row(xrows, grp, blk, RowDestination{buffer.data(), coutg, 1});
+              write_out(buffer, blk * kBlock, std::min(kBlock, coutg - blk * kBlock), row);
             }
           }
         }
       });
       return;
     }
-    // Blocks inner: a thread computes whole output rows. When the output's
-    // channels are not innermost (NCHW), the row is first stored channels
-    // innermost to a small buffer (one row, in L1/L2) and then written out
-    // transposed, plane by plane, in contiguous runs.
-    const bool buffered = s.c != 1;
+    // Blocks inner: a thread computes whole output rows.
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
       InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
@@ -239,11 +249,7 @@ struct DirectConv {
           one_row(xrows, grp, blk, d);
         }
         if (buffered) {
-          for (int64_t co = 0; co < coutg; ++co) {
-            for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              row[co * s.c + ow * s.w] = buffer[ow * coutg + co];
-            }
-          }
+          write_out(buffer, 0, coutg, row);
         }
       }
     });

@@ -176,6 +176,11 @@ void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_str
 template void copy_pixels_to_nhwc(const float*, int64_t, int64_t, int64_t, int64_t, float*);
 template void copy_pixels_to_nhwc(const uint16_t*, int64_t, int64_t, int64_t, int64_t, uint16_t*);
 
+void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels, float* dst,
+                           int64_t dst_channel_stride, int64_t dst_pixel_stride) {
+  copy_row_tiled(src, int64_t{1}, src_pixel_stride, dst, dst_channel_stride, dst_pixel_stride, channels, pixels);
+}
+
 namespace {
 
 const at::Tensor& checked_float32_4d(const at::Tensor& x) {

@@ -36,6 +36,12 @@ template <typename T>
 void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t channels,
                          int64_t pixels, T* dst);
 
+// dst[c * dst_channel_stride + p * dst_pixel_stride] = src[p * src_pixel_stride + c] for
+// p < pixels, c < channels: the reverse, a row of pixels with channels innermost written out
+// to any layout (an NCHW output row from a kernel's NHWC row buffer).
+void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels, float* dst,
+                           int64_t dst_channel_stride, int64_t dst_pixel_stride);
+
 // Whether a tensor with strides s and `channels` channels can be read as NHWC rows in place:
 // channels innermost, pixels `channels` apart (channels_last, or a row-compatible view).
 inline bool nhwc_rows_in_place(const Strides4& s, int64_t channels) {
