@@ -53,11 +53,12 @@ def cpu_capabilities() -> dict[str, object]:
     """What the CPU kernels found and chose.
 
     ``{"detected": "avx2", "chosen": "avx2", "algo": "auto", "bf16": "auto", "avx512_bf16": "no",
-    "supported": ["portable", "avx2"]}``: the highest instruction-set level of this CPU, the
-    level in use (lowered by ``MINIPLACES_CPU_ISA=portable|avx2|avx512``), the algorithm switch
-    (``MINIPLACES_CPU_ALGO=auto|direct|gemm|winograd``), how bfloat16 direct layers multiply
-    (``MINIPLACES_CPU_BF16=auto|pairs|widen``), whether the CPU has AVX512-BF16, and every
-    level this CPU can run. Raises RuntimeError if a switch is invalid or asks for more than
+    "amx_bf16": "no", "supported": ["portable", "avx2"]}``: the highest instruction-set level of
+    this CPU, the level in use (lowered by ``MINIPLACES_CPU_ISA=portable|avx2|avx512``), the
+    algorithm switch (``MINIPLACES_CPU_ALGO=auto|direct|gemm|winograd``), how bfloat16 direct
+    layers multiply (``MINIPLACES_CPU_BF16=auto|pairs|tiles|widen``), whether the CPU has
+    AVX512-BF16 and AMX-BF16 (with the tile state granted by the OS), and every level this CPU
+    can run. Raises RuntimeError if a switch is invalid or asks for more than
     the CPU has.
     """
     fields = dict(item.split("=", 1) for item in torch.ops.miniplaces_ext.cpu_capabilities().split())
@@ -68,7 +69,8 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
                        padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
                        groups: int = 1) -> str:
     """The algorithm our CPU forward pass runs for this 2-D convolution: ``"winograd"``,
-    ``"direct"``, ``"direct-bf16"`` (the direct kernel multiplying bfloat16 pairs) or ``"gemm"``
+    ``"direct"``, ``"direct-bf16"`` / ``"direct-bf16-tiles"`` (the direct kernel multiplying bfloat16
+    pairs in vector registers / AMX tiles) or ``"gemm"``
     (im2col + GEMM; for 1x1 layers without padding a GEMM over the sampled pixels), as chosen
     by ``MINIPLACES_CPU_ALGO``, ``MINIPLACES_CPU_BF16`` and the ISA level. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
     return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),

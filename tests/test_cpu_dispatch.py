@@ -345,48 +345,56 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)
-@pytest.mark.parametrize("in_channels, kernel, stride, out_channels", [
-    (3, 7, 2, 40),    # the stem: odd channel count (a zero channel is added), one run per kernel row
-    (5, 3, 1, 17),    # odd, output-channel tail
-    (16, 3, 2, 64),
-    (288, 3, 2, 256),  # packed weight above 2 MiB: channel blocks outermost, strided stores
+@pytest.mark.parametrize("mode", ["pairs", "tiles"])
+@pytest.mark.parametrize("in_channels, kernel, stride, out_channels, width", [
+    (3, 7, 2, 40, 11),    # the stem: odd channel count (a zero channel is added), one run per kernel row
+    (5, 3, 1, 17, 11),    # odd, output-channel tail
+    (16, 3, 2, 64, 11),
+    (288, 3, 2, 256, 11),  # packed weight above 2 MiB: channel blocks outermost, strided stores
+    (64, 3, 1, 48, 37),   # tiles: runs of 13 and 12 pixels, whole 16-pair products, staged border pixels
+    (40, 1, 1, 33, 37),   # tiles: 20 pairs per pixel, one whole product and a zero-padded one
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_bf16_pair_kernel(isa, in_channels, kernel, stride, out_channels, layout, monkeypatch):
-    """The direct kernel multiplying bfloat16 pairs into float32 sums (vdpbf16ps where the CPU has
-    AVX512-BF16, emulated elsewhere): within what a float32 accumulator of the bfloat16 operands'
+def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, width, layout, monkeypatch):
+    """The direct kernel multiplying bfloat16 pairs into float32 sums, as vector pair products
+    (vdpbf16ps where the CPU has AVX512-BF16) or tile products (AMX's tdpbf16ps where the CPU has
+    AMX-BF16), each emulated elsewhere: within what a float32 accumulator of the bfloat16 operands'
     exact products, rounded once to bfloat16, can be off from float64, borders and tails included."""
     use_cpu_kernel(monkeypatch, (isa, "direct"))
-    monkeypatch.setenv("MINIPLACES_CPU_BF16", "pairs")
+    monkeypatch.setenv("MINIPLACES_CPU_BF16", mode)
     gen = torch.Generator().manual_seed(in_channels + kernel)
-    x = LAYOUTS[layout](torch.randn(2, in_channels, 13, 11, generator=gen).bfloat16())
+    x = LAYOUTS[layout](torch.randn(2, in_channels, 13, width, generator=gen).bfloat16())
     w = (torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / (in_channels ** 0.5 * kernel)).bfloat16()
     b = torch.randn(out_channels, generator=gen).bfloat16()
     padding = kernel // 2
-    assert me.cpu_conv_algorithm(x, w, stride, padding) == "direct-bf16"
+    assert me.cpu_conv_algorithm(x, w, stride, padding) == {"pairs": "direct-bf16", "tiles": "direct-bf16-tiles"}[mode]
     out = me.conv2d(x, w, b, stride, padding)
     assert out.dtype == torch.bfloat16
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding)
     abs_ref = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), stride, padding)
-    assert_within_accumulation_bound(out, ref, abs_ref, in_channels * kernel * kernel + 1, "bf16 pairs")
+    assert_within_accumulation_bound(out, ref, abs_ref, in_channels * kernel * kernel + 1, f"bf16 {mode}")
 
 
-def test_bf16_pairs_only_where_asked(monkeypatch):
-    """auto multiplies bfloat16 pairs only with AVX512-BF16 at the avx512 level; widen never;
-    the pair kernel takes only bfloat16 one-group layers on the direct kernel."""
+def test_bf16_kernels_only_where_asked(monkeypatch):
+    """auto multiplies bfloat16 tiles with AMX-BF16, else pairs with AVX512-BF16, both only at the
+    avx512 level; widen never; the bfloat16 kernels take only bfloat16 one-group layers on the
+    direct kernel."""
     monkeypatch.setenv("MINIPLACES_CPU_ALGO", "direct")  # at every level, including portable (auto: gemm)
     x, w = torch.empty(32, 64, 16, 16, device="meta"), torch.empty(128, 64, 3, 3, device="meta")
     caps = me.cpu_capabilities()
-    native = caps["avx512_bf16"] == "yes" and caps["chosen"] == "avx512"
-    assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == ("direct-bf16" if native else "direct")
+    native = "direct"
+    if caps["chosen"] == "avx512":
+        native = "direct-bf16-tiles" if caps["amx_bf16"] == "yes" else "direct-bf16" if caps["avx512_bf16"] == "yes" else native
+    assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == native
     assert me.cpu_conv_algorithm(x, w, 2, 1) == "direct"
     monkeypatch.setenv("MINIPLACES_CPU_BF16", "widen")
     assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct"
-    monkeypatch.setenv("MINIPLACES_CPU_BF16", "pairs")
-    assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct-bf16"
-    assert me.cpu_conv_algorithm(x.half(), w.half(), 2, 1) == "direct"
-    assert me.cpu_conv_algorithm(x.bfloat16(), w[:, :32].bfloat16(), 2, 1, groups=2) == "direct"
+    for mode, algo in (("pairs", "direct-bf16"), ("tiles", "direct-bf16-tiles")):
+        monkeypatch.setenv("MINIPLACES_CPU_BF16", mode)
+        assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == algo
+        assert me.cpu_conv_algorithm(x.half(), w.half(), 2, 1) == "direct"
+        assert me.cpu_conv_algorithm(x.bfloat16(), w[:, :32].bfloat16(), 2, 1, groups=2) == "direct"
 
 
 def test_one_openmp_runtime_and_torch_threads():

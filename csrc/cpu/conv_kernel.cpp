@@ -374,7 +374,7 @@ std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy, const at::
 // input as it is laid out for the kernel, the weight as it is packed), sums
 // are accumulated in float32 and each result is rounded once to its dtype.
 // The forward pass of bfloat16 layers on the direct kernel may instead
-// multiply bfloat16 pairs into float32 sums (uses_bf16_pairs). oneDNN's
+// multiply bfloat16 pairs or tiles into float32 sums (bf16_kernel). oneDNN's
 // bfloat16 path on a CPU without AVX512-BF16 ran 20-40x slower than its
 // float32 path here; this one runs at the float32 kernels' speed.
 bool widened_to_float(at::ScalarType dtype) {
@@ -426,9 +426,9 @@ at::Tensor conv2d_forward(
   // Under torch.inference_mode the packed weight is kept for the next call.
   const bool cache_weight = c10::InferenceMode::is_enabled();
   if (const Algo algo = choose_algo(g, dtype, cache_weight); algo != Algo::gemm) {
-    // The bfloat16 pair kernel reads bfloat16; every other kernel float32 (a bfloat16 or float16
+    // The bfloat16 kernels read bfloat16; every other kernel float32 (a bfloat16 or float16
     // input is widened as it is laid out NHWC).
-    const bool as_is = dtype == at::kFloat || uses_bf16_pairs(g, dtype, algo);
+    const bool as_is = dtype == at::kFloat || bf16_kernel(g, dtype, algo) != Bf16Kernel::none;
     const at::Tensor x = as_is ? input : nhwc_pixels(input, 1, 1, at::kFloat).permute({0, 3, 1, 2});
     const at::Tensor out =
         nhwc_conv2d(algo, x, weight, float_or_none(bias), g, cache_weight, conv_output_memory_format(input));

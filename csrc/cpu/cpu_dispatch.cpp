@@ -14,12 +14,17 @@
 #include <cstring>
 #include <string>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace miniplaces_ext::cpu {
 namespace {
 
 constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};
 constexpr const char* kAlgoNames[] = {"auto", "direct", "gemm", "winograd"};
-constexpr const char* kBf16ModeNames[] = {"auto", "pairs", "widen"};
+constexpr const char* kBf16ModeNames[] = {"auto", "pairs", "widen", "tiles"};
 
 Isa read_cpuid() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -39,6 +44,20 @@ bool read_avx512_bf16() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+// AMX-TILE and AMX-BF16, and the tile state granted: Linux hands it out per process on request.
+bool read_amx_bf16() {
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) {
+    return false;
+  }
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, the XTILEDATA state
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 #else
   return false;
 #endif
@@ -137,13 +156,29 @@ bool has_avx512_bf16() {
   return has;
 }
 
-bool uses_bf16_pairs(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
+bool has_amx_bf16() {
+  static const bool has = read_amx_bf16();
+  return has;
+}
+
+Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
   if (dtype != at::kBFloat16 || algo != Algo::direct || g.groups != 1) {
-    return false;
+    return Bf16Kernel::none;
   }
-  const Bf16Mode mode = chosen_bf16_mode();
-  return mode == Bf16Mode::pairs ||
-      (mode == Bf16Mode::automatic && chosen_isa() == Isa::avx512 && has_avx512_bf16());
+  switch (chosen_bf16_mode()) {
+    case Bf16Mode::pairs:
+      return Bf16Kernel::pairs;
+    case Bf16Mode::tiles:
+      return Bf16Kernel::tiles;
+    case Bf16Mode::widen:
+      return Bf16Kernel::none;
+    case Bf16Mode::automatic:
+      break;
+  }
+  if (chosen_isa() != Isa::avx512) {
+    return Bf16Kernel::none;
+  }
+  return has_amx_bf16() ? Bf16Kernel::tiles : has_avx512_bf16() ? Bf16Kernel::pairs : Bf16Kernel::none;
 }
 
 bool winograd_applies(const ConvGeometry& g) {
@@ -172,6 +207,12 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
   }
   if (asked == Algo::direct || asked == Algo::gemm) {
     return asked;
+  }
+  // A tile product multiplies 16 x 16 x 32 bfloat16 values per instruction, many times what
+  // float32 FMAs do: where the CPU has AMX, bfloat16 layers take the tile kernel, Winograd's
+  // 3x3 layers included (not timed yet: no session has had such a CPU).
+  if (asked == Algo::automatic && has_amx_bf16() && bf16_kernel(g, dtype, Algo::direct) == Bf16Kernel::tiles) {
+    return Algo::direct;
   }
   if (winograd_applies(g) && (asked == Algo::winograd || isa != Isa::portable)) {
     // Below a few tiles per thread the weight transform is not repaid.
@@ -240,13 +281,25 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
   const Isa isa = chosen_isa();
   const IsaKernels& k = kernels(isa);
   if (x.scalar_type() == at::kBFloat16) {
-    TORCH_CHECK(uses_bf16_pairs(g, at::kBFloat16, algo), "NHWC conv kernels: a bfloat16 input needs the pair kernel");
+    const Bf16Kernel kernel = bf16_kernel(g, at::kBFloat16, algo);
+    TORCH_CHECK(kernel != Bf16Kernel::none, "NHWC conv kernels: a bfloat16 input needs a bfloat16 kernel");
     // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's where it is packed).
     ConvGeometry even = g;
     even.in_channels += g.in_channels % 2;
     const at::Tensor x_nhwc = nhwc_pixels(x);
     const at::Tensor padded =
         (even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1})).permute({0, 3, 1, 2});
+    if (kernel == Bf16Kernel::tiles) {  // 32 columns: two 16-column tiles
+      const at::Tensor packed = packed_weight_pairs(weight, even, 32, cache_weight);
+#if defined(__x86_64__)
+      if (has_amx_bf16()) {
+        amx_bf16_tiles_direct()(padded, packed, bias, even, out);
+        return;
+      }
+#endif
+      bf16_tiles_emulated_direct()(padded, packed, bias, even, out);
+      return;
+    }
     const at::Tensor packed = packed_weight_pairs(weight, even, direct_block(isa), cache_weight);
 #if defined(__x86_64__)
     if (isa == Isa::avx512 && has_avx512_bf16()) {
@@ -272,7 +325,7 @@ at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight,
 
 namespace {
 
-// "detected=avx2 chosen=avx2 algo=auto bf16=auto avx512_bf16=no supported=portable,avx2": parsed by
+// "detected=avx2 chosen=avx2 algo=auto bf16=auto avx512_bf16=no amx_bf16=no supported=portable,avx2": parsed by
 // miniplaces_ext.cpu_capabilities(). Raises if a switch is invalid.
 std::string cpu_capabilities() {
   std::string supported;
@@ -282,17 +335,19 @@ std::string cpu_capabilities() {
   return std::string("detected=") + isa_name(detected_isa()) + " chosen=" + isa_name(chosen_isa()) +
       " algo=" + kAlgoNames[static_cast<int>(chosen_algo())] + " bf16=" +
       kBf16ModeNames[static_cast<int>(chosen_bf16_mode())] + " avx512_bf16=" + (has_avx512_bf16() ? "yes" : "no") +
-      " supported=" + supported;
+      " amx_bf16=" + (has_amx_bf16() ? "yes" : "no") + " supported=" + supported;
 }
 
 // The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd;
-// "direct-bf16" for the direct kernel on bfloat16 pairs. Asked under torch.inference_mode,
+// "direct-bf16" for the direct kernel on bfloat16 pairs, "direct-bf16-tiles" on tiles. Asked under torch.inference_mode,
 // the choice for a cached weight (what an inference-mode forward pass runs).
 std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
   const Algo algo = choose_algo(g, input.scalar_type(), c10::InferenceMode::is_enabled());
-  return std::string(kAlgoNames[static_cast<int>(algo)]) + (uses_bf16_pairs(g, input.scalar_type(), algo) ? "-bf16" : "");
+  constexpr const char* kSuffixes[] = {"", "-bf16", "-bf16-tiles"};
+  return std::string(kAlgoNames[static_cast<int>(algo)]) +
+      kSuffixes[static_cast<int>(bf16_kernel(g, input.scalar_type(), algo))];
 }
 
 // GFLOP/s of float32 FMAs on all of torch's threads at the chosen ISA level.

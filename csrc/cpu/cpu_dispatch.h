@@ -4,11 +4,12 @@
 // (portable | avx2 | avx512) lowers it, never raises it: asking for a level
 // the CPU lacks is an error. MINIPLACES_CPU_ALGO (auto | direct | gemm |
 // winograd) forces an algorithm where it applies. MINIPLACES_CPU_BF16 (auto |
-// pairs | widen) says how bfloat16 layers on the direct kernel multiply: auto
-// takes bfloat16 pair products (vdpbf16ps) where the CPU has AVX512-BF16 and
-// the avx512 level is in use, else widens to float32; pairs takes the pair
-// kernel everywhere (emulated with float32 FMAs where the CPU lacks the
-// instruction: how tests run it on any CPU); widen always widens. All three
+// pairs | tiles | widen) says how bfloat16 layers on the direct kernel
+// multiply: auto takes AMX tile products (TDPBF16PS) where the CPU has
+// AMX-BF16, else bfloat16 pair products (VDPBF16PS) where it has AVX512-BF16,
+// both only at the avx512 level, else widens to float32; pairs and tiles take
+// that kernel everywhere (emulated in plain arithmetic where the CPU lacks the
+// instructions: how tests run them on any CPU); widen always widens. All three
 // are read on every call, so a test can change them between calls.
 #pragma once
 
@@ -40,16 +41,23 @@ Isa chosen_isa();
 Algo chosen_algo();
 
 // How bfloat16 direct convolutions multiply (MINIPLACES_CPU_BF16, checked).
-enum class Bf16Mode : int { automatic = 0, pairs = 1, widen = 2 };
+enum class Bf16Mode : int { automatic = 0, pairs = 1, widen = 2, tiles = 3 };
 Bf16Mode chosen_bf16_mode();
 
 // True when the CPU has AVX512-BF16 (vdpbf16ps); read from CPUID once.
 bool has_avx512_bf16();
 
-// True when this convolution, of dtype `dtype` computed by `algo`, runs on the
-// bfloat16 pair kernel: bfloat16, the direct kernel, one group, and
-// MINIPLACES_CPU_BF16 asking for it (see above).
-bool uses_bf16_pairs(const ConvGeometry& g, at::ScalarType dtype, Algo algo);
+// True when the CPU has AMX-TILE and AMX-BF16 and the OS granted this process the tile state
+// (Linux: arch_prctl ARCH_REQ_XCOMP_PERM); asked once.
+bool has_amx_bf16();
+
+// Which bfloat16 kernel multiplies a direct convolution's bfloat16 operands: none (they are
+// widened to float32), pairs (vec_bf16_pairs.h) or tiles (tile_block.h).
+enum class Bf16Kernel : int { none = 0, pairs = 1, tiles = 2 };
+
+// The bfloat16 kernel of this convolution, of dtype `dtype` computed by `algo`: none unless
+// bfloat16, the direct kernel and one group; then what MINIPLACES_CPU_BF16 asks for (see above).
+Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo);
 
 // True when the Winograd F(4x4, 3x3) kernel can compute this convolution
 // (3x3, stride 1, dilation 1, one group).
@@ -60,6 +68,7 @@ bool winograd_applies(const ConvGeometry& g);
 //    as float32 (their operands are widened to float32 for the kernels);
 //  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
 //    where it applies, else what `auto` picks;
+//  - auto, bfloat16 on a CPU with AMX (bf16_kernel gives tiles): direct;
 //  - auto: Winograd for 3x3 stride-1 layers with enough tiles to repay the
 //    weight transform (fewer when `weight_cached`: the transform is kept);
 //    gemm for 1x1 layers without padding (a GEMM over the sampled pixels)
@@ -76,7 +85,7 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
 // winograd) at the chosen ISA level. The kernels compute in NHWC: a
 // channels_last x is read in place, any other layout through its strides,
 // its rows laid out NHWC as the kernel reaches them (input_rows.h). x is
-// float32, or bfloat16 for the pair kernel (uses_bf16_pairs; converted to
+// float32, or bfloat16 for a bfloat16 kernel (bf16_kernel; converted to
 // NHWC here, an odd channel count padded with a zero channel);
 // bias is float32. With `cache_weight` the packed weight is kept for the next
 // call (packed_weights.h).
@@ -127,6 +136,10 @@ const IsaKernels& avx2_kernels();
 const IsaKernels& avx512_kernels();
 // The direct kernel on bfloat16 pairs with vdpbf16ps: only on CPUs with AVX512-BF16.
 IsaKernels::NhwcConv avx512_bf16_pairs_direct();
+// The direct kernel on AMX tiles: only where has_amx_bf16().
+IsaKernels::NhwcConv amx_bf16_tiles_direct();
 #endif
+// The direct kernel on emulated tiles (tiles_emulated.h), for any CPU: slow, for tests.
+IsaKernels::NhwcConv bf16_tiles_emulated_direct();
 
 } // namespace miniplaces_ext::cpu

@@ -21,7 +21,9 @@
 // [group][block][kh][kw][Cg/2][kBlock][2] (pack_direct_weight_pairs), with Cg
 // even (the caller pads an odd channel count with a zero channel).
 // One register block (register_block.h) computes R <= kMaxRows consecutive
-// output pixels x kBlock channels; per kernel tap it is a rank-Cg update.
+// output pixels x kBlock channels; per kernel tap it is a rank-Cg update. A
+// trait naming a tile unit (TileTraits, tile_block.h: AMX) gets TileBlock
+// instead, with the same interface: 16 pixels x 32 channels of tile sums.
 // Work is split over output rows (and channel blocks when the weight is
 // large), ordered so that the smaller operand stays in cache. The input is
 // read in place when it is NHWC, else laid out row by row as each thread
@@ -37,6 +39,7 @@
 #include "input_rows.h"
 #include "layout.h"
 #include "register_block.h"
+#include "tile_block.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -49,6 +52,16 @@
 #include <vector>
 
 namespace miniplaces_ext::cpu {
+
+// The accumulator block of R pixels: vector registers, or tiles where the trait names a tile unit.
+template <typename Vec, int R, typename = void>
+struct AccumulatorBlock {
+  using type = RegisterBlock<Vec, R>;
+};
+template <typename Vec, int R>
+struct AccumulatorBlock<Vec, R, std::void_t<typename Vec::Tiles>> {
+  using type = TileBlock<typename Vec::Tiles, R>;
+};
 
 template <typename Vec, typename In = float>
 struct DirectConv {
@@ -90,14 +103,19 @@ struct DirectConv {
     return weight_is_large(g, blocks) ? g.in_h : std::min(g.in_h, two_output_rows);
   }
 
-  // How one step of the reduction multiplies (float32 FMAs or bfloat16 pairs).
-  using Steps = std::conditional_t<kPairs, Bf16PairSteps<Vec>, Float32Steps<Vec>>;
+  template <int R>
+  using Block = typename AccumulatorBlock<Vec, R>::type;
 
-  // acc += the rank-`depth` product of R input rows (StridedRows or
-  // PointerRows) and a packed weight panel; depth is even for pairs.
-  template <int R, typename Rows>
-  static void reduce(RegisterBlock<Vec, R>& acc, const Rows& rows, const In* b, int64_t depth) {
-    acc.template accumulate<Steps>(rows, b, Steps::kWidth * kBlock, depth / Steps::kWidth);
+  // How one step of the reduction multiplies (float32 FMAs or bfloat16 pairs), and how many
+  // reduction elements it takes.
+  using Steps = std::conditional_t<kPairs, Bf16PairSteps<Vec>, Float32Steps<Vec>>;
+  static constexpr int64_t kStepWidth = kPairs ? 2 : 1;
+
+  // acc (a Block) += the rank-`depth` product of its R input rows (StridedRows
+  // or PointerRows) and a packed weight panel; depth is even for pairs.
+  template <typename Acc, typename Rows>
+  static void reduce(Acc& acc, const Rows& rows, const In* b, int64_t depth) {
+    acc.template accumulate<Steps>(rows, b, kStepWidth * kBlock, depth / kStepWidth);
   }
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
@@ -109,7 +127,7 @@ struct DirectConv {
                            const RowDestination& d) {
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels_per_group();
-    RegisterBlock<Vec, R> acc;
+    Block<R> acc;
     const int64_t pixel_step = g.stride_w * g.in_channels;
     const In* wblock = a.weight + (grp * a.blocks + blk) * g.kernel_h * g.kernel_w * cg * kBlock;
     // With one group and undilated columns, the kw taps of a kernel row read

@@ -1,5 +1,5 @@
 // Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h; the direct kernel
-// also on emulated bfloat16 pairs, vec_bf16_pairs.h) instantiated for
+// also on emulated bfloat16 pairs, vec_bf16_pairs.h, and on emulated tiles, tiles_emulated.h) instantiated for
 // any CPU, with the vector traits of vec_portable.h (GCC/Clang vector extensions: no target-
 // specific code). Everything outside the target region is included first, so that the pragma
 // applies to the kernels alone (inline library code compiled for AVX could otherwise leak to other
@@ -18,6 +18,7 @@
 #include "layout.h"
 #include "vec_portable.h"
 #include "vec_bf16_pairs.h"
+#include "tiles_emulated.h"
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
 #include "weight_grad_kernel.h"
@@ -30,6 +31,10 @@ const IsaKernels& portable_kernels() {
                                         &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &WeightGrad<Portable>::run,
                                         &FmaPeak<Portable>::gflops};
   return kKernels;
+}
+
+IsaKernels::NhwcConv bf16_tiles_emulated_direct() {
+  return &DirectConv<TileTraits<EmulatedTiles>, uint16_t>::run;
 }
 
 } // namespace miniplaces_ext::cpu

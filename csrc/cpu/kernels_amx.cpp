@@ -1,0 +1,39 @@
+// The direct kernel on bfloat16 pairs with AMX tiles (tile_block.h, tiles_amx.h), compiled for
+// AMX-TILE and AMX-BF16 by a target pragma (never -march). cpu_dispatch.cpp calls it only where
+// the CPU has AMX-BF16 and the OS has granted the tile state (has_amx_bf16()). x86-64 builds only.
+#if defined(__x86_64__)
+
+// Everything outside the target region is included first, so that the pragma applies to the
+// kernel alone.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <immintrin.h>
+
+#include "cpu_dispatch.h"  // and conv.h: their inline functions compiled for the baseline
+#include "layout.h"
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16")
+
+#include "tiles_amx.h"
+#include "direct_conv_kernel.h"
+
+namespace miniplaces_ext::cpu {
+
+IsaKernels::NhwcConv amx_bf16_tiles_direct() {
+  return &DirectConv<TileTraits<AmxTiles>, uint16_t>::run;
+}
+
+} // namespace miniplaces_ext::cpu
+
+#pragma GCC pop_options
+
+#endif // __x86_64__
