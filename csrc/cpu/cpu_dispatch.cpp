@@ -211,7 +211,8 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
   // A tile product multiplies 16 x 16 x 32 bfloat16 values per instruction, many times what
   // float32 FMAs do: where the CPU has AMX, bfloat16 layers take the tile kernel, Winograd's
   // 3x3 layers included (not timed yet: no session has had such a CPU).
-  if (asked == Algo::automatic && has_amx_bf16() && bf16_kernel(g, dtype, Algo::direct) == Bf16Kernel::tiles) {
+  if (asked == Algo::automatic && isa == Isa::avx512 && has_amx_bf16() &&
+      bf16_kernel(g, dtype, Algo::direct) == Bf16Kernel::tiles) {
     return Algo::direct;
   }
   if (winograd_applies(g) && (asked == Algo::winograd || isa != Isa::portable)) {
@@ -292,7 +293,7 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
     if (kernel == Bf16Kernel::tiles) {  // 32 columns: two 16-column tiles
       const at::Tensor packed = packed_weight_pairs(weight, even, 32, cache_weight);
 #if defined(__x86_64__)
-      if (has_amx_bf16()) {
+      if (isa == Isa::avx512 && has_amx_bf16()) {  // a lowered level runs the emulation, as pairs do
         amx_bf16_tiles_direct()(padded, packed, bias, even, out);
         return;
       }
