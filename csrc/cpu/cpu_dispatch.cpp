@@ -161,6 +161,17 @@ bool has_amx_bf16() {
   return has;
 }
 
+namespace {
+
+// Whether bfloat16 kernel `kernel` runs on this CPU's own instructions at level `isa` (else on its
+// emulation): AMX-BF16 for tiles, AVX512-BF16 for pairs, either only at the avx512 level.
+bool bf16_native(Bf16Kernel kernel, Isa isa) {
+  return isa == Isa::avx512 &&
+      ((kernel == Bf16Kernel::tiles && has_amx_bf16()) || (kernel == Bf16Kernel::pairs && has_avx512_bf16()));
+}
+
+} // namespace
+
 Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
   if (dtype != at::kBFloat16 || algo != Algo::direct || g.groups != 1) {
     return Bf16Kernel::none;
@@ -175,10 +186,10 @@ Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
     case Bf16Mode::automatic:
       break;
   }
-  if (chosen_isa() != Isa::avx512) {
-    return Bf16Kernel::none;
-  }
-  return has_amx_bf16() ? Bf16Kernel::tiles : has_avx512_bf16() ? Bf16Kernel::pairs : Bf16Kernel::none;
+  const Isa isa = chosen_isa();
+  return bf16_native(Bf16Kernel::tiles, isa)   ? Bf16Kernel::tiles
+      : bf16_native(Bf16Kernel::pairs, isa) ? Bf16Kernel::pairs
+                                            : Bf16Kernel::none;
 }
 
 bool winograd_applies(const ConvGeometry& g) {
@@ -211,7 +222,7 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
   // A tile product multiplies 16 x 16 x 32 bfloat16 values per instruction, many times what
   // float32 FMAs do: where the CPU has AMX, bfloat16 layers take the tile kernel, Winograd's
   // 3x3 layers included (not timed yet: no session has had such a CPU).
-  if (asked == Algo::automatic && isa == Isa::avx512 && has_amx_bf16() &&
+  if (asked == Algo::automatic && bf16_native(Bf16Kernel::tiles, isa) &&
       bf16_kernel(g, dtype, Algo::direct) == Bf16Kernel::tiles) {
     return Algo::direct;
   }
@@ -290,25 +301,16 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
     const at::Tensor x_nhwc = nhwc_pixels(x);
     const at::Tensor padded =
         (even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1})).permute({0, 3, 1, 2});
-    if (kernel == Bf16Kernel::tiles) {  // 32 columns: two 16-column tiles
-      const at::Tensor packed = packed_weight_pairs(weight, even, 32, cache_weight);
+    // Tiles take 32 columns (two 16-column tiles) at every level; a lowered level runs the emulations.
+    const bool tiles = kernel == Bf16Kernel::tiles;
+    const at::Tensor packed = packed_weight_pairs(weight, even, tiles ? 32 : direct_block(isa), cache_weight);
+    IsaKernels::NhwcConv run = tiles ? bf16_tiles_emulated_direct() : k.direct_bf16_pairs_emulated;
 #if defined(__x86_64__)
-      if (isa == Isa::avx512 && has_amx_bf16()) {  // a lowered level runs the emulation, as pairs do
-        amx_bf16_tiles_direct()(padded, packed, bias, even, out);
-        return;
-      }
-#endif
-      bf16_tiles_emulated_direct()(padded, packed, bias, even, out);
-      return;
-    }
-    const at::Tensor packed = packed_weight_pairs(weight, even, direct_block(isa), cache_weight);
-#if defined(__x86_64__)
-    if (isa == Isa::avx512 && has_avx512_bf16()) {
-      avx512_bf16_pairs_direct()(padded, packed, bias, even, out);
-      return;
+    if (bf16_native(kernel, isa)) {
+      run = tiles ? amx_bf16_tiles_direct() : avx512_bf16_pairs_direct();
     }
 #endif
-    k.direct_bf16_pairs_emulated(padded, packed, bias, even, out);
+    run(padded, packed, bias, even, out);
     return;
   }
   TORCH_CHECK(x.scalar_type() == at::kFloat, "NHWC conv kernels: expected a float32 or bfloat16 input");

@@ -5,6 +5,8 @@
 // For tests, not speed.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -23,7 +25,8 @@ struct EmulatedTiles {
           float sum = s.c[half][m][n];
           for (int k = 0; k < 16; ++k) {
             const uint16_t* b_pair = element(b, k * b_stride) + 32 * half + 2 * n;
-            sum += widen(a_row[2 * k]) * widen(b_pair[0]) + widen(a_row[2 * k + 1]) * widen(b_pair[1]);
+            sum += c10::detail::f32_from_bits(a_row[2 * k]) * c10::detail::f32_from_bits(b_pair[0]) +
+                c10::detail::f32_from_bits(a_row[2 * k + 1]) * c10::detail::f32_from_bits(b_pair[1]);
           }
           s.c[half][m][n] = sum;
         }
@@ -50,13 +53,6 @@ struct EmulatedTiles {
   // The element `bytes` bytes after p.
   static const uint16_t* element(const uint16_t* p, int64_t bytes) {
     return reinterpret_cast<const uint16_t*>(reinterpret_cast<const char*>(p) + bytes);
-  }
-  // A bfloat16 is the upper half of a float32.
-  static float widen(uint16_t bits) {
-    const uint32_t word = static_cast<uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &word, sizeof(f));
-    return f;
   }
 };
 
