@@ -5,14 +5,15 @@ plus ``padding_mode``), ``nn.Conv2d`` for ``miniplaces_ext.nn.Conv2d``, or call
 ``miniplaces_ext.swap_convs(model)`` to put our kernels into an existing model.
 
 The CPU kernels pick an instruction-set level at run time (``cpu_capabilities()``;
-``MINIPLACES_CPU_ISA=portable|avx2|avx512`` lowers it).
+``set_cpu_options(isa="portable"|"avx2"|"avx512")`` or ``MINIPLACES_CPU_ISA`` lowers it).
 """
 from miniplaces_ext import _library
 
 LIBRARY_PATH = _library.load()
 
 from miniplaces_ext._library import (  # noqa: E402
-    clear_weight_cache, cpu_capabilities, cpu_conv_algorithm, cuda_kernels_built, weight_cache_size)
+    clear_weight_cache, cpu_capabilities, cpu_conv_algorithm, cpu_options, cuda_kernels_built, get_cpu_options,
+    set_cpu_options, weight_cache_size)
 from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
 from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
 
@@ -26,13 +27,16 @@ __all__ = [
     "conv2d",
     "cpu_capabilities",
     "cpu_conv_algorithm",
+    "cpu_options",
     "cuda_kernels_built",
+    "get_cpu_options",
     "restore_convs",
+    "set_cpu_options",
     "swap_convs",
     "weight_cache_size",
 ]
 
-try:  # an invalid MINIPLACES_CPU_ISA/ALGO is reported once, at import, in one line
+try:  # an invalid MINIPLACES_CPU_* switch is reported once, at import, in one line
     cpu_capabilities()
 except RuntimeError as _exc:
     raise ImportError(f"miniplaces_ext: {str(_exc).splitlines()[0]}") from None

@@ -7,7 +7,9 @@ undefined-symbol trace.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from typing import Iterator, Optional
 
 import torch
 from torch.nn.modules.utils import _pair
@@ -54,9 +56,8 @@ def cpu_capabilities() -> dict[str, object]:
 
     ``{"detected": "avx2", "chosen": "avx2", "algo": "auto", "bf16": "auto", "avx512_bf16": "no",
     "amx_bf16": "no", "supported": ["portable", "avx2"]}``: the highest instruction-set level of
-    this CPU, the level in use (lowered by ``MINIPLACES_CPU_ISA=portable|avx2|avx512``), the
-    algorithm switch (``MINIPLACES_CPU_ALGO=auto|direct|gemm|winograd``), how bfloat16 direct
-    layers multiply (``MINIPLACES_CPU_BF16=auto|pairs|tiles|widen``), whether the CPU has
+    this CPU, the level in use (the ``isa`` option of :func:`set_cpu_options`), the
+    algorithm option, how bfloat16 direct layers multiply (the ``bf16`` option), whether the CPU has
     AVX512-BF16 and AMX-BF16 (with the tile state granted by the OS), and every level this CPU
     can run. Raises RuntimeError if a switch is invalid or asks for more than
     the CPU has.
@@ -72,7 +73,7 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
     ``"direct"``, ``"direct-bf16"`` / ``"direct-bf16-tiles"`` (the direct kernel multiplying bfloat16
     pairs in vector registers / AMX tiles) or ``"gemm"``
     (im2col + GEMM; for 1x1 layers without padding a GEMM over the sampled pixels), as chosen
-    by ``MINIPLACES_CPU_ALGO``, ``MINIPLACES_CPU_BF16`` and the ISA level. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
+    by the options of :func:`set_cpu_options` and the CPU. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
     return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),
                                                        groups)
 
@@ -90,3 +91,48 @@ def clear_weight_cache() -> None:
 def weight_cache_size() -> int:
     """How many packed weights the CPU kernels hold (see :func:`clear_weight_cache`)."""
     return torch.ops.miniplaces_ext.weight_cache_size()
+
+
+_OPTION_NAMES = ("isa", "algo", "bf16", "column_bytes")
+
+
+def get_cpu_options() -> dict[str, object]:
+    """The CPU kernels' switches in force: ``{"isa": "avx2", "algo": "auto", "bf16": "auto",
+    "column_bytes": 4194304}`` (see :func:`set_cpu_options`)."""
+    fields = dict(item.split("=", 1) for item in torch.ops.miniplaces_ext.cpu_options().split())
+    return {**fields, "column_bytes": int(fields["column_bytes"])}
+
+
+def set_cpu_options(isa: Optional[str] = None, algo: Optional[str] = None, bf16: Optional[str] = None,
+                    column_bytes: Optional[int] = None) -> dict[str, object]:
+    """Sets the CPU kernels' switches for every later call and returns the previous ones.
+
+    - ``isa``: ``"portable"``, ``"avx2"`` or ``"avx512"``, lowers the instruction-set level (a
+      level this CPU lacks is an error);
+    - ``algo``: ``"auto"``, ``"direct"``, ``"gemm"`` or ``"winograd"``, forces an algorithm where
+      it applies;
+    - ``bf16``: ``"auto"``, ``"pairs"``, ``"tiles"`` or ``"widen"``, how bfloat16 layers on the
+      direct kernel multiply (``pairs``/``tiles`` run emulated where the CPU lacks the instructions);
+    - ``column_bytes``: the cap on one im2col chunk of the GEMM path.
+
+    ``None`` keeps an option as it is. Their defaults come from ``MINIPLACES_CPU_ISA``,
+    ``MINIPLACES_CPU_ALGO``, ``MINIPLACES_CPU_BF16`` and ``MINIPLACES_CPU_COLUMN_BYTES``, read once
+    at import; changing the environment later has no effect. Raises RuntimeError for a bad value.
+    """
+    previous = get_cpu_options()
+    torch.ops.miniplaces_ext.set_cpu_options(isa, algo, bf16, column_bytes)
+    return previous
+
+
+@contextlib.contextmanager
+def cpu_options(**options: object) -> Iterator[dict[str, object]]:
+    """``with cpu_options(isa="avx2", algo="direct"):`` runs the block with those switches (see
+    :func:`set_cpu_options`) and restores the previous ones after it."""
+    unknown = set(options) - set(_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"cpu_options() got unknown options {sorted(unknown)}; use {', '.join(_OPTION_NAMES)}")
+    previous = set_cpu_options(**options)  # type: ignore[arg-type]
+    try:
+        yield get_cpu_options()
+    finally:
+        set_cpu_options(**previous)  # type: ignore[arg-type]

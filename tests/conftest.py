@@ -48,24 +48,63 @@ requires_weights = pytest.mark.skipif(not PROVIDED_WEIGHTS.exists(),
 # Devices to run device-generic tests on: CPU always, CUDA when usable.
 DEVICES = ["cpu", pytest.param("cuda", marks=[requires_gpu, pytest.mark.cuda])]
 
-# CPU kernel choices the op tests run under, as (MINIPLACES_CPU_ISA, MINIPLACES_CPU_ALGO):
-# the default choice, im2col + GEMM, and the direct and Winograd kernels at every ISA level
-# this CPU has (Winograd where it applies: 3x3 stride-1 layers; others take the default).
-CPU_KERNELS = [("", "auto"), ("", "gemm")] + [
-    (isa, algo) for isa in miniplaces_ext.cpu_capabilities()["supported"] for algo in ("direct", "winograd")]
+# Every instruction-set level our CPU kernels have, lowest first. Tests parametrised over them
+# run each level this CPU has and show the others as skipped, with the reason, so that a run on
+# a smaller CPU says what it did not check.
+ISA_LEVELS = ("portable", "avx2", "avx512")
+_CAPABILITIES = miniplaces_ext.cpu_capabilities()
 
+
+def isa_params(levels=ISA_LEVELS) -> list:
+    """pytest params for `levels`: those this CPU lacks are skipped with the reason."""
+    return [pytest.param(level, id=level, marks=() if level in _CAPABILITIES["supported"] else pytest.mark.skip(
+        reason=f"this CPU has no {level} (detected: {_CAPABILITIES['detected']})")) for level in levels]
+
+
+def native_bf16_skip_reason(kernel: str) -> str | None:
+    """Why the bfloat16 `kernel` ("pairs": vdpbf16ps, "tiles": tdpbf16ps) cannot run natively
+    here, or None when it can."""
+    if _CAPABILITIES["detected"] != "avx512":
+        return f"native bfloat16 {kernel} need the avx512 level; this CPU has {_CAPABILITIES['detected']}"
+    flag = {"pairs": "avx512_bf16", "tiles": "amx_bf16"}[kernel]
+    if _CAPABILITIES[flag] != "yes":
+        return f"this CPU has no {flag.upper().replace('_', '-')} (or the OS did not grant the tile state)"
+    return None
+
+
+# CPU kernel choices the op tests run under, as (isa option, algo option): the default choice,
+# im2col + GEMM, and the direct and Winograd kernels at every ISA level (Winograd where it
+# applies: 3x3 stride-1 layers; others take the default); levels this CPU lacks are skipped.
+def _cpu_kernel_params() -> list:
+    params = [pytest.param(("", "auto"), id="detected-auto"), pytest.param(("", "gemm"), id="detected-gemm")]
+    for level in isa_params():
+        params += [pytest.param((level.values[0], algo), id=f"{level.values[0]}-{algo}", marks=level.marks)
+                   for algo in ("direct", "winograd")]
+    return params
+
+
+CPU_KERNELS = _cpu_kernel_params()
 
 # (device, cpu_kernel) pairs: every CPU kernel choice on the CPU, the default one on CUDA.
-DEVICE_KERNELS = [pytest.param("cpu", k, id=f"cpu-{k[0] or 'detected'}-{k[1]}") for k in CPU_KERNELS] + [
-    pytest.param("cuda", CPU_KERNELS[0], id="cuda", marks=[requires_gpu, pytest.mark.cuda])]
+DEVICE_KERNELS = [pytest.param("cpu", *k.values, id=f"cpu-{k.id}", marks=k.marks) for k in CPU_KERNELS] + [
+    pytest.param("cuda", ("", "auto"), id="cuda", marks=[requires_gpu, pytest.mark.cuda])]
 
 
-def use_cpu_kernel(monkeypatch, cpu_kernel: tuple[str, str]) -> None:
-    """Selects a CPU kernel for the rest of the test (an empty ISA keeps the environment's)."""
+def use_cpu_kernel(cpu_kernel: tuple[str, str]) -> None:
+    """Selects a CPU kernel for the rest of the test (an empty ISA keeps the one in force); the
+    autouse fixture `_restore_cpu_options` puts the options back after the test."""
     isa, algo = cpu_kernel
-    if isa:
-        monkeypatch.setenv("MINIPLACES_CPU_ISA", isa)
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", algo)
+    miniplaces_ext.set_cpu_options(isa=isa or None, algo=algo)
+
+
+@pytest.fixture(autouse=True)
+def _restore_cpu_options():
+    """Every test starts with the options in force at import and leaves them so."""
+    yield
+    miniplaces_ext.set_cpu_options(**_OPTIONS_AT_IMPORT)
+
+
+_OPTIONS_AT_IMPORT = miniplaces_ext.get_cpu_options()
 
 
 def onednn_defect_applies(x: torch.Tensor, w: torch.Tensor, stride, padding) -> bool:

@@ -78,7 +78,7 @@ CASES_2D = [
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 @pytest.mark.parametrize("case", CASES_2D)
 def test_conv2d_matches_torch(case, layout, dtype, device, cpu_kernel, monkeypatch):
-    use_cpu_kernel(monkeypatch, cpu_kernel)
+    use_cpu_kernel(cpu_kernel)
     n, c, h, w_, cout, k, stride, padding, dilation, groups, bias, mode = case
     x = torch.randn(n, c, h, w_, dtype=dtype, device=device)
     if layout == "channels_last":
@@ -215,12 +215,11 @@ def test_autocast_applies_to_the_raw_ops_and_their_gradients(device, dims):
         assert op(x.double(), w.double(), b.double(), *conf).dtype == torch.float64
 
 
-@pytest.mark.parametrize("column_bytes", ["1", "5000"])
-def test_gemm_path_in_chunks_matches_torch(column_bytes, monkeypatch):
+@pytest.mark.parametrize("column_bytes", [1, 5000])
+def test_gemm_path_in_chunks_matches_torch(column_bytes):
     """The im2col buffer limit lowered so each chunk holds one image (or a few): forward and all
     gradients of the chunked GEMM path, grouped, stride 2, with bias, equal torch's."""
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
-    monkeypatch.setenv("MINIPLACES_CPU_COLUMN_BYTES", column_bytes)
+    me.set_cpu_options(algo="gemm", column_bytes=column_bytes)
     x = torch.randn(5, 4, 9, 11)
     w = torch.randn(6, 2, 3, 3) * 0.2
     b = torch.randn(6)
@@ -228,11 +227,11 @@ def test_gemm_path_in_chunks_matches_torch(column_bytes, monkeypatch):
     assert_same(ours, theirs, torch.float32)
 
 
-def test_invalid_column_limit_is_refused(monkeypatch):
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
-    monkeypatch.setenv("MINIPLACES_CPU_COLUMN_BYTES", "lots")
-    with pytest.raises(RuntimeError, match="MINIPLACES_CPU_COLUMN_BYTES=lots is not a positive number"):
-        me.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 2, 2))
+def test_invalid_column_limit_is_refused():
+    before = me.get_cpu_options()
+    with pytest.raises(RuntimeError, match="column_bytes=0 is not a positive number"):
+        me.set_cpu_options(algo="gemm", column_bytes=0)
+    assert me.get_cpu_options() == before  # a refused call changes nothing
 
 
 def test_reference_leaves_onednn_only_where_it_is_wrong():

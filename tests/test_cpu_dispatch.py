@@ -1,5 +1,5 @@
-"""The CPU dispatcher: ISA detection, the MINIPLACES_CPU_ISA/ALGO switches, and the
-direct kernel at every ISA level on shapes that exercise its tails."""
+"""The CPU dispatcher: ISA detection, the CPU options (set_cpu_options, the MINIPLACES_CPU_*
+defaults), and the direct kernel at every ISA level on shapes that exercise its tails."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import assert_within_accumulation_bound, use_cpu_kernel
+from conftest import assert_within_accumulation_bound, conv_reference_with_bounds, isa_params, native_bf16_skip_reason, use_cpu_kernel
 
 SUPPORTED = me.cpu_capabilities()["supported"]
 
@@ -38,10 +38,9 @@ def test_detection_matches_cpuinfo():
     assert caps["supported"] == ["portable", "avx2", "avx512"][: caps["supported"].index(caps["detected"]) + 1]
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 def test_switch_lowers_the_level(isa, monkeypatch):
-    monkeypatch.setenv("MINIPLACES_CPU_ISA", isa)
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "gemm")
+    me.set_cpu_options(isa=isa, algo="gemm")
     caps = me.cpu_capabilities()
     assert (caps["chosen"], caps["algo"]) == (isa, "gemm")
 
@@ -55,6 +54,7 @@ def _import_with(env: dict[str, str]) -> subprocess.CompletedProcess:
     ({"MINIPLACES_CPU_ISA": "sse9"}, "is not a level"),
     ({"MINIPLACES_CPU_ALGO": "fft"}, "is not an algorithm"),
     ({"MINIPLACES_CPU_BF16": "fast"}, "is not a mode"),
+    ({"MINIPLACES_CPU_COLUMN_BYTES": "lots"}, "is not a positive number of bytes"),
 ])
 def test_invalid_switch_is_one_line_at_import(env, message):
     result = _import_with(env)
@@ -69,18 +69,17 @@ def test_level_above_the_cpu_is_refused(monkeypatch):
         pytest.skip("this CPU has the highest level (avx512): nothing above it to refuse")
     result = _import_with({"MINIPLACES_CPU_ISA": above})
     assert "asks for more than this CPU supports" in result.stderr.strip().splitlines()[-1]
-    monkeypatch.setenv("MINIPLACES_CPU_ISA", above)
     with pytest.raises(RuntimeError, match="asks for more than this CPU supports"):
-        me.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1))
+        me.set_cpu_options(isa=above)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("out_channels", [1, 5, 8, 17, 40])
 @pytest.mark.parametrize("width", [1, 4, 7, 13, 26])
 def test_direct_kernel_tails(isa, out_channels, width, monkeypatch):
     """Output channels that fill no/part of a register block, widths around the pixel blocking,
     with borders on both sides: the direct kernel of every level against float64 torch."""
-    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    use_cpu_kernel((isa, "direct"))
     gen = torch.Generator().manual_seed(out_channels * 100 + width)
     x = torch.randn(2, 6, 5, width, generator=gen)
     w = torch.randn(out_channels, 6, 3, 3, generator=gen)
@@ -96,14 +95,14 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("in_channels", [6, 288])  # packed weight 6 KiB (row buffer) / 2.6 MiB (strided stores)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_direct_kernel_writes_the_output_in_its_layout(isa, in_channels, layout, monkeypatch):
     """The direct kernel writes NCHW outputs in place (through a row buffer for small weights,
     strided stores for large ones) and channels_last ones directly: both equal float64 torch,
     come back in the input's layout, and hold the same bits."""
-    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    use_cpu_kernel((isa, "direct"))
     gen = torch.Generator().manual_seed(in_channels)
     x = torch.randn(2, in_channels, 9, 11, generator=gen)
     w = torch.randn(256, in_channels, 3, 3, generator=gen) / in_channels ** 0.5
@@ -116,7 +115,7 @@ def test_direct_kernel_writes_the_output_in_its_layout(isa, in_channels, layout,
     assert torch.equal(out, me.conv2d(LAYOUTS["channels_last"](x), w, b, stride=2, padding=1))
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("batch, in_channels, size, out_channels, kernel, stride, padding, dilation, groups", [
     (3, 16, (11, 9), 32, (3, 3), 2, 1, 1, 1),         # ResNet's 3x3/2: a cache of 4 rows, reused across images
     (2, 5, (13, 12), 24, (7, 5), (2, 1), (3, 2), (1, 2), 1),  # rows far apart, odd channels
@@ -130,7 +129,7 @@ def test_direct_kernel_reads_the_input_in_any_layout(isa, batch, in_channels, si
     """The direct kernel reads NCHW and strided inputs by laying out rows as it reaches them
     (or up front), channels_last ones in place: the same bits from every layout and thread
     count, within float32's accumulation bound of float64."""
-    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    use_cpu_kernel((isa, "direct"))
     gen = torch.Generator().manual_seed(in_channels + out_channels)
     x = torch.randn(batch, in_channels, *size, generator=gen)
     w = torch.randn(out_channels, in_channels // groups, *kernel, generator=gen)
@@ -155,7 +154,7 @@ def assert_same_bits_from_every_layout(x, w, b, conf, expected):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("batch, in_channels, size, out_channels, padding", [
     (3, 16, (11, 9), 32, 1),   # tiles of one image's rows, then the next image's: a cache of 10 rows
     (2, 5, (14, 3), 24, 0),    # narrower than a tile, odd channels, no padding
@@ -164,7 +163,7 @@ def assert_same_bits_from_every_layout(x, w, b, conf, expected):
 def test_winograd_reads_the_input_in_any_layout(isa, batch, in_channels, size, out_channels, padding, monkeypatch):
     """Winograd lays out NCHW and strided inputs row by row as its tiles reach them and reads
     channels_last ones in place: the same bits from every layout and thread count."""
-    use_cpu_kernel(monkeypatch, (isa, "winograd"))
+    use_cpu_kernel((isa, "winograd"))
     gen = torch.Generator().manual_seed(in_channels + out_channels)
     x = torch.randn(batch, in_channels, *size, generator=gen)
     w = torch.randn(out_channels, in_channels, 3, 3, generator=gen) / (3 * in_channels ** 0.5)
@@ -182,28 +181,28 @@ def test_winograd_reads_the_input_in_any_layout(isa, batch, in_channels, size, o
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_one_by_one_layers_are_a_gemm_of_the_sampled_pixels(layout, stride, groups, dtype):
     """auto runs 1x1 layers without padding as one GEMM over the sampled pixels (NCHW inputs
-    without leaving NCHW): output and all gradients against float64 torch, in the input's layout."""
+    without leaving NCHW): output and all gradients against float64 torch within the bound a sum
+    of K products in the dtype can be off by (MKL's GEMM sums in an order of its own, which
+    differs between CPUs), in the input's layout."""
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(3, 8, 11, 14, generator=gen, dtype=dtype)
     w = torch.randn(24, 8 // groups, 1, 1, generator=gen, dtype=dtype)
     b = torch.randn(24, generator=gen, dtype=dtype)
     assert me.cpu_conv_algorithm(x, w, stride=stride, groups=groups) == "gemm"
     leaves = [LAYOUTS[layout](x.clone()).requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
-    refs = [x.double().requires_grad_(), w.double().requires_grad_(), b.double().requires_grad_()]
     out = me.conv2d(*leaves, stride=stride, groups=groups)
-    ref = F.conv2d(*refs, stride=stride, groups=groups)
-    grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-    out.backward(grad.to(dtype))
-    ref.backward(grad)
+    dy = torch.randn(out.shape, generator=gen, dtype=dtype)
+    out.backward(dy)
     expected = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert out.is_contiguous(memory_format=expected)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-    for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), (out, *[t.grad for t in leaves]),
-                          (ref, *[t.grad for t in refs])):
-        torch.testing.assert_close(a.double(), r, **tol, msg=lambda m: f"{name}: {m}")
+    refs, abs_refs, lengths = conv_reference_with_bounds(x, w, b, dy, stride, 0, 1, groups)
+    for name, got, ref, abs_ref, k in zip(("output", "grad_input", "grad_weight", "grad_bias"),
+                                          (out, *[t.grad for t in leaves]), refs, abs_refs, lengths):
+        assert got.dtype == dtype, name
+        assert_within_accumulation_bound(got, ref, abs_ref, k, name)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("kernel, stride, padding, dilation, groups", [
     ((3, 3), (2, 2), (1, 1), (1, 1), 1),  # ResNet's 3x3/2: phases of 1, 2, 2 and 4 taps
@@ -220,7 +219,7 @@ def test_strided_grad_input_by_phases(isa, layout, kernel, stride, padding, dila
     per phase of the input grid written into strided views of dx (zeros where no tap reaches; at
     the portable level im2col + GEMM): against float64 torch within the float32 accumulation
     bound, with odd input sizes so that phases differ in size, in the input's layout."""
-    use_cpu_kernel(monkeypatch, (isa, "auto"))
+    use_cpu_kernel((isa, "auto"))
     x = LAYOUTS[layout](torch.randn(2, 16, 13, 11))
     w = torch.randn(32, 16 // groups, *kernel)
     args = (stride, padding, dilation, False, [0, 0], groups, [True, False, False])
@@ -233,7 +232,7 @@ def test_strided_grad_input_by_phases(isa, layout, kernel, stride, padding, dila
     assert got.is_contiguous(memory_format=fmt)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, dilation, width", [
     (16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 11),  # a ResNet 3x3; vectors over the input's channels
@@ -249,7 +248,7 @@ def test_weight_grad_kernel(isa, layout, in_channels, out_channels, kernel, stri
     every level runs it) against float64 torch within the float32 accumulation bound: both
     orientations, row and column tails, strides, padding beyond the taps, dilation, more output
     rows than one chunk of 512 pixels (8 images of 13 rows)."""
-    use_cpu_kernel(monkeypatch, (isa, "direct"))
+    use_cpu_kernel((isa, "direct"))
     x = LAYOUTS[layout](torch.randn(8, in_channels, 13, width))
     w = torch.randn(out_channels, in_channels, *kernel)
     args = (stride, padding, dilation, False, [0, 0], 1, [False, True, False])
@@ -261,7 +260,7 @@ def test_weight_grad_kernel(isa, layout, in_channels, out_channels, kernel, stri
     assert_within_accumulation_bound(got, ref, abs_ref, dy[0, 0].numel() * dy.shape[0], "grad_weight")
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, size", [
     (64, 64, 3, 1, 1, (40, 40)),  # blocks of 48 output rows: boundaries inside images and across them
     (16, 32, 3, 2, 1, (41, 23)),  # stride 2, odd sizes: rows 4-aligned transposes leave tails
@@ -276,7 +275,7 @@ def test_backward_reads_grad_output_and_input_in_any_layout(isa, in_channels, ou
     kernels lay out grad_output's rows, the bias gradient sums NCHW planes. NCHW and strided
     tensors give the same grad_input and grad_weight bits as channels_last ones (read in place) on
     1, 2 and 3 threads, within the float32 accumulation bound of float64 torch."""
-    use_cpu_kernel(monkeypatch, (isa, algo))
+    use_cpu_kernel((isa, algo))
     gen = torch.Generator().manual_seed(in_channels * kernel)
     x = torch.randn(6, in_channels, *size, generator=gen)
     w = torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / (kernel * in_channels ** 0.5)
@@ -312,7 +311,7 @@ def test_backward_reads_grad_output_and_input_in_any_layout(isa, in_channels, ou
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("algo, stride", [("direct", 2), ("winograd", 1), ("gemm", 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -320,8 +319,8 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     """bfloat16/float16 operands are widened to float32 for the kernel the dispatcher picks
     (not im2col in the half type): output and every gradient hold exactly the bits of the
     float32 computation on the widened operands, rounded once, in the input's layout."""
-    use_cpu_kernel(monkeypatch, (isa, algo))
-    monkeypatch.setenv("MINIPLACES_CPU_BF16", "widen")  # not the bfloat16 pair kernel, where the CPU has one
+    use_cpu_kernel((isa, algo))
+    me.set_cpu_options(bf16="widen")  # not the bfloat16 pair kernel, where the CPU has one
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 12, 10, 9, generator=gen).to(dtype)
     w = (torch.randn(20, 12, 3, 3, generator=gen) / 6).to(dtype)
@@ -344,7 +343,7 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     torch.testing.assert_close(results[0][0].double(), ref, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("mode", ["pairs", "tiles"])
 @pytest.mark.parametrize("in_channels, kernel, stride, out_channels, width", [
     (3, 7, 2, 40, 11),    # the stem: odd channel count (a zero channel is added), one run per kernel row
@@ -360,8 +359,8 @@ def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, widt
     (vdpbf16ps where the CPU has AVX512-BF16) or tile products (AMX's tdpbf16ps where the CPU has
     AMX-BF16), each emulated elsewhere: within what a float32 accumulator of the bfloat16 operands'
     exact products, rounded once to bfloat16, can be off from float64, borders and tails included."""
-    use_cpu_kernel(monkeypatch, (isa, "direct"))
-    monkeypatch.setenv("MINIPLACES_CPU_BF16", mode)
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16=mode)
     gen = torch.Generator().manual_seed(in_channels + kernel)
     x = LAYOUTS[layout](torch.randn(2, in_channels, 13, width, generator=gen).bfloat16())
     w = (torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / (in_channels ** 0.5 * kernel)).bfloat16()
@@ -376,11 +375,52 @@ def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, widt
     assert_within_accumulation_bound(out, ref, abs_ref, in_channels * kernel * kernel + 1, f"bf16 {mode}")
 
 
+def _bf16_operands(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and weight of a 48 -> 40 3x3 layer in bfloat16: "normal" values; "denormal inputs"
+    (half the inputs bfloat16 denormals, the rest just above the normal range, their products
+    1/40 of the others': reading them as anything but zero shows in bfloat16); "denormal sums"
+    (products and sums below float32's normal range)."""
+    x = torch.randn(2, 48, 9, 21, generator=gen)
+    w = torch.randn(40, 48, 3, 3, generator=gen) / 20
+    if kind == "denormal inputs":
+        x = torch.where(torch.rand(x.shape, generator=gen) < 0.5, x * 1e-39, x * 4e-38)
+        w = w * 1e30
+    elif kind == "denormal sums":
+        x, w = x * 1e-20, w * 1e-20
+    return x.bfloat16(), w.bfloat16()
+
+
+@pytest.mark.parametrize("kernel", ["pairs", "tiles"])
+@pytest.mark.parametrize("kind", ["normal", "denormal inputs", "denormal sums"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bf16_emulations_match_native_instructions(kernel, kind, layout):
+    """The emulated bfloat16 units (vec_bf16_pairs.h, tiles_emulated.h) give the bits of the
+    instructions they stand for (vdpbf16ps, tdpbf16ps: product order, rounding, denormals read as
+    zero, denormal results flushed), so that on a CPU without them the emulation is a trustworthy
+    oracle for the native kernel. Runs where the CPU has the instruction."""
+    reason = native_bf16_skip_reason(kernel)
+    if reason:
+        pytest.skip(reason)
+    x, w = _bf16_operands(kind, torch.Generator().manual_seed(3))
+    x = LAYOUTS[layout](x)
+    name = {"pairs": "direct-bf16", "tiles": "direct-bf16-tiles"}[kernel]
+    outputs = []
+    for isa in ("avx512", "avx2"):  # native, then the emulation at a level without the instruction
+        me.set_cpu_options(isa=isa, algo="direct", bf16=kernel)
+        assert me.cpu_conv_algorithm(x, w, 1, 1) == name
+        outputs.append(me.conv2d(x, w, None, 1, 1))
+    native, emulated = outputs
+    if kind == "denormal sums":
+        assert native.abs().max() == 0  # every sum flushed: a check that the case tests what it says
+    mismatched = (native.view(torch.int16) != emulated.view(torch.int16)).sum().item()
+    assert mismatched == 0, f"{mismatched} of {native.numel()} outputs differ from native {kernel}"
+
+
 def test_bf16_kernels_only_where_asked(monkeypatch):
     """auto multiplies bfloat16 tiles with AMX-BF16, else pairs with AVX512-BF16, both only at the
     avx512 level; widen never; the bfloat16 kernels take only bfloat16 one-group layers on the
     direct kernel."""
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "direct")  # at every level, including portable (auto: gemm)
+    me.set_cpu_options(algo="direct")  # at every level, including portable (auto: gemm)
     x, w = torch.empty(32, 64, 16, 16, device="meta"), torch.empty(128, 64, 3, 3, device="meta")
     caps = me.cpu_capabilities()
     native = "direct"
@@ -388,10 +428,10 @@ def test_bf16_kernels_only_where_asked(monkeypatch):
         native = "direct-bf16-tiles" if caps["amx_bf16"] == "yes" else "direct-bf16" if caps["avx512_bf16"] == "yes" else native
     assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == native
     assert me.cpu_conv_algorithm(x, w, 2, 1) == "direct"
-    monkeypatch.setenv("MINIPLACES_CPU_BF16", "widen")
+    me.set_cpu_options(bf16="widen")
     assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == "direct"
     for mode, algo in (("pairs", "direct-bf16"), ("tiles", "direct-bf16-tiles")):
-        monkeypatch.setenv("MINIPLACES_CPU_BF16", mode)
+        me.set_cpu_options(bf16=mode)
         assert me.cpu_conv_algorithm(x.bfloat16(), w.bfloat16(), 2, 1) == algo
         assert me.cpu_conv_algorithm(x.half(), w.half(), 2, 1) == "direct"
         assert me.cpu_conv_algorithm(x.bfloat16(), w[:, :32].bfloat16(), 2, 1, groups=2) == "direct"
@@ -409,7 +449,7 @@ def test_one_openmp_runtime_and_torch_threads():
     assert len(runtimes) <= 1, runtimes
     threads = torch.get_num_threads()
     for algo in ("winograd", "direct"):
-        os.environ["MINIPLACES_CPU_ALGO"] = algo
+        me.set_cpu_options(algo=algo)
         try:
             torch.set_num_threads(max(2, threads))
             many = me.conv2d(x, w, padding=1)
@@ -417,7 +457,6 @@ def test_one_openmp_runtime_and_torch_threads():
             one = me.conv2d(x, w, padding=1)
         finally:
             torch.set_num_threads(threads)
-            del os.environ["MINIPLACES_CPU_ALGO"]
         assert torch.equal(one, many), algo
     dy = torch.randn(4, 48, 40, 40)  # the bias gradient: 6,400 rows in fixed chunks, 3 column blocks
     grad_bias = []

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import PROVIDED_WEIGHTS, miniplaces_root, requires_data, requires_weights, use_cpu_kernel
+from conftest import PROVIDED_WEIGHTS, isa_params, miniplaces_root, requires_data, requires_weights, use_cpu_kernel
 from miniplaces_ext import data, models
 
-SUPPORTED = me.cpu_capabilities()["supported"]
 
 # docs/winograd.md: max|err| / max|reference| measured on the 13 layers of the trained network
 # is 6.8e-6 forward and 2.0e-5 for grad_input (direct kernel: 1.5e-6, 3.1e-6); the tests allow
@@ -29,7 +28,7 @@ def relative_errors(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, padding
     return (err.max() / ref.abs().max()).item(), (err / scale).max().item()
 
 
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("out_channels, in_channels", [(1, 1), (5, 3), (17, 9), (40, 33)])
 @pytest.mark.parametrize("size", [(1, 1), (4, 4), (5, 7), (9, 13), (16, 3)])
 @pytest.mark.parametrize("padding", [0, 1, 2])
@@ -39,7 +38,7 @@ def test_tails_at_every_level(isa, out_channels, in_channels, size, padding, mon
     h, w = size
     if min(h, w) + 2 * padding < 3:
         pytest.skip("the kernel does not fit in the padded input")
-    use_cpu_kernel(monkeypatch, (isa, "winograd"))
+    use_cpu_kernel((isa, "winograd"))
     gen = torch.Generator().manual_seed(out_channels * 1000 + h * 10 + w)
     x = torch.randn(2, in_channels, h, w, generator=gen)
     wt = torch.randn(out_channels, in_channels, 3, 3, generator=gen)
@@ -76,11 +75,11 @@ def resnet_activations() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 @requires_data
 @requires_weights
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", isa_params())
 def test_error_on_real_resnet_activations(isa, resnet_activations, monkeypatch):
     """The documented error bound holds on every 3x3 stride-1 layer of the trained network,
     forward and grad_input (a Winograd convolution of grad_output with the flipped weight)."""
-    use_cpu_kernel(monkeypatch, (isa, "winograd"))
+    use_cpu_kernel((isa, "winograd"))
     for name, (x, w) in resnet_activations.items():
         out = me.conv2d(x, w, None, 1, 1)
         max_rel, element = relative_errors(out, x, w, 1)
@@ -93,7 +92,7 @@ def test_error_on_real_resnet_activations(isa, resnet_activations, monkeypatch):
 
 
 def _run(algo: str, monkeypatch, *args, **kwargs) -> torch.Tensor:
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", algo)
+    me.set_cpu_options(algo=algo)
     return me.conv2d(*args, **kwargs)
 
 
@@ -114,11 +113,11 @@ def test_auto_takes_winograd_where_it_pays(monkeypatch):
     # 32 tiles: not enough to repay a weight transform per call, enough when the transformed
     # weight is cached (torch.inference_mode).
     mid = torch.randn(2, 64, 16, 16)
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "auto")
+    me.set_cpu_options(algo="auto")
     assert me.cpu_conv_algorithm(mid, w, padding=1) == "direct"
     assert torch.equal(_run("auto", monkeypatch, mid, w, padding=1), _run("direct", monkeypatch, mid, w, padding=1))
     with torch.inference_mode():
-        monkeypatch.setenv("MINIPLACES_CPU_ALGO", "auto")
+        me.set_cpu_options(algo="auto")
         assert me.cpu_conv_algorithm(mid, w, padding=1) == "winograd"
         assert torch.equal(_run("auto", monkeypatch, mid, w, padding=1),
                            _run("winograd", monkeypatch, mid, w, padding=1))
@@ -138,7 +137,7 @@ def test_inference_weight_cache_follows_the_weight(algo, monkeypatch):
     """Under inference_mode the packed weight is kept and reused, and an in-place change of the
     weight (a new version) or a new weight tensor is never answered from a stale entry; training
     and no_grad calls cache nothing."""
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", algo)
+    me.set_cpu_options(algo=algo)
     me.clear_weight_cache()
     conv = me.Conv2d(16, 16, 3, padding=1)
     x = torch.randn(4, 16, 16, 16)
@@ -170,7 +169,7 @@ def test_inference_weight_cache_follows_the_weight(algo, monkeypatch):
 def test_channels_last_weight_is_read_in_place(grad, monkeypatch):
     """The weight transform reads a channels_last weight (a model after .to(channels_last))
     through its strides: same bits as the contiguous weight, forward and grad_input."""
-    monkeypatch.setenv("MINIPLACES_CPU_ALGO", "winograd")
+    me.set_cpu_options(algo="winograd")
     x = torch.randn(2, 24, 10, 9).contiguous(memory_format=torch.channels_last)
     w = torch.randn(32, 24, 3, 3)
     results = []

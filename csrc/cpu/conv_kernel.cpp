@@ -28,7 +28,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -36,21 +35,13 @@
 namespace miniplaces_ext::cpu {
 namespace {
 
-// Upper bound on the im2col (or col2im) buffer of one chunk: 4 MiB, or
-// MINIPLACES_CPU_COLUMN_BYTES (tests lower it to run many chunks). Chunks small
-// enough to stay in L2/L3 between the GEMM that writes them and the pass that
-// reads them, and one buffer reused: AlexNet's 11x11/4 grad_input 67 -> 50 ms,
-// the stem's 124 -> 88-97 ms, the forward GEMM path 0-30 % faster than with
-// 64 MiB chunks here (2 threads, batch 32).
+// The im2col (or col2im) buffer of one chunk takes at most the column_bytes option (4 MiB
+// unless set; tests lower it to run many chunks). Chunks small enough to stay in L2/L3 between
+// the GEMM that writes them and the pass that reads them, and one buffer reused: AlexNet's
+// 11x11/4 grad_input 67 -> 50 ms, the stem's 124 -> 88-97 ms, the forward GEMM path 0-30 %
+// faster than with 64 MiB chunks (Zen 1, 2 threads, batch 32).
 int64_t column_buffer_bytes() {
-  const char* value = std::getenv("MINIPLACES_CPU_COLUMN_BYTES");
-  if (value == nullptr || *value == '\0') {
-    return int64_t{4} << 20;
-  }
-  char* end = nullptr;
-  const long long bytes = std::strtoll(value, &end, 10);
-  TORCH_CHECK(*end == '\0' && bytes > 0, "MINIPLACES_CPU_COLUMN_BYTES=", value, " is not a positive number of bytes");
-  return bytes;
+  return cpu_options().column_bytes;
 }
 
 int64_t images_per_chunk(const ConvGeometry& g, int64_t element_size) {
@@ -226,6 +217,30 @@ void plane_sums(const scalar_t* dy, int64_t image_stride, int64_t channel_stride
         }
       }
       out[c] = static_cast<scalar_t>(total);
+    }
+  });
+}
+
+// dw += a^T @ b for a [K, M], b [K, N] and dw [M, N], as fixed 64 x 256 tiles of dw over torch's
+// threads, each tile one GEMM on one thread (inside a parallel region MKL runs single-threaded):
+// the same products summed in the same order whatever the number of threads. MKL's own
+// threading splits a long reduction by the thread count, which gave other grad_weight bits on 1
+// than on 2 threads with MKL's AVX-512 sgemm on an Intel Xeon.
+void add_transposed_product(at::Tensor& dw, const at::Tensor& a, const at::Tensor& b) {
+  constexpr int64_t kTileRows = 64, kTileColumns = 256;
+  const int64_t m = dw.size(0), n = dw.size(1);
+  const int64_t row_tiles = (m + kTileRows - 1) / kTileRows, column_tiles = (n + kTileColumns - 1) / kTileColumns;
+  at::parallel_for(0, row_tiles * column_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r0 = (task / column_tiles) * kTileRows, c0 = (task % column_tiles) * kTileColumns;
+      const int64_t rows = std::min(kTileRows, m - r0), columns = std::min(kTileColumns, n - c0);
+      at::Tensor tile = dw.narrow(0, r0, rows).narrow(1, c0, columns);
+      const at::Tensor a_tile = a.narrow(1, r0, rows).t(), b_tile = b.narrow(1, c0, columns);
+      if (dw.scalar_type() == b.scalar_type()) {
+        tile.addmm_(a_tile, b_tile);
+      } else {
+        tile.add_(at::mm(a_tile, b_tile));
+      }
     }
   });
 }
@@ -533,7 +548,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const int64_t pixels = g.out_pixels();
   if (need_weight) {
     // dW[group] += dy[rows, group]^T @ col[rows, group], in runs of rows small enough to stay in
-    // cache; the sum is accumulated in the op-math type.
+    // cache, in tiles independent of the thread count; the sum is accumulated in the op-math type.
     const auto acc_type = at::toOpMathType(w.scalar_type());
     at::Tensor dw = at::zeros({g.out_channels, g.patch_size()}, options.dtype(acc_type));
     const int64_t total = g.batch * pixels;
@@ -546,11 +561,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
         const at::Tensor dy_g = dy_pixels().narrow(0, row0, rows).narrow(1, grp * coutg, coutg);
         const at::Tensor col = source.columns(row0, rows, grp);
         at::Tensor dw_g = dw.narrow(0, grp * coutg, coutg);
-        if (dw.scalar_type() == col.scalar_type()) {
-          dw_g.addmm_(dy_g.t(), col);
-        } else {
-          dw_g.add_(at::mm(dy_g.t(), col));
-        }
+        add_transposed_product(dw_g, dy_g, col);
       }
     }
     grad_weight = dw.view({g.out_channels, g.kernel_h, g.kernel_w, cg})

@@ -1,5 +1,4 @@
-// CPU feature detection, the MINIPLACES_CPU_ISA / MINIPLACES_CPU_ALGO switches,
-// and the choice of kernel for each call (see cpu_dispatch.h).
+// The choice of kernel for each call (see cpu_dispatch.h).
 #include "cpu_dispatch.h"
 #include "layout.h"
 #include "packed_weights.h"
@@ -10,77 +9,10 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
-#include <cstring>
 #include <string>
-
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 
 namespace miniplaces_ext::cpu {
 namespace {
-
-constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};
-constexpr const char* kAlgoNames[] = {"auto", "direct", "gemm", "winograd"};
-constexpr const char* kBf16ModeNames[] = {"auto", "pairs", "widen", "tiles"};
-
-Isa read_cpuid() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) {
-    return Isa::avx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return Isa::avx2;
-  }
-#endif
-  return Isa::portable;
-}
-
-bool read_avx512_bf16() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
-}
-
-// AMX-TILE and AMX-BF16, and the tile state granted: Linux hands it out per process on request.
-bool read_amx_bf16() {
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) {
-    return false;
-  }
-  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, the XTILEDATA state
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-#else
-  return false;
-#endif
-}
-
-// The value of switch `variable` as the index of its name in `names`, or -1
-// when it is unset or empty; a value that is not one of the names is an error
-// saying it is not `a_what` and listing them.
-template <size_t N>
-int read_switch(const char* variable, const char* const (&names)[N], const char* a_what) {
-  const char* value = std::getenv(variable);
-  if (value == nullptr || *value == '\0') {
-    return -1;
-  }
-  std::string choices;
-  for (size_t i = 0; i < N; ++i) {
-    if (std::strcmp(value, names[i]) == 0) {
-      return static_cast<int>(i);
-    }
-    choices += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(names[i]);
-  }
-  TORCH_CHECK(false, variable, "=", value, " is not ", a_what, "; use ", choices);
-}
 
 // Fewest 4x4 output tiles for which `auto` picks Winograd: the weight transform is
 // paid per call unless the weight is cached (measured: see docs/winograd.md).
@@ -116,51 +48,6 @@ const IsaKernels& kernels(Isa isa) {
 
 } // namespace
 
-const char* isa_name(Isa isa) {
-  return kIsaNames[static_cast<int>(isa)];
-}
-
-Isa detected_isa() {
-  static const Isa isa = read_cpuid();
-  return isa;
-}
-
-std::vector<Isa> supported_isas() {
-  std::vector<Isa> out;
-  for (int i = 0; i <= static_cast<int>(detected_isa()); ++i) {
-    out.push_back(static_cast<Isa>(i));
-  }
-  return out;
-}
-
-Isa chosen_isa() {
-  const int level = read_switch("MINIPLACES_CPU_ISA", kIsaNames, "a level");
-  if (level < 0) {
-    return detected_isa();
-  }
-  TORCH_CHECK(level <= static_cast<int>(detected_isa()), "MINIPLACES_CPU_ISA=", kIsaNames[level],
-              " asks for more than this CPU supports (", isa_name(detected_isa()), "); unset it or choose a lower level");
-  return static_cast<Isa>(level);
-}
-
-Algo chosen_algo() {
-  return static_cast<Algo>(std::max(0, read_switch("MINIPLACES_CPU_ALGO", kAlgoNames, "an algorithm")));
-}
-
-Bf16Mode chosen_bf16_mode() {
-  return static_cast<Bf16Mode>(std::max(0, read_switch("MINIPLACES_CPU_BF16", kBf16ModeNames, "a mode")));
-}
-
-bool has_avx512_bf16() {
-  static const bool has = read_avx512_bf16();
-  return has;
-}
-
-bool has_amx_bf16() {
-  static const bool has = read_amx_bf16();
-  return has;
-}
-
 namespace {
 
 // Whether bfloat16 kernel `kernel` runs on this CPU's own instructions at level `isa` (else on its
@@ -176,7 +63,8 @@ Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
   if (dtype != at::kBFloat16 || algo != Algo::direct || g.groups != 1) {
     return Bf16Kernel::none;
   }
-  switch (chosen_bf16_mode()) {
+  const CpuOptions o = cpu_options();
+  switch (o.bf16) {
     case Bf16Mode::pairs:
       return Bf16Kernel::pairs;
     case Bf16Mode::tiles:
@@ -186,10 +74,9 @@ Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo) {
     case Bf16Mode::automatic:
       break;
   }
-  const Isa isa = chosen_isa();
-  return bf16_native(Bf16Kernel::tiles, isa)   ? Bf16Kernel::tiles
-      : bf16_native(Bf16Kernel::pairs, isa) ? Bf16Kernel::pairs
-                                            : Bf16Kernel::none;
+  return bf16_native(Bf16Kernel::tiles, o.isa)   ? Bf16Kernel::tiles
+      : bf16_native(Bf16Kernel::pairs, o.isa) ? Bf16Kernel::pairs
+                                              : Bf16Kernel::none;
 }
 
 bool winograd_applies(const ConvGeometry& g) {
@@ -211,8 +98,9 @@ bool direct_fits(const ConvGeometry& g, at::ScalarType dtype, Isa isa, Algo aske
 } // namespace
 
 Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached, bool gemm_form) {
-  const Isa isa = chosen_isa();  // validates MINIPLACES_CPU_ISA on every call, whichever path runs
-  const Algo asked = chosen_algo();
+  const CpuOptions o = cpu_options();
+  const Isa isa = o.isa;
+  const Algo asked = o.algo;
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
     return Algo::gemm;  // the direct and Winograd kernels compute in float32: float64 takes im2col + GEMM
   }
@@ -250,8 +138,9 @@ bool weight_grad_over_input(const ConvGeometry& g, int64_t block) {
 } // namespace
 
 bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
-  const Isa isa = chosen_isa();
-  const Algo asked = chosen_algo();
+  const CpuOptions o = cpu_options();
+  const Isa isa = o.isa;
+  const Algo asked = o.algo;
   const int64_t block = direct_block(isa);
   const bool fits =
       g.groups == 1 && dtype == at::kFloat && (weight_grad_over_input(g, block) || g.out_channels % block == 0);
@@ -267,7 +156,7 @@ bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
 
 at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
   TORCH_CHECK(weight_grad_kernel_applies(g, x.scalar_type()), "the weight-gradient kernel cannot compute this");
-  const Isa isa = chosen_isa();
+  const Isa isa = cpu_options().isa;
   const bool over_input = weight_grad_over_input(g, direct_block(isa));
   const int64_t rows = over_input ? g.out_channels : g.in_channels;
   const int64_t columns = over_input ? g.in_channels : g.out_channels;
@@ -289,8 +178,8 @@ void check_output(const at::Tensor& out, const ConvGeometry& g) {
 void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                      const ConvGeometry& g, bool cache_weight, const at::Tensor& out) {
   TORCH_CHECK(algo == Algo::direct || (algo == Algo::winograd && winograd_applies(g)),
-              "NHWC conv kernels: algorithm ", kAlgoNames[static_cast<int>(algo)], " cannot compute this convolution");
-  const Isa isa = chosen_isa();
+              "NHWC conv kernels: algorithm ", algo_name(algo), " cannot compute this convolution");
+  const Isa isa = cpu_options().isa;
   const IsaKernels& k = kernels(isa);
   if (x.scalar_type() == at::kBFloat16) {
     const Bf16Kernel kernel = bf16_kernel(g, at::kBFloat16, algo);
@@ -335,9 +224,9 @@ std::string cpu_capabilities() {
   for (Isa isa : supported_isas()) {
     supported += (supported.empty() ? "" : ",") + std::string(isa_name(isa));
   }
-  return std::string("detected=") + isa_name(detected_isa()) + " chosen=" + isa_name(chosen_isa()) +
-      " algo=" + kAlgoNames[static_cast<int>(chosen_algo())] + " bf16=" +
-      kBf16ModeNames[static_cast<int>(chosen_bf16_mode())] + " avx512_bf16=" + (has_avx512_bf16() ? "yes" : "no") +
+  const CpuOptions o = cpu_options();
+  return std::string("detected=") + isa_name(detected_isa()) + " chosen=" + isa_name(o.isa) +
+      " algo=" + algo_name(o.algo) + " bf16=" + bf16_mode_name(o.bf16) + " avx512_bf16=" + (has_avx512_bf16() ? "yes" : "no") +
       " amx_bf16=" + (has_amx_bf16() ? "yes" : "no") + " supported=" + supported;
 }
 
@@ -349,14 +238,14 @@ std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
   const Algo algo = choose_algo(g, input.scalar_type(), c10::InferenceMode::is_enabled());
   constexpr const char* kSuffixes[] = {"", "-bf16", "-bf16-tiles"};
-  return std::string(kAlgoNames[static_cast<int>(algo)]) +
+  return std::string(algo_name(algo)) +
       kSuffixes[static_cast<int>(bf16_kernel(g, input.scalar_type(), algo))];
 }
 
 // GFLOP/s of float32 FMAs on all of torch's threads at the chosen ISA level.
 double cpu_fma_peak_gflops() {
   constexpr int64_t kSteps = int64_t{1} << 24;  // ~0.1 s per thread on a 3 GHz AVX2 core
-  return kernels(chosen_isa()).fma_peak_gflops(kSteps);
+  return kernels(cpu_options().isa).fma_peak_gflops(kSteps);
 }
 
 } // namespace

@@ -1,62 +1,22 @@
-// The one place that knows the CPU and picks a CPU kernel.
-//
-// The instruction-set level is read from CPUID once. MINIPLACES_CPU_ISA
-// (portable | avx2 | avx512) lowers it, never raises it: asking for a level
-// the CPU lacks is an error. MINIPLACES_CPU_ALGO (auto | direct | gemm |
-// winograd) forces an algorithm where it applies. MINIPLACES_CPU_BF16 (auto |
-// pairs | tiles | widen) says how bfloat16 layers on the direct kernel
-// multiply: auto takes AMX tile products (TDPBF16PS) where the CPU has
-// AMX-BF16, else bfloat16 pair products (VDPBF16PS) where it has AVX512-BF16,
-// both only at the avx512 level, else widens to float32; pairs and tiles take
-// that kernel everywhere (emulated in plain arithmetic where the CPU lacks the
-// instructions: how tests run them on any CPU); widen always widens. All three
-// are read on every call, so a test can change them between calls.
+// The one place that picks a CPU kernel for a call: the CPU (cpu_info.h) and the switches
+// (cpu_options.h, read once) decide the algorithm, the ISA level and the bfloat16 kernel.
 #pragma once
 
 #include "../conv.h"
+#include "cpu_info.h"
+#include "cpu_options.h"
 
 #include <string>
 #include <vector>
 
 namespace miniplaces_ext::cpu {
 
-// Instruction-set levels, lowest first: each one includes the ones before it.
-enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
-
-// The algorithms a CPU convolution can run. `automatic` is only a request.
-enum class Algo : int { automatic = 0, direct = 1, gemm = 2, winograd = 3 };
-
-const char* isa_name(Isa isa);
-
-// The highest level this CPU (and its OS) supports; CPUID is read once.
-Isa detected_isa();
-
-// Every level up to detected_isa(), lowest first.
-std::vector<Isa> supported_isas();
-
-// The level kernels use: MINIPLACES_CPU_ISA if set (checked), else detected_isa().
-Isa chosen_isa();
-
-// MINIPLACES_CPU_ALGO if set (checked), else Algo::automatic.
-Algo chosen_algo();
-
-// How bfloat16 direct convolutions multiply (MINIPLACES_CPU_BF16, checked).
-enum class Bf16Mode : int { automatic = 0, pairs = 1, widen = 2, tiles = 3 };
-Bf16Mode chosen_bf16_mode();
-
-// True when the CPU has AVX512-BF16 (vdpbf16ps); read from CPUID once.
-bool has_avx512_bf16();
-
-// True when the CPU has AMX-TILE and AMX-BF16 and the OS granted this process the tile state
-// (Linux: arch_prctl ARCH_REQ_XCOMP_PERM); asked once.
-bool has_amx_bf16();
-
 // Which bfloat16 kernel multiplies a direct convolution's bfloat16 operands: none (they are
 // widened to float32), pairs (vec_bf16_pairs.h) or tiles (tile_block.h).
 enum class Bf16Kernel : int { none = 0, pairs = 1, tiles = 2 };
 
 // The bfloat16 kernel of this convolution, of dtype `dtype` computed by `algo`: none unless
-// bfloat16, the direct kernel and one group; then what MINIPLACES_CPU_BF16 asks for (see above).
+// bfloat16, the direct kernel and one group; then what the bf16 option asks for (see above).
 Bf16Kernel bf16_kernel(const ConvGeometry& g, at::ScalarType dtype, Algo algo);
 
 // True when the Winograd F(4x4, 3x3) kernel can compute this convolution
@@ -66,7 +26,7 @@ bool winograd_applies(const ConvGeometry& g);
 // The algorithm that computes this problem (never `automatic`):
 //  - float64: gemm (im2col + GEMM), whatever is asked; bfloat16 and float16
 //    as float32 (their operands are widened to float32 for the kernels);
-//  - MINIPLACES_CPU_ALGO=direct|gemm: that algorithm; =winograd: Winograd
+//  - algo option direct|gemm: that algorithm; winograd: Winograd
 //    where it applies, else what `auto` picks;
 //  - auto, bfloat16 on a CPU with AMX (bf16_kernel gives tiles): direct;
 //  - auto: Winograd for 3x3 stride-1 layers with enough tiles to repay the

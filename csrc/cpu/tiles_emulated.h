@@ -1,12 +1,14 @@
-// The tile unit of tile_block.h in plain C++: two 16 x 16 float32 accumulator
-// tiles per thread and TDPBF16PS's arithmetic (each pair's two products, exact
-// in float32, added to the sum in order), so that the tile kernel runs, and is
-// tested, on CPUs without AMX (MINIPLACES_CPU_BF16=tiles; see cpu_dispatch.h).
+// The tile unit of tile_block.h in plain C++: two 16 x 16 float32 accumulator tiles per thread
+// and TDPBF16PS's arithmetic as Intel's SDM defines it, so that the tile kernel runs, and is
+// tested, on CPUs without AMX (the bf16 option `tiles`; see cpu_options.h). Per instruction, each
+// output element sums the products of its 16 even bfloat16 elements and, apart, of its 16 odd ones,
+// each sum starting from zero and rounded to float32 at every step (the products are exact); then
+// it adds the odd sum to the even one and that to the accumulator. Input denormals are read as
+// zero, output denormals flushed to zero, rounding is to nearest even (MXCSR is not consulted).
 // For tests, not speed.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -22,13 +24,13 @@ struct EmulatedTiles {
       for (int m = 0; m < s.rows; ++m) {
         const uint16_t* a_row = element(a, m * a_stride);
         for (int n = 0; n < 16; ++n) {
-          float sum = s.c[half][m][n];
+          float even = 0.0f, odd = 0.0f;
           for (int k = 0; k < 16; ++k) {
             const uint16_t* b_pair = element(b, k * b_stride) + 32 * half + 2 * n;
-            sum += c10::detail::f32_from_bits(a_row[2 * k]) * c10::detail::f32_from_bits(b_pair[0]) +
-                c10::detail::f32_from_bits(a_row[2 * k + 1]) * c10::detail::f32_from_bits(b_pair[1]);
+            even = flushed(std::fma(operand(a_row[2 * k]), operand(b_pair[0]), even));
+            odd = flushed(std::fma(operand(a_row[2 * k + 1]), operand(b_pair[1]), odd));
           }
-          s.c[half][m][n] = sum;
+          s.c[half][m][n] = flushed(s.c[half][m][n] + flushed(even + odd));
         }
       }
     }
@@ -53,6 +55,21 @@ struct EmulatedTiles {
   // The element `bytes` bytes after p.
   static const uint16_t* element(const uint16_t* p, int64_t bytes) {
     return reinterpret_cast<const uint16_t*>(reinterpret_cast<const char*>(p) + bytes);
+  }
+  // `bits` with a zero exponent field (a denormal, or zero) as a zero of the same sign.
+  static float zero_if_denormal(uint32_t bits) {
+    bits &= (bits & 0x7F800000u) == 0 ? 0x80000000u : 0xFFFFFFFFu;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+  // A bfloat16 as the instruction reads it: the upper half of a float32, a denormal as zero.
+  static float operand(uint16_t bf16) { return zero_if_denormal(static_cast<uint32_t>(bf16) << 16); }
+  // A float32 result as the instruction writes it: a denormal flushed to zero.
+  static float flushed(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    return zero_if_denormal(bits);
   }
 };
 

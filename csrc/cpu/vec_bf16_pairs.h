@@ -6,11 +6,14 @@
 //   broadcast_pair(p)           the pair p[0], p[1] in every lane
 //   dot_pairs(acc, a, b)        acc + a.lo * b.lo + a.hi * b.hi, lane by lane
 //
-// EmulatedBf16Pairs<Vec> adds it to any vector trait with two float32 FMAs per
-// pair (the products of two bfloat16 values are exact in float32, so this is
-// the instruction's arithmetic, up to denormals, which it flushes): the pair
-// kernel then runs and is tested on CPUs without AVX512-BF16 (see
-// MINIPLACES_CPU_BF16 in cpu_dispatch.h). vec_avx512_bf16.h is the native one.
+// EmulatedBf16Pairs<Vec> adds it to any vector trait as VDPBF16PS is defined in Intel's SDM:
+// per lane, the high pair's product is added to the sum, then the low pair's, each with one
+// rounding to nearest even (an FMA: the products of two bfloat16 values are exact in float32),
+// input denormals read as zero and output denormals flushed to zero, whatever MXCSR says. The
+// pair kernel then runs and is tested on CPUs without AVX512-BF16 (the bf16 option `pairs`, see
+// cpu_options.h), and test_bf16_emulations_match_native_instructions compares it bit for bit with
+// vdpbf16ps where the CPU has it. (At the portable level Vec::fma rounds the product first, which
+// differs only where a product underflows.) vec_avx512_bf16.h is the native one.
 //
 // Include only after the trait it extends, inside the same target pragma.
 #pragma once
@@ -61,11 +64,22 @@ struct EmulatedBf16Pairs : Vec {
   // A bfloat16 is the upper half of a float32: the low element of a pair is
   // shifted up, the high one masked in place.
   static Reg dot_pairs(Reg acc, Pairs a, Pairs b) {
-    acc = Vec::fma(as_floats(a & 0xFFFF0000u), as_floats(b & 0xFFFF0000u), acc);
-    return Vec::fma(as_floats(a << 16), as_floats(b << 16), acc);
+    acc = flushed(Vec::fma(operands(a & 0xFFFF0000u), operands(b & 0xFFFF0000u), acc));
+    return flushed(Vec::fma(operands(a << 16), operands(b << 16), acc));
   }
 
  private:
+  // Each lane with a zero exponent field (a denormal, or zero) as a zero of the same sign.
+  static Pairs zero_if_denormal(Pairs bits) {
+    const Pairs denormal = (Pairs)((bits & 0x7F800000u) == 0);  // all ones where so
+    return bits & ~(denormal & 0x7FFFFFFFu);
+  }
+  static Reg operands(Pairs bits) { return as_floats(zero_if_denormal(bits)); }
+  static Reg flushed(Reg v) {
+    Pairs bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    return as_floats(zero_if_denormal(bits));
+  }
   static Reg as_floats(Pairs bits) {
     Reg r;
     std::memcpy(&r, &bits, sizeof(r));
