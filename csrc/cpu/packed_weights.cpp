@@ -174,10 +174,12 @@ WeightCache& weight_cache() {
   return cache;
 }
 
-// pack(), or the cache's copy of it for this weight in `layout` when `cacheable`.
+// pack(), or the cache's copy of it for this weight in `layout` when `cacheable`. An inference
+// tensor (made under torch.inference_mode, like autocast's weight copies there) has no version
+// counter to tell an in-place change by, so it is packed per call, never cached.
 at::Tensor packed_or_cached(const at::Tensor& weight, int64_t layout, bool cacheable,
                             const std::function<at::Tensor()>& pack) {
-  return cacheable ? weight_cache().get(weight, layout, pack) : pack();
+  return cacheable && !weight.is_inference() ? weight_cache().get(weight, layout, pack) : pack();
 }
 
 } // namespace

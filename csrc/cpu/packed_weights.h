@@ -5,7 +5,8 @@
 // keyed by the weight tensor and its layout, and reused while the tensor is
 // alive, its version counter (bumped by every in-place op on it) is unchanged
 // and its data pointer is the same. (Inside the op, a training forward and a
-// no_grad call look alike, so neither is cached.) In-place changes through
+// no_grad call look alike, so neither is cached; nor is an inference tensor, which has no
+// version counter.) In-place changes through
 // `.data` bypass the version counter: call miniplaces_ext.clear_weight_cache().
 #pragma once
 
