@@ -9,7 +9,8 @@ A folder means every image file under it (recursively); a pattern with * ? [ is 
 (** spans folders). With --output the rows (path, top-k ids, names, probabilities,
 indoor/outdoor) are appended batch by batch, so an interrupted run (Ctrl-C) resumes
 where it stopped when started again with the same --output: finished images are not
-redone. Unreadable files are skipped, counted and written as rows with an error.
+redone, and every batch runs at the full --batch-size (the last one padded), so the rows
+are those an uninterrupted run writes, bit for bit. Unreadable files are skipped, counted and written as rows with an error.
 
 Each image is also called indoor or outdoor, as the Places365 demo does: by the
 share of outdoor classes among its 10 most probable (indoor_outdoor.py).
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         writer.write(paths[i], None, err)
             if good:
                 images = torch.stack([t for _, t in good]).to(device, memory_format=torch.channels_last)
+                if writer:  # resumable rows: every batch the same size, whatever was done before
+                    images = padded_batch(images, args.batch_size)
                 for (i, _), result in zip(good, predict(model, images, classes, args.topk, environments)):
                     if writer:
                         writer.write(paths[i], result, None)
@@ -248,6 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     for path, err in failed.items():
         print(f"{path}: error: {err}", file=sys.stderr)
     return 1 if failed and len(failed) == len(paths) else 0
+
+
+def padded_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`images` followed by black images up to `size` of them (in the same memory format).
+
+    A convolution's sums for one image can depend on how many images share its batch (oneDNN
+    and our kernels split the work by it), so a resumed run, whose batches hold other images
+    than the interrupted one's, runs every batch at the full size: then each image gets the bits
+    an uninterrupted run gives it."""
+    missing = size - images.shape[0]
+    if missing <= 0:
+        return images
+    fill = torch.zeros((missing, *images.shape[1:]), dtype=images.dtype, device=images.device)
+    return torch.cat([images, fill.contiguous(memory_format=torch.channels_last)]).contiguous(
+        memory_format=torch.channels_last)
 
 
 def model_outputs(model: torch.nn.Module) -> int:

@@ -40,12 +40,20 @@ def test_algorithm_choice_is_reported():
 
 
 def test_bench_runs_each_dtype(tmp_path):
-    """--dtype takes several dtypes, one run each; bfloat16 layers run the algorithm float32 runs
-    (on the bfloat16 pair kernel where the CPU multiplies them natively: "direct-bf16")."""
+    """--dtype takes several dtypes, one run each; each layer reports the algorithm the dispatcher
+    runs for that dtype (cpu_conv_algorithm: float32's choice, or a bfloat16 kernel such as
+    "direct-bf16" / "direct-bf16-tiles" where the CPU multiplies bfloat16 natively)."""
     out = tmp_path / "bench.json"
     assert bench.main(["--net", "alexnet", "--batch-size", "1", "--min-time", "0", "--no-peak",
                        "--dtype", "float32", "bfloat16", "--json", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
     assert [r["dtype"] for r in runs] == ["float32", "bfloat16"]
-    assert [r["algo"].removesuffix("-bf16") for r in runs[1]["layers"]] == [r["algo"] for r in runs[0]["layers"]]
+    layers = [layer for layer in bench.LAYERS if layer.net == "alexnet"]
+    for run in runs:
+        dtype = getattr(torch, run["dtype"])
+        expected = [miniplaces_ext.cpu_conv_algorithm(
+            torch.empty(1, layer.in_channels, layer.size, layer.size, device="meta", dtype=dtype),
+            torch.empty(layer.out_channels, layer.in_channels, layer.kernel, layer.kernel, device="meta", dtype=dtype),
+            layer.stride, layer.padding) for layer in layers]
+        assert [r["algo"] for r in run["layers"]] == expected, run["dtype"]
     assert all(r["fwd_ratio"] > 0 and r["fwdbwd_ratio"] > 0 for run in runs for r in run["layers"])
