@@ -5,7 +5,7 @@
 #                                    # build switches or torch changed
 #
 # Environment: CUDA_HOME (default /usr/local/cuda when it exists),
-# TORCH_CUDA_ARCH_LIST (default 9.0 = H100/H200), FORCE_CUDA=1/0 (see setup.py),
+# TORCH_CUDA_ARCH_LIST (default: setup.py's, 7.5;8.0;8.6;8.9;9.0+PTX), FORCE_CUDA=1/0 (see setup.py),
 # PYTHON (default python3), VENV (default .venv). Installs Debian's chromium and
 # chromium-driver (as root, with apt-get) for the browser tests.
 set -euo pipefail
@@ -16,7 +16,6 @@ VENV=${VENV:-.venv}
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda   # autodetection would pick /usr/local, where linking fails
 fi
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -45,6 +44,12 @@ fi
 if [ -f "$SHARED/models/resnet18.pt" ] && [ ! -e models/resnet18.pt ]; then
   ln -s "$(cd "$SHARED/models" && pwd)/resnet18.pt" models/resnet18.pt
   echo "==> linked models/resnet18.pt -> $SHARED/models/resnet18.pt"
+fi
+# The provided AlexNet keeps fc6/fc7 as their rank-256 factors; its script writes the course's
+# plain state_dict (float16, 142 MB, git-ignored) once.
+if [ -f "$SHARED/models/alexnet_factored.pt" ] && [ -f "$SHARED/models/make_alexnet.py" ] && [ ! -e models/alexnet.pt ]; then
+  "$VENV/bin/python" "$SHARED/models/make_alexnet.py" models/alexnet.pt
+  echo "==> wrote models/alexnet.pt from $SHARED/models/alexnet_factored.pt (make_alexnet.py)"
 fi
 
 # A headless browser and its WebDriver for the tests that look at our HTML pages (Debian's

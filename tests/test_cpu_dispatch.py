@@ -349,7 +349,7 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     (3, 7, 2, 40, 11),    # the stem: odd channel count (a zero channel is added), one run per kernel row
     (5, 3, 1, 17, 11),    # odd, output-channel tail
     (16, 3, 2, 64, 11),
-    (288, 3, 2, 256, 11),  # packed weight above 2 MiB: channel blocks outermost, strided stores
+    (576, 3, 2, 256, 11),  # packed weight above 2 MiB in bfloat16 (2.65 MB): (panel, image) tasks, strided stores
     (64, 3, 1, 48, 37),   # tiles: runs of 13 and 12 pixels, whole 16-pair products, staged border pixels
     (40, 1, 1, 33, 37),   # tiles: 20 pairs per pixel, one whole product and a zero-padded one
 ])
