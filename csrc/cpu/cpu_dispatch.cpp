@@ -14,10 +14,17 @@
 namespace miniplaces_ext::cpu {
 namespace {
 
-// Fewest 4x4 output tiles for which `auto` picks Winograd: the weight transform is
-// paid per call unless the weight is cached (measured: see docs/winograd.md).
-constexpr int64_t kWinogradMinTiles = 48;
-constexpr int64_t kWinogradMinTilesCachedWeight = 16;
+// Fewest 4x4 output tiles for which `auto` picks Winograd at level `isa`. The weight transform
+// is paid per call unless the weight is cached, and costs about the same time on every x86 CPU
+// seen (float64, ~20 ms for 512 x 512 channels on 2 threads), while what each tile saves shrinks
+// as the FMA rate grows: the break-even was ~40 tiles on a Zen 1 (AVX2, 80 GFLOP/s) and ~130 on
+// a Zen 4 (AVX-512, 232 GFLOP/s). A cached weight costs only the tiles (docs/winograd.md).
+int64_t winograd_min_tiles(Isa isa, bool weight_cached) {
+  if (weight_cached) {
+    return 16;
+  }
+  return isa == Isa::avx512 ? 160 : 48;
+}
 
 // Output channels of one register block (two vector registers) at each level.
 int64_t direct_block(Isa isa) {
@@ -117,7 +124,7 @@ Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached
   if (winograd_applies(g) && (asked == Algo::winograd || isa != Isa::portable)) {
     // Below a few tiles per thread the weight transform is not repaid.
     const int64_t tiles = g.batch * ((g.out_h + 3) / 4) * ((g.out_w + 3) / 4);
-    if (asked == Algo::winograd || tiles >= (weight_cached ? kWinogradMinTilesCachedWeight : kWinogradMinTiles)) {
+    if (asked == Algo::winograd || tiles >= winograd_min_tiles(isa, weight_cached)) {
       return Algo::winograd;
     }
   }
