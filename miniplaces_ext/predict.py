@@ -10,7 +10,8 @@ A folder means every image file under it (recursively); a pattern with * ? [ is 
 indoor/outdoor) are appended batch by batch, so an interrupted run (Ctrl-C) resumes
 where it stopped when started again with the same --output: finished images are not
 redone, and every batch runs at the full --batch-size (the last one padded), so the rows
-are those an uninterrupted run writes, bit for bit. Unreadable files are skipped, counted and written as rows with an error.
+are those an uninterrupted run writes, bit for bit. Unreadable files are skipped, counted
+and written as rows with an error.
 
 Each image is also called indoor or outdoor, as the Places365 demo does: by the
 share of outdoor classes among its 10 most probable (indoor_outdoor.py).
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def padded_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """`images` followed by black images up to `size` of them (in the same memory format).
+    """`images` followed by black images up to `size` of them, channels_last.
 
     A convolution's sums for one image can depend on how many images share its batch (oneDNN
     and our kernels split the work by it), so a resumed run, whose batches hold other images
@@ -264,8 +265,7 @@ def padded_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     if missing <= 0:
         return images
     fill = torch.zeros((missing, *images.shape[1:]), dtype=images.dtype, device=images.device)
-    return torch.cat([images, fill.contiguous(memory_format=torch.channels_last)]).contiguous(
-        memory_format=torch.channels_last)
+    return torch.cat([images, fill]).contiguous(memory_format=torch.channels_last)
 
 
 def model_outputs(model: torch.nn.Module) -> int:

@@ -97,14 +97,14 @@ def use_cpu_kernel(cpu_kernel: tuple[str, str]) -> None:
     miniplaces_ext.set_cpu_options(isa=isa or None, algo=algo)
 
 
+_OPTIONS_AT_IMPORT = miniplaces_ext.get_cpu_options()
+
+
 @pytest.fixture(autouse=True)
 def _restore_cpu_options():
     """Every test starts with the options in force at import and leaves them so."""
     yield
     miniplaces_ext.set_cpu_options(**_OPTIONS_AT_IMPORT)
-
-
-_OPTIONS_AT_IMPORT = miniplaces_ext.get_cpu_options()
 
 
 def onednn_defect_applies(x: torch.Tensor, w: torch.Tensor, stride, padding) -> bool:

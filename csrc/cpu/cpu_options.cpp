@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -102,9 +101,9 @@ void set_options(const c10::optional<std::string>& isa, const c10::optional<std:
     o.bf16 = static_cast<Bf16Mode>(index_of(*bf16, kBf16ModeNames, "bf16", "a mode"));
   }
   if (column_bytes) {
-    o.column_bytes = checked_column_bytes(std::to_string(*column_bytes), "column_bytes");
+    o.column_bytes = *column_bytes;
   }
-  set_cpu_options(o);
+  set_cpu_options(o);  // checks the level and column_bytes
 }
 
 } // namespace
