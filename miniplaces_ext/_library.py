@@ -68,14 +68,18 @@ def cpu_capabilities() -> dict[str, object]:
 
 def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | tuple[int, int] = 1,
                        padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-                       groups: int = 1) -> str:
+                       groups: int = 1, phase: str = "forward") -> str:
     """The algorithm our CPU forward pass runs for this 2-D convolution: ``"winograd"``,
     ``"direct"``, ``"direct-bf16"`` / ``"direct-bf16-tiles"`` (the direct kernel multiplying bfloat16
     pairs in vector registers / AMX tiles) or ``"gemm"``
     (im2col + GEMM; for 1x1 layers without padding a GEMM over the sampled pixels), as chosen
-    by the options of :func:`set_cpu_options` and the CPU. Zero padding only (``padding`` as ints); tensors may be on the meta device."""
+    by the options of :func:`set_cpu_options` and the CPU. Zero padding only (``padding`` as ints); tensors may be on the meta device.
+
+    ``phase="grad_weight"`` names what computes the weight gradient instead: ``"direct"`` (our
+    weight-gradient kernel: the same bits on any thread count) or ``"gemm"`` (im2col + MKL's sgemm,
+    whose sums may differ between 1 thread and several)."""
     return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),
-                                                       groups)
+                                                       groups, phase)
 
 
 def clear_weight_cache() -> None:

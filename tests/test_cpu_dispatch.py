@@ -274,7 +274,10 @@ def test_backward_reads_grad_output_and_input_in_any_layout(isa, in_channels, ou
     weight-gradient kernel lays out blocks of their rows (about 1 MiB at a time), grad_input's
     kernels lay out grad_output's rows, the bias gradient sums NCHW planes. NCHW and strided
     tensors give the same grad_input and grad_weight bits as channels_last ones (read in place) on
-    1, 2 and 3 threads, within the float32 accumulation bound of float64 torch."""
+    1, 2 and 3 threads, within the float32 accumulation bound of float64 torch. A weight gradient
+    left to im2col + MKL's sgemm (cpu_conv_algorithm(..., phase="grad_weight") == "gemm") has the
+    same bits in every layout at each thread count, but not across them: on an Intel Xeon MKL's
+    AVX-512 sgemm sums in another order at 1 thread than inside torch's parallel region."""
     use_cpu_kernel((isa, algo))
     gen = torch.Generator().manual_seed(in_channels * kernel)
     x = torch.randn(6, in_channels, *size, generator=gen)
@@ -297,14 +300,21 @@ def test_backward_reads_grad_output_and_input_in_any_layout(isa, in_channels, ou
     # The bias gradient sums channels_last pixels and NCHW planes in different orders: each
     # layout's bits are fixed across thread counts and within the bound.
     first_bias = {}
+    weight_grad_by_kernel = me.cpu_conv_algorithm(x, w, stride, padding, phase="grad_weight") == "direct"
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
+            first_weight_grad = None
             for layout in ("channels_last", "nchw", "strided"):
                 grad_input, grad_weight, grad_bias = backward(layout)
                 assert torch.equal(grad_input, expected[0]), ("grad_input", layout, count)
-                assert torch.equal(grad_weight, expected[1]), ("grad_weight", layout, count)
+                if weight_grad_by_kernel:
+                    assert torch.equal(grad_weight, expected[1]), ("grad_weight", layout, count)
+                else:
+                    first_weight_grad = grad_weight if first_weight_grad is None else first_weight_grad
+                    assert torch.equal(grad_weight, first_weight_grad), ("grad_weight", layout, count)
+                    assert_within_accumulation_bound(grad_weight, ref[1], abs_ref[1], terms[1], "grad_weight")
                 assert torch.equal(grad_bias, first_bias.setdefault(layout, grad_bias)), ("grad_bias", layout, count)
                 assert_within_accumulation_bound(grad_bias, ref[2], abs_ref[2], terms[2], f"grad_bias {layout}")
     finally:

@@ -239,10 +239,19 @@ std::string cpu_capabilities() {
 
 // The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd;
 // "direct-bf16" for the direct kernel on bfloat16 pairs, "direct-bf16-tiles" on tiles. Asked under torch.inference_mode,
-// the choice for a cached weight (what an inference-mode forward pass runs).
+// the choice for a cached weight (what an inference-mode forward pass runs). For phase "grad_weight",
+// what computes the weight gradient: "direct" (the weight-gradient kernel) or "gemm".
 std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               c10::string_view phase) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
+  TORCH_CHECK(phase == "forward" || phase == "grad_weight", "cpu_conv_algorithm: phase must be 'forward' or ",
+              "'grad_weight', got '", phase, "'");
+  if (phase == "grad_weight") {
+    const at::ScalarType dtype = input.scalar_type();  // bfloat16 and float16 backward run in float32
+    const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;
+    return weight_grad_kernel_applies(g, widened ? at::kFloat : dtype) ? "direct" : "gemm";
+  }
   const Algo algo = choose_algo(g, input.scalar_type(), c10::InferenceMode::is_enabled());
   constexpr const char* kSuffixes[] = {"", "-bf16", "-bf16-tiles"};
   return std::string(algo_name(algo)) +
@@ -261,7 +270,7 @@ TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
   m.def("cpu_fma_peak_gflops() -> float", &cpu_fma_peak_gflops);
   m.def("cpu_capabilities() -> str", &cpu_capabilities);
   m.def("cpu_conv_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
-        "int groups) -> str",
+        "int groups, str phase='forward') -> str",
         &cpu_conv_algorithm);
 }
 
