@@ -360,8 +360,10 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     (5, 3, 1, 17, 11),    # odd, output-channel tail
     (16, 3, 2, 64, 11),
     (576, 3, 2, 256, 11),  # packed weight above 2 MiB in bfloat16 (2.65 MB): (panel, image) tasks, strided stores
-    (64, 3, 1, 48, 37),   # tiles: runs of 13 and 12 pixels, whole 16-pair products, staged border pixels
+    (64, 3, 1, 48, 37),   # tiles: 2 x 2 blocks of 19 and 18 pixels, whole 16-pair products, staged borders
     (40, 1, 1, 33, 37),   # tiles: 20 pairs per pixel, one whole product and a zero-padded one
+    (24, 3, 1, 32, 17),   # tiles: a 2 x 2 block of 16 + 1 pixels, 36 pairs per kernel row (2 products + 4)
+    (32, 3, 1, 64, 32),   # tiles: whole 2 x 2 blocks of 32 pixels, two column blocks
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, width, layout, monkeypatch):

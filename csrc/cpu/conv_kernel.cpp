@@ -18,6 +18,7 @@
 // for stride 1, one per phase of the input grid for larger strides
 // (grad_input_by_kernels).
 #include "cpu_dispatch.h"
+#include "im2col.h"
 #include "layout.h"
 
 #include <ATen/ATen.h>
@@ -56,35 +57,6 @@ int64_t images_per_chunk(const ConvGeometry& g, int64_t element_size) {
 int64_t weight_grad_rows(const ConvGeometry& g, int64_t element_size) {
   const int64_t per_row = std::max<int64_t>(1, g.patch_size() * element_size);
   return std::clamp<int64_t>(column_buffer_bytes() / per_row, 1, std::max<int64_t>(g.batch * g.out_pixels(), 1));
-}
-
-// Fills col[rows, patch_size] with the receptive fields of output pixels
-// [row0, row0 + rows) (numbered (n, oh, ow) across the batch), channels
-// [c0, c0 + Cg) of the channels-last input x. Out-of-bounds taps (zero padding) are zero.
-template <typename scalar_t>
-void im2col(const scalar_t* x, scalar_t* col, const ConvGeometry& g, int64_t row0, int64_t rows, int64_t c0) {
-  const int64_t cg = g.in_channels_per_group();
-  const int64_t patch = g.patch_size();
-  const int64_t pixels = g.out_pixels();
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = (row0 + r) / pixels;
-      const int64_t oh = ((row0 + r) % pixels) / g.out_w;
-      const int64_t ow = (row0 + r) % g.out_w;
-      scalar_t* dst = col + r * patch;
-      for (int64_t i = 0; i < g.kernel_h; ++i) {
-        const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-        for (int64_t j = 0; j < g.kernel_w; ++j, dst += cg) {
-          const int64_t iw = ow * g.stride_w - g.pad_w + j * g.dilation_w;
-          if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) {
-            std::fill_n(dst, cg, scalar_t(0));
-          } else {
-            std::copy_n(x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_channels + c0, cg, dst);
-          }
-        }
-      }
-    }
-  });
 }
 
 // The kernel taps that reach input position `in` along one dimension, with the output position
@@ -268,7 +240,8 @@ class ColumnSource {
     }
     at::Tensor col = buffer_.narrow(0, 0, rows);
     AT_DISPATCH_FLOATING_TYPES(col.scalar_type(), "miniplaces_im2col", [&] {
-      im2col<scalar_t>(x_pixels_.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), g_, row0, rows, c0);
+      im2col<scalar_t>(x_pixels_.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), g_, row0, rows, c0,
+                       g_.patch_size());
     });
     return col;
   }

@@ -191,21 +191,25 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
   if (x.scalar_type() == at::kBFloat16) {
     const Bf16Kernel kernel = bf16_kernel(g, at::kBFloat16, algo);
     TORCH_CHECK(kernel != Bf16Kernel::none, "NHWC conv kernels: a bfloat16 input needs a bfloat16 kernel");
-    // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's where it is packed).
-    ConvGeometry even = g;
-    even.in_channels += g.in_channels % 2;
-    const at::Tensor x_nhwc = nhwc_pixels(x);
-    const at::Tensor padded =
-        (even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1})).permute({0, 3, 1, 2});
     // Tiles take 32 columns (two 16-column tiles) at every level; a lowered level runs the emulations.
     const bool tiles = kernel == Bf16Kernel::tiles;
-    const at::Tensor packed = packed_weight_pairs(weight, even, tiles ? 32 : direct_block(isa), cache_weight);
     IsaKernels::NhwcConv run = tiles ? bf16_tiles_emulated_direct() : k.direct_bf16_pairs_emulated;
 #if defined(__x86_64__)
     if (bf16_native(kernel, isa)) {
       run = tiles ? amx_bf16_tiles_direct() : avx512_bf16_pairs_direct();
     }
 #endif
+    if (tiles && lowered_applies(g)) {
+      lowered_conv2d_out(run, x, weight, bias, g, out);
+      return;
+    }
+    // Channels are multiplied in pairs: an odd count gets a zero channel (the weight's where it is packed).
+    ConvGeometry even = g;
+    even.in_channels += g.in_channels % 2;
+    const at::Tensor x_nhwc = nhwc_pixels(x);
+    const at::Tensor padded =
+        (even.in_channels == g.in_channels ? x_nhwc : at::constant_pad_nd(x_nhwc, {0, 1})).permute({0, 3, 1, 2});
+    const at::Tensor packed = packed_weight_pairs(weight, even, tiles ? 32 : direct_block(isa), cache_weight);
     run(padded, packed, bias, even, out);
     return;
   }

@@ -102,4 +102,14 @@ IsaKernels::NhwcConv amx_bf16_tiles_direct();
 // The direct kernel on emulated tiles (tiles_emulated.h), for any CPU: slow, for tests.
 IsaKernels::NhwcConv bf16_tiles_emulated_direct();
 
+// True when a bfloat16 layer on tiles is lowered (lowered_conv.cpp): one group of fewer than 16
+// input channels, a kernel larger than 1x1.
+bool lowered_applies(const ConvGeometry& g);
+
+// Writes `out` (as nhwc_conv2d_out) for a bfloat16 layer where lowered_applies(g): each output
+// pixel's receptive field laid out as one zero-padded row, then `tile_conv` (the direct kernel on
+// tiles) computes the 1x1 convolution of those rows with the weight laid out alike.
+void lowered_conv2d_out(IsaKernels::NhwcConv tile_conv, const at::Tensor& x, const at::Tensor& weight,
+                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out);
+
 } // namespace miniplaces_ext::cpu

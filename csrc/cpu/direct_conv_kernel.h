@@ -23,7 +23,7 @@
 // One register block (register_block.h) computes R <= kMaxRows consecutive
 // output pixels x kBlock channels; per kernel tap it is a rank-Cg update. A
 // trait naming a tile unit (TileTraits, tile_block.h: AMX) gets TileBlock
-// instead, with the same interface: 16 pixels x 32 channels of tile sums.
+// instead, with the same interface: up to 32 pixels x 32 channels of tile sums.
 // Work is split over output rows (and channel blocks when the weight is
 // large), ordered so that the smaller operand stays in cache. The input is
 // read in place when it is NHWC, else laid out row by row as each thread
@@ -61,6 +61,15 @@ struct AccumulatorBlock {
 template <typename Vec, int R>
 struct AccumulatorBlock<Vec, R, std::void_t<typename Vec::Tiles>> {
   using type = TileBlock<typename Vec::Tiles, R>;
+};
+
+// What a thread holds while it runs blocks: the tile unit's run (TileRun: configured once, released
+// at the end) where the blocks are tiles; nothing for vector registers.
+template <typename Vec, typename = void>
+struct BlockRun {};
+template <typename Vec>
+struct BlockRun<Vec, std::void_t<typename Vec::Tiles>> {
+  TileRun<typename Vec::Tiles> run;
 };
 
 template <typename Vec, typename In = float>
@@ -229,6 +238,7 @@ struct DirectConv {
     };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
+        const BlockRun<Vec> run;
         std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
         InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
@@ -256,6 +266,7 @@ struct DirectConv {
     }
     // Blocks inner: a thread computes whole output rows.
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+      const BlockRun<Vec> run;
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
       InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
       for (int64_t t = begin; t < end; ++t) {

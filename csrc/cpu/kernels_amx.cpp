@@ -21,7 +21,7 @@
 #include "layout.h"
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")
 
 #include "tiles_amx.h"
 #include "direct_conv_kernel.h"

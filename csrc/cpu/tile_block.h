@@ -1,7 +1,10 @@
-// The direct kernel's accumulator block on AMX-style tiles: R <= 16 output
-// pixels x 32 output channels of float32 sums in two 16 x 16 accumulator
-// tiles, updated by bfloat16 tile products (TDPBF16PS: C[m][n] += sum over 16
-// pairs k of A[m][2k] * B[k][2n] + A[m][2k+1] * B[k][2n+1]). It has
+// The direct kernel's accumulator block on AMX-style tiles: R <= 32 output
+// pixels x 32 output channels of float32 sums, updated by bfloat16 tile products
+// (TDPBF16PS: C[m][n] += sum over 16 pairs k of A[m][2k] * B[k][2n] + A[m][2k+1] * B[k][2n+1]).
+// Up to 16 pixels it is a 1 x 2 block of accumulator tiles (one A tile, two B tiles,
+// two products per step); from 17 to 32 a 2 x 2 block (two A tiles of 16 and R - 16
+// pixels, the same two B tiles, four products per step), so that each pair of B
+// loads feeds four products, as oneDNN's brgemm kernels block AMX. It has
 // RegisterBlock's interface (register_block.h), so DirectConv
 // (direct_conv_kernel.h) runs on it unchanged: A is 16 pairs of input channels
 // of R pixels (a row of the NHWC input, pixels a stride apart), B 16 pairs x
@@ -10,13 +13,16 @@
 //
 // The tile unit is a policy with this interface (tiles_amx.h: the instructions;
 // tiles_emulated.h: the same arithmetic in plain C++, how tests run the kernel on
-// any CPU):
-//   configure(rows)                  A and the accumulators hold `rows` rows; B 16
-//   zero_accumulators()
-//   multiply(a, a_stride, b, b_stride)  A = rows of 64 bytes a_stride bytes apart,
-//                                    B0 / B1 = 16 rows of 64 bytes from b / b + 32
-//                                    elements, b_stride bytes apart; C0 += A B0, C1 += A B1
-//   store_accumulators(c)            c[r][j], r < rows, j < 32 (C0 columns 0-15, C1 16-31)
+// any CPU), R the block's pixels:
+//   begin_run() / end_run()         around a thread's run of blocks (TileRun): the tile
+//                                   configuration is loaded by the first block of a run and
+//                                   again only when R changes; end_run releases the tiles
+//   configure<R>()                  A and the accumulators hold R rows (16 + R - 16 when R > 16)
+//   zero_accumulators<R>()
+//   multiply<R>(a, a_stride, b, b_stride)  A = R rows of 64 bytes a_stride bytes apart,
+//                                   B0 / B1 = 16 rows of 64 bytes from b / b + 32 elements,
+//                                   b_stride bytes apart; C0 += A B0, C1 += A B1 (per A tile)
+//   store_accumulators<R>(c, c_stride)  c[r * c_stride + j], r < R, j < 32
 //
 // A depth that is not a multiple of 16 pairs, and pixels that are not a fixed
 // stride apart (borders reading a row of zeros: PointerRows), go through small
@@ -30,23 +36,32 @@
 namespace miniplaces_ext::cpu {
 
 // The vector-trait face of a tile unit for DirectConv: 32 output channels (kBlock = 2 * kLanes)
-// and runs of up to 16 pixels per block.
+// and runs of up to 32 pixels per block.
 template <typename TileUnit>
 struct TileTraits {
   using Tiles = TileUnit;
   static constexpr int kLanes = 16;
-  static constexpr int kMaxRows = 16;
+  static constexpr int kMaxRows = 32;
+};
+
+// One thread's run of blocks on tile unit Tiles (an RAII begin_run / end_run).
+template <typename Tiles>
+struct TileRun {
+  TileRun() { Tiles::begin_run(); }
+  ~TileRun() { Tiles::end_run(); }
+  TileRun(const TileRun&) = delete;
+  TileRun& operator=(const TileRun&) = delete;
 };
 
 template <typename Tiles, int R>
 struct TileBlock {
-  static_assert(R >= 1 && R <= 16, "a tile holds at most 16 rows");
+  static_assert(R >= 1 && R <= 32, "a block holds at most two tiles of 16 rows");
   static constexpr int kColumns = 32;
   static constexpr int64_t kPairsPerProduct = 16;  // 64 bytes of bfloat16 per tile row
 
   TileBlock() {
-    Tiles::configure(R);
-    Tiles::zero_accumulators();
+    Tiles::template configure<R>();
+    Tiles::template zero_accumulators<R>();
   }
 
   // acc[r][j] += sum_{k < 2 * steps} rows.at(r, k) * b[(k / 2) * b_step + 2 * j + k % 2]: `rows` are R
@@ -58,11 +73,11 @@ struct TileBlock {
     int64_t k = 0;
     for (; k + kPairsPerProduct <= steps; k += kPairsPerProduct) {
       if constexpr (kStrided<Rows>) {
-        Tiles::multiply(rows.at(0, 2 * k), rows.stride * static_cast<int64_t>(sizeof(uint16_t)), b + k * b_step,
-                        b_stride);
+        Tiles::template multiply<R>(rows.at(0, 2 * k), rows.stride * static_cast<int64_t>(sizeof(uint16_t)),
+                                    b + k * b_step, b_stride);
       } else {
         stage_rows(rows, k, kPairsPerProduct);
-        Tiles::multiply(a_stage_[0], sizeof(a_stage_[0]), b + k * b_step, b_stride);
+        Tiles::template multiply<R>(a_stage_[0], sizeof(a_stage_[0]), b + k * b_step, b_stride);
       }
     }
     if (k < steps) {  // the last < 16 pairs: both operands zero-padded to a whole product
@@ -72,15 +87,28 @@ struct TileBlock {
       for (int64_t p = 0; p < tail; ++p) {
         std::memcpy(b_stage_[p], b + (k + p) * b_step, sizeof(b_stage_[p]));
       }
-      Tiles::multiply(a_stage_[0], sizeof(a_stage_[0]), b_stage_[0], sizeof(b_stage_[0]));
+      Tiles::template multiply<R>(a_stage_[0], sizeof(a_stage_[0]), b_stage_[0], sizeof(b_stage_[0]));
     }
   }
 
   // dst[r * dst_row_stride + j * dst_column_stride] = acc[r][j] (+ bias[j]) for j < columns;
-  // bias may be null.
+  // bias may be null. Whole blocks into rows of contiguous channels are stored from the tiles
+  // in place.
   void store(float* dst, int64_t dst_row_stride, int64_t dst_column_stride, const float* bias, int columns) const {
+    if (columns == kColumns && dst_column_stride == 1) {
+      Tiles::template store_accumulators<R>(dst, dst_row_stride);
+      if (bias != nullptr) {
+        for (int r = 0; r < R; ++r) {
+          float* row = dst + r * dst_row_stride;
+          for (int j = 0; j < kColumns; ++j) {
+            row[j] += bias[j];
+          }
+        }
+      }
+      return;
+    }
     alignas(64) float sums[R][kColumns];
-    Tiles::store_accumulators(sums[0]);
+    Tiles::template store_accumulators<R>(sums[0], kColumns);
     for (int r = 0; r < R; ++r) {
       for (int j = 0; j < columns; ++j) {
         dst[r * dst_row_stride + j * dst_column_stride] = sums[r][j] + (bias != nullptr ? bias[j] : 0.0f);

@@ -1,9 +1,12 @@
-// The tile unit of tile_block.h on AMX (AMX-TILE + AMX-BF16): tiles 0 and 1
-// accumulate, 2 holds A, 3 and 4 the two halves of B; one TDPBF16PS per half
-// multiplies 16 rows x 16 pairs by 16 pairs x 16 columns. The tile
-// configuration is loaded by every block (a thread's tiles may have been
-// configured by another library, oneDNN say, since our last block).
-// Include only between `#pragma GCC push_options` / `target("amx-tile,amx-bf16")`
+// The tile unit of tile_block.h on AMX (AMX-TILE + AMX-BF16). Tiles 0 and 1 accumulate
+// pixels 0-15 (columns 0-15 and 16-31), 2 and 3 pixels 16-31; 4 and 5 hold the two A tiles,
+// 6 and 7 the two halves of B. One TDPBF16PS multiplies 16 rows x 16 pairs by 16 pairs x 16
+// columns: a 1 x 2 block takes two per step, a 2 x 2 block four (each B tile feeds both A tiles).
+// The configuration is loaded by the first block of a thread's run (TileRun) and again only when
+// the block's pixel count changes; a run starts from "unconfigured" because another library
+// (oneDNN, say) may have configured this thread's tiles since our last run, and ends by releasing
+// them.
+// Include only between `#pragma GCC push_options` / `target("amx-tile,amx-bf16,avx512f,...")` (AVX-512 too: every AMX CPU has it, and the dispatcher runs AMX only at the avx512 level)
 // and pop_options, in a file that cpu_dispatch.cpp calls only where the CPU has
 // AMX-BF16 and the OS has granted this process the tile state (has_amx_bf16()).
 #pragma once
@@ -16,7 +19,18 @@ namespace miniplaces_ext::cpu {
 namespace {
 
 struct AmxTiles {
-  static void configure(int rows) {
+  static void begin_run() { configured_rows() = 0; }
+  static void end_run() {
+    if (configured_rows() != 0) {
+      _tile_release();
+      configured_rows() = 0;
+    }
+  }
+  template <int R>
+  static void configure() {
+    if (configured_rows() == R) {
+      return;
+    }
     // Palette 1: bytes per row of each tile at 16 + 2 * t, rows of each tile at 48 + t.
     struct alignas(64) Config {
       uint8_t palette = 1;
@@ -25,26 +39,53 @@ struct AmxTiles {
       uint16_t bytes_per_row[16] = {};
       uint8_t rows[16] = {};
     } config;
-    for (int t = 0; t < 5; ++t) {
-      config.bytes_per_row[t] = 64;
-      config.rows[t] = static_cast<uint8_t>(t < 3 ? rows : 16);  // C0, C1, A: `rows`; B0, B1: 16 pairs
+    constexpr int kFirst = R < 16 ? R : 16, kSecond = R > 16 ? R - 16 : 0;
+    const int rows[8] = {kFirst, kFirst, kSecond, kSecond, kFirst, kSecond, 16, 16};  // C00 C01 C10 C11 A0 A1 B0 B1
+    for (int t = 0; t < 8; ++t) {
+      config.bytes_per_row[t] = rows[t] > 0 ? 64 : 0;
+      config.rows[t] = static_cast<uint8_t>(rows[t]);
     }
     _tile_loadconfig(&config);
+    configured_rows() = R;
   }
+  template <int R>
   static void zero_accumulators() {
     _tile_zero(0);
     _tile_zero(1);
+    if constexpr (R > 16) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   }
+  template <int R>
   static void multiply(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
-    _tile_loadd(2, a, a_stride);
-    _tile_loadd(3, b, b_stride);
-    _tile_loadd(4, b + 32, b_stride);
-    _tile_dpbf16ps(0, 2, 3);
-    _tile_dpbf16ps(1, 2, 4);
+    _tile_loadd(6, b, b_stride);
+    _tile_loadd(7, b + 32, b_stride);
+    _tile_loadd(4, a, a_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (R > 16) {
+      _tile_loadd(5, reinterpret_cast<const char*>(a) + 16 * a_stride, a_stride);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
   }
-  static void store_accumulators(float* c) {
-    _tile_stored(0, c, 32 * sizeof(float));
-    _tile_stored(1, c + 16, 32 * sizeof(float));
+  template <int R>
+  static void store_accumulators(float* c, int64_t c_stride) {
+    const int64_t bytes = c_stride * static_cast<int64_t>(sizeof(float));
+    _tile_stored(0, c, bytes);
+    _tile_stored(1, c + 16, bytes);
+    if constexpr (R > 16) {
+      _tile_stored(2, c + 16 * c_stride, bytes);
+      _tile_stored(3, c + 16 * c_stride + 16, bytes);
+    }
+  }
+
+ private:
+  // Rows of the configuration loaded on this thread in the current run, 0 for none.
+  static int& configured_rows() {
+    thread_local int rows = 0;
+    return rows;
   }
 };
 

@@ -1,4 +1,4 @@
-// The tile unit of tile_block.h in plain C++: two 16 x 16 float32 accumulator tiles per thread
+// The tile unit of tile_block.h in plain C++: four 16 x 16 float32 accumulator tiles per thread
 // and TDPBF16PS's arithmetic as Intel's SDM defines it, so that the tile kernel runs, and is
 // tested, on CPUs without AMX (the bf16 option `tiles`; see cpu_options.h). Per instruction, each
 // output element sums the products of its 16 even bfloat16 elements and, apart, of its 16 odd ones,
@@ -16,12 +16,21 @@ namespace miniplaces_ext::cpu {
 namespace {
 
 struct EmulatedTiles {
-  static void configure(int rows) { state().rows = rows; }
-  static void zero_accumulators() { std::memset(state().c, 0, sizeof(state().c)); }
+  static void begin_run() {}
+  static void end_run() {}
+  template <int R>
+  static void configure() {}
+  template <int R>
+  static void zero_accumulators() {
+    std::memset(state().c, 0, sizeof(state().c));
+  }
+  // Rows [0, R) of A against B: the rows of both A tiles (16 and R - 16) in one loop, each row
+  // into the accumulators of its tile.
+  template <int R>
   static void multiply(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
     State& s = state();
     for (int half = 0; half < 2; ++half) {
-      for (int m = 0; m < s.rows; ++m) {
+      for (int m = 0; m < R; ++m) {
         const uint16_t* a_row = element(a, m * a_stride);
         for (int n = 0; n < 16; ++n) {
           float even = 0.0f, odd = 0.0f;
@@ -30,23 +39,22 @@ struct EmulatedTiles {
             even = flushed(std::fma(operand(a_row[2 * k]), operand(b_pair[0]), even));
             odd = flushed(std::fma(operand(a_row[2 * k + 1]), operand(b_pair[1]), odd));
           }
-          s.c[half][m][n] = flushed(s.c[half][m][n] + flushed(even + odd));
+          float& c = s.c[m][16 * half + n];
+          c = flushed(c + flushed(even + odd));
         }
       }
     }
   }
-  static void store_accumulators(float* c) {
-    const State& s = state();
-    for (int m = 0; m < s.rows; ++m) {
-      std::memcpy(c + m * 32, s.c[0][m], sizeof(s.c[0][m]));
-      std::memcpy(c + m * 32 + 16, s.c[1][m], sizeof(s.c[1][m]));
+  template <int R>
+  static void store_accumulators(float* c, int64_t c_stride) {
+    for (int m = 0; m < R; ++m) {
+      std::memcpy(c + m * c_stride, state().c[m], sizeof(state().c[m]));
     }
   }
 
  private:
   struct State {
-    int rows = 16;
-    float c[2][16][16];
+    float c[32][32];  // pixel x column: the four accumulator tiles
   };
   static State& state() {
     thread_local State s;
