@@ -387,6 +387,27 @@ def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, widt
     assert_within_accumulation_bound(out, ref, abs_ref, in_channels * kernel * kernel + 1, f"bf16 {mode}")
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("mode", ["pairs", "tiles"])
+@pytest.mark.parametrize("in_channels, kernel", [(64, 3), (3, 7)])  # a 3x3 layer; the stem (lowered on tiles)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bf16_output_rounded_once_to_nearest_even(isa, mode, in_channels, kernel, layout):
+    """The bfloat16 kernels write a bfloat16 output rounded once, to nearest even, from their
+    float32 sums. With small integer operands every sum is exact in float32, so the output must
+    hold exactly the bits of the exact result rounded to bfloat16 (most sums need rounding:
+    they run to thousands, beyond bfloat16's 8 significant bits)."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16=mode)
+    gen = torch.Generator().manual_seed(kernel)
+    x = LAYOUTS[layout](torch.randint(-8, 9, (2, in_channels, 20, 37), generator=gen).bfloat16())
+    w = torch.randint(-8, 9, (48, in_channels, kernel, kernel), generator=gen).bfloat16()
+    b = torch.randint(-64, 65, (48,), generator=gen).bfloat16()
+    out = me.conv2d(x, w, b, 1, kernel // 2)
+    exact = F.conv2d(x.double(), w.double(), b.double(), 1, kernel // 2)
+    assert exact.abs().max() < 2 ** 24 and (exact.float().bfloat16().double() != exact).any()
+    assert torch.equal(out, exact.float().bfloat16()), "not the exact sums rounded once to nearest even"
+
+
 def _bf16_operands(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Input and weight of a 48 -> 40 3x3 layer in bfloat16: "normal" values; "denormal inputs"
     (half the inputs bfloat16 denormals, the rest just above the normal range, their products

@@ -175,11 +175,11 @@ at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const Con
   return sums.permute(order).contiguous();
 }
 
-void check_output(const at::Tensor& out, const ConvGeometry& g) {
-  TORCH_CHECK(out.scalar_type() == at::kFloat &&
+void check_output(const at::Tensor& out, const ConvGeometry& g, bool bf16_allowed) {
+  TORCH_CHECK((out.scalar_type() == at::kFloat || (bf16_allowed && out.scalar_type() == at::kBFloat16)) &&
                   out.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
-              "NHWC conv kernels: expected a float32 [", g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w,
-              "] output, got ", out.scalar_type(), " ", out.sizes());
+              "NHWC conv kernels: expected a float32", bf16_allowed ? " or bfloat16" : "", " [", g.batch, ", ",
+              g.out_channels, ", ", g.out_h, ", ", g.out_w, "] output, got ", out.scalar_type(), " ", out.sizes());
 }
 
 void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -220,8 +220,10 @@ void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, c
 
 at::Tensor nhwc_conv2d(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                        const ConvGeometry& g, bool cache_weight, at::MemoryFormat out_format) {
+  // The bfloat16 kernels round their float32 sums to a bfloat16 output once, as they write it.
+  const at::ScalarType out_type = x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
   at::Tensor out =
-      at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options().dtype(at::kFloat).memory_format(out_format));
+      at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options().dtype(out_type).memory_format(out_format));
   nhwc_conv2d_out(algo, x, weight, bias, g, cache_weight, out);
   return out;
 }

@@ -39,7 +39,8 @@ bool winograd_applies(const ConvGeometry& g);
 //    takes gemm.
 Algo choose_algo(const ConvGeometry& g, at::ScalarType dtype, bool weight_cached, bool gemm_form = true);
 
-// out [N, Cout, Ho, Wo], float32, in `out_format` (written in place by the
+// out [N, Cout, Ho, Wo], float32 (bfloat16 for a bfloat16 kernel, rounded once from float32
+// sums), in `out_format` (written in place by the
 // kernel: no conversion afterwards), of the convolution of the input
 // x [N, C, H, W] with weight [Cout, Cg, kh, kw], computed by `algo` (direct or
 // winograd) at the chosen ISA level. The kernels compute in NHWC: a
@@ -62,11 +63,12 @@ bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype);
 // from its input x [N, Cin, H, W] and grad_output dy [N, Cout, Ho, Wo], any strides.
 at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
-// Checks that `out` can take the result of g: float32 [N, Cout, Ho, Wo], any strides.
-void check_output(const at::Tensor& out, const ConvGeometry& g);
+// Checks that `out` can take the result of g: float32 (or, with `bf16_allowed`, bfloat16)
+// [N, Cout, Ho, Wo], any strides.
+void check_output(const at::Tensor& out, const ConvGeometry& g, bool bf16_allowed = false);
 
 // Writes the convolution of g (as nhwc_conv2d) into `out`, float32 [N, Cout, Ho, Wo] with any
-// strides (a strided view of a larger tensor, say).
+// strides (a strided view of a larger tensor, say); bfloat16 too for a bfloat16 kernel.
 void nhwc_conv2d_out(Algo algo, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                      const ConvGeometry& g, bool cache_weight, const at::Tensor& out);
 

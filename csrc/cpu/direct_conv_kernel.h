@@ -47,6 +47,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -87,7 +88,8 @@ struct DirectConv {
     const In* weight;     // packed [groups][blocks][kh][kw][Cg][kBlock] (pairs: [..][Cg/2][kBlock][2])
     const float* bias;    // [Cout] or nullptr
     const In* zeros;      // Cg zeros: what a pixel left or right of the input reads
-    float* out;           // [N, Cout, Ho, Wo] in any layout, addressed through out_strides
+    float* out;           // [N, Cout, Ho, Wo] in any layout, addressed through out_strides; or
+    c10::BFloat16* out_bf16;  // the output in bfloat16 (one of the two is null)
     Strides4 out_strides;
     const ConvGeometry& g;
     int64_t blocks;       // register blocks per group
@@ -183,6 +185,19 @@ struct DirectConv {
               a.bias != nullptr ? a.bias + col : nullptr, columns);
   }
 
+  // dst[j] = src[j] rounded to bfloat16 (to nearest even; a NaN as c10's 0x7FC0) for j < n:
+  // branch-free, so that the compiler vectorizes it for this file's target.
+  static void round_to_bf16(const float* src, int64_t n, c10::BFloat16* dst) {
+    uint16_t* bits_out = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t j = 0; j < n; ++j) {
+      uint32_t bits;
+      std::memcpy(&bits, src + j, sizeof(bits));
+      const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+      const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+      bits_out[j] = static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
+    }
+  }
+
   using PixelKernel = void (*)(const Args&, const In* const*, int64_t, int64_t, int64_t, const RowDestination&);
   using KernelTable = std::array<PixelKernel, kMaxRows + 1>;
 
@@ -215,8 +230,9 @@ struct DirectConv {
     };
     const auto& s = a.out_strides;
     const int64_t coutg = g.out_channels_per_group();
+    // Element offset of an output row's first element.
     const auto output_row = [&](int64_t grp, int64_t n, int64_t oh) {
-      return a.out + n * s.n + grp * coutg * s.c + oh * s.h;
+      return n * s.n + grp * coutg * s.c + oh * s.h;
     };
     // Which operand stays in cache: with a small weight (a group's packed weight
     // within kWeightInCacheBytes) the blocks of one output row run back to back,
@@ -230,11 +246,21 @@ struct DirectConv {
     const auto input_rows = [&](InputRows<In>& input, int64_t grp, int64_t n, int64_t oh) {
       return input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, grp * g.in_channels_per_group());
     };
-    // When the output's channels are not innermost (NCHW), a row is first stored channels
-    // innermost to a small buffer (one row, in L1/L2) and then written out transposed.
-    const bool buffered = s.c != 1;
-    const auto write_out = [&](const std::vector<float>& buffer, int64_t co0, int64_t columns, float* row) {
-      copy_pixels_from_nhwc(buffer.data() + co0, coutg, columns, g.out_w, row + co0 * s.c, s.c, s.w);
+    // When the output's channels are not innermost (NCHW), or it is bfloat16, a row is first
+    // stored channels innermost to a small float32 buffer (one row, in L1/L2) and then written
+    // out transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
+    const bool buffered = s.c != 1 || a.out_bf16 != nullptr;
+    const auto write_out = [&](const std::vector<float>& buffer, int64_t co0, int64_t columns, int64_t row) {
+      const int64_t first = row + co0 * s.c;
+      if (a.out_bf16 != nullptr && s.c == 1) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          round_to_bf16(buffer.data() + ow * coutg + co0, columns, a.out_bf16 + first + ow * s.w);
+        }
+      } else if (a.out_bf16 != nullptr) {
+        copy_pixels_from_nhwc(buffer.data() + co0, coutg, columns, g.out_w, a.out_bf16 + first, s.c, s.w);
+      } else {
+        copy_pixels_from_nhwc(buffer.data() + co0, coutg, columns, g.out_w, a.out + first, s.c, s.w);
+      }
     };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
@@ -250,10 +276,10 @@ struct DirectConv {
             }
             const int64_t grp = panel / a.blocks, blk = panel % a.blocks;
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              float* row = output_row(grp, n, oh);
+              const int64_t row = output_row(grp, n, oh);
               const In* const* xrows = input_rows(input, grp, n, oh);
               if (!buffered) {
-                one_row(xrows, grp, blk, RowDestination{row, s.w, s.c});
+                one_row(xrows, grp, blk, RowDestination{a.out + row, s.w, s.c});
                 continue;
               }
               one_row(xrows, grp, blk, RowDestination{buffer.data(), coutg, 1});
@@ -271,8 +297,9 @@ struct DirectConv {
       InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
-        float* row = output_row(grp, n, oh);
-        const RowDestination d = buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{row, s.w, s.c};
+        const int64_t row = output_row(grp, n, oh);
+        const RowDestination d =
+            buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{a.out + row, s.w, s.c};
         const In* const* xrows = input_rows(input, grp, n, oh);
         for (int64_t blk = 0; blk < a.blocks; ++blk) {
           one_row(xrows, grp, blk, d);
@@ -286,7 +313,8 @@ struct DirectConv {
 
   // `packed` is pack_direct_weight(weight, g, kBlock) (pairs: pack_direct_weight_pairs), `x`
   // [N, C, H, W] with any strides, float32 (pairs: bfloat16), bias float32. Writes `out`, float32
-  // [N, Cout, Ho, Wo] with any strides. An input whose channels are not innermost is laid out
+  // [N, Cout, Ho, Wo] with any strides (pairs: float32 or bfloat16, rounded once from the float32
+  // sums). An input whose channels are not innermost is laid out
   // row by row as the kernel reaches it (InputRows) where one group spans all channels and the
   // cached rows fit kInputRowCacheBytes, else converted to NHWC up front.
   static void run(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
@@ -301,18 +329,19 @@ struct DirectConv {
     const int64_t blocks = (g.out_channels_per_group() + kBlock - 1) / kBlock;
     TORCH_CHECK(packed.numel() == g.groups * blocks * kBlock * g.patch_size(), "direct conv: packed weight of the wrong size");
     const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    check_output(out, g);
+    check_output(out, g, kPairs);
     if (out.numel() == 0) {
       return;
     }
+    const bool out_bf16 = out.scalar_type() == at::kBFloat16;
     // Rows are laid out per thread only when one group spans all channels (else each group's
     // pass would lay out every channel again).
     const at::Tensor input = InputRows<In>::readable(x, g, cached_input_rows(g, blocks), g.groups == 1);
     const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x.options());
     rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
-              static_cast<const In*>(zeros.const_data_ptr()), out.mutable_data_ptr<float>(), strides_of(out), g,
-              blocks});
+              static_cast<const In*>(zeros.const_data_ptr()), out_bf16 ? nullptr : out.mutable_data_ptr<float>(),
+              out_bf16 ? out.mutable_data_ptr<c10::BFloat16>() : nullptr, strides_of(out), g, blocks});
   }
 };
 

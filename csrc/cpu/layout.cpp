@@ -181,6 +181,11 @@ void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t c
   copy_row_tiled(src, int64_t{1}, src_pixel_stride, dst, dst_channel_stride, dst_pixel_stride, channels, pixels);
 }
 
+void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels,
+                           c10::BFloat16* dst, int64_t dst_channel_stride, int64_t dst_pixel_stride) {
+  copy_row_tiled(src, int64_t{1}, src_pixel_stride, dst, dst_channel_stride, dst_pixel_stride, channels, pixels);
+}
+
 namespace {
 
 const at::Tensor& checked_float32_4d(const at::Tensor& x) {

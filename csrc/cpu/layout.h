@@ -12,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/MemoryFormat.h>
+#include <c10/util/BFloat16.h>
 
 #include <cstdint>
 #include <optional>
@@ -41,6 +42,10 @@ void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_str
 // to any layout (an NCHW output row from a kernel's NHWC row buffer).
 void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels, float* dst,
                            int64_t dst_channel_stride, int64_t dst_pixel_stride);
+// The same, each value rounded to bfloat16 (to nearest even) as it is written: a bfloat16
+// convolution's output rounded once, from the kernel's float32 row buffer.
+void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels,
+                           c10::BFloat16* dst, int64_t dst_channel_stride, int64_t dst_pixel_stride);
 
 // Whether a tensor with strides s and `channels` channels can be read as NHWC rows in place:
 // channels innermost, pixels `channels` apart (channels_last, or a row-compatible view).
