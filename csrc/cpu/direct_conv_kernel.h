@@ -79,6 +79,7 @@ struct DirectConv {
   static constexpr bool kPairs = std::is_same_v<In, uint16_t>;  // Vec has vec_bf16_pairs.h's interface
   static constexpr int64_t kBlock = 2 * Vec::kLanes;
   static constexpr int kMaxRows = Vec::kMaxRows;
+  static constexpr bool kTiles = requires { typename Vec::Tiles; };
   // A group's packed weight up to this size is kept in cache across output rows.
   static constexpr int64_t kWeightInCacheBytes = int64_t{2} << 20;
 
@@ -112,6 +113,23 @@ struct DirectConv {
   static int64_t cached_input_rows(const ConvGeometry& g, int64_t blocks) {
     const int64_t two_output_rows = (g.kernel_h - 1) * g.dilation_h + 1 + g.stride_h;
     return weight_is_large(g, blocks) ? g.in_h : std::min(g.in_h, two_output_rows);
+  }
+
+  // Zero pixels a laid-out input row needs left and right so that every tap of every output
+  // pixel reads inside it.
+  static std::pair<int64_t, int64_t> row_padding(const ConvGeometry& g) {
+    const int64_t last = (g.out_w - 1) * g.stride_w - g.pad_w + (g.kernel_w - 1) * g.dilation_w;
+    return {g.pad_w, std::max<int64_t>(0, last - (g.in_w - 1))};
+  }
+
+  // Whether the input rows are laid out with zero padding (InputRows), so that border pixels read
+  // zeros a fixed stride apart like the rest: for tiles, whose A operand is one strided load
+  // (else border pixels would go through the staging tile on most taps: a 32-pixel row with
+  // padding 1 has no interior block), where the padded rows fit the per-thread cache.
+  static bool padded_rows(const ConvGeometry& g, int64_t blocks) {
+    const auto [left, right] = row_padding(g);
+    return kTiles && g.groups == 1 && left + right > 0 &&
+        InputRows<In>::cache_bytes(g, cached_input_rows(g, blocks), left + right) <= kInputRowCacheBytes;
   }
 
   template <int R>
@@ -219,11 +237,12 @@ struct DirectConv {
     // A row of output pixels in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5).
     const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
     const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
+    const bool padded = padded_rows(g, a.blocks);  // borders read the rows' zero padding
     const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk, const RowDestination& d) {
       int64_t ow0 = 0;
       for (int64_t run = 0; run < runs; ++run) {
         const int64_t len = run_len + (run < longer_runs ? 1 : 0);
-        const bool border = ow0 < lo || ow0 + len > hi;
+        const bool border = !padded && (ow0 < lo || ow0 + len > hi);
         (border ? kBorder : kInterior)[len](a, xrows, grp, blk, ow0, d);
         ow0 += len;
       }
@@ -242,7 +261,9 @@ struct DirectConv {
     // image's input stays in L2 while each panel is reused over the image's
     // rows and the thread's panels come from L3 (sweeping all images per panel
     // instead re-read the whole input from memory once per panel).
-    const int64_t slots = InputRows<In>::in_place(a.x_strides, g) ? 0 : cached_input_rows(g, a.blocks);
+    const int64_t slots =
+        InputRows<In>::in_place(a.x_strides, g) && !padded ? 0 : cached_input_rows(g, a.blocks);
+    const int64_t pad_left = padded ? row_padding(g).first : 0, pad_right = padded ? row_padding(g).second : 0;
     const auto input_rows = [&](InputRows<In>& input, int64_t grp, int64_t n, int64_t oh) {
       return input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, grp * g.in_channels_per_group());
     };
@@ -266,7 +287,7 @@ struct DirectConv {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
         const BlockRun<Vec> run;
         std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
-        InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
+        InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t panel = first_panel; panel <= last_panel; ++panel) {
@@ -294,7 +315,7 @@ struct DirectConv {
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       const BlockRun<Vec> run;
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
-      InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h);
+      InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
         const int64_t row = output_row(grp, n, oh);

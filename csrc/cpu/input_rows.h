@@ -28,19 +28,22 @@ class InputRows {
  public:
   // x: input [N, C, H, W] of g, addressed through strides s. slots: rows kept (slot ih % slots),
   // 0 to read in place (in_place(s, g) must hold); the rows a caller asks for at once must lie
-  // within `slots` consecutive rows. max_rows: the most rows asked for at once.
-  InputRows(const In* x, const Strides4& s, const ConvGeometry& g, int64_t slots, int64_t max_rows)
-      : x_(x), s_(s), g_(g), slots_(slots), cache_(slots * g.in_w * g.in_channels), tags_(slots, -1),
-        rows_(max_rows) {}
+  // within `slots` consecutive rows. max_rows: the most rows asked for at once. pad_left /
+  // pad_right: zero pixels kept left and right of each laid-out row (slots > 0), so that a
+  // kernel may read columns [-pad_left, W + pad_right) of a row.
+  InputRows(const In* x, const Strides4& s, const ConvGeometry& g, int64_t slots, int64_t max_rows,
+            int64_t pad_left = 0, int64_t pad_right = 0)
+      : x_(x), s_(s), g_(g), slots_(slots), row_size_((pad_left + g.in_w + pad_right) * g.in_channels),
+        first_pixel_(pad_left * g.in_channels), cache_(slots * row_size_), tags_(slots, -1), rows_(max_rows) {}
 
   // Whether an input with strides s can be read in place.
   static bool in_place(const Strides4& s, const ConvGeometry& g) {
     return nhwc_rows_in_place(s, g.in_channels);
   }
 
-  // Bytes a thread keeps with `slots` rows.
-  static int64_t cache_bytes(const ConvGeometry& g, int64_t slots) {
-    return slots * g.in_w * g.in_channels * static_cast<int64_t>(sizeof(In));
+  // Bytes a thread keeps with `slots` rows of `padding` zero pixels besides the input's.
+  static int64_t cache_bytes(const ConvGeometry& g, int64_t slots, int64_t padding = 0) {
+    return slots * (g.in_w + padding) * g.in_channels * static_cast<int64_t>(sizeof(In));
   }
 
   // The input a kernel reads through InputRows: x itself when it can be read in place, or laid
@@ -67,7 +70,7 @@ class InputRows {
         continue;
       }
       const int64_t slot = ih % slots_, tag = n * g_.in_h + ih;
-      In* row = cache_.data() + slot * g_.in_w * g_.in_channels;
+      In* row = cache_.data() + slot * row_size_ + first_pixel_;
       if (tags_[slot] != tag) {
         copy_pixels_to_nhwc(source, s_.c, s_.w, g_.in_channels, g_.in_w, row);
         tags_[slot] = tag;
@@ -82,7 +85,8 @@ class InputRows {
   Strides4 s_;
   const ConvGeometry& g_;
   int64_t slots_;
-  std::vector<In> cache_;
+  int64_t row_size_, first_pixel_;  // elements per laid-out row, and before its first pixel
+  std::vector<In> cache_;           // zero-initialised: the padding stays zero
   std::vector<int64_t> tags_;
   std::vector<const In*> rows_;
 };
