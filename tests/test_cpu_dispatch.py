@@ -364,6 +364,8 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     (40, 1, 1, 33, 37),   # tiles: 20 pairs per pixel, one whole product and a zero-padded one
     (24, 3, 1, 32, 17),   # tiles: a 2 x 2 block of 16 + 1 pixels, 36 pairs per kernel row (2 products + 4)
     (32, 3, 1, 64, 32),   # tiles: whole 2 x 2 blocks of 32 pixels, two column blocks
+    (64, 3, 1, 48, 8),    # tiles: 8-pixel rows as one flat run of virtual pixels per image (ResNet's layer3)
+    (40, 3, 1, 70, 5),    # tiles: 5-pixel rows flat, a staged depth tail, three column blocks with a tail
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, width, layout, monkeypatch):

@@ -216,6 +216,99 @@ struct DirectConv {
     }
   }
 
+  // Short rows on tiles, one flat run per image: with stride 1, the zero-padded image
+  // [hp][wp][C] read as one sequence of virtual output pixels q = oh * wp + ow (ow < wp) makes
+  // every tap of q read pixel q + i * dh * wp + j * dw: consecutive virtual pixels are C apart
+  // across output rows, so an A tile takes 16 of them in one strided load. Virtual pixels with
+  // ow >= out_w are computed and dropped. ResNet-18's 8- and 4-pixel rows (10 and 6 padded) fill
+  // 80 % and 67 % of the tile rows instead of 50 % and 25 %.
+  static bool flat_images(const ConvGeometry& g) {
+    constexpr int64_t kShortRow = 16;  // rows that fill less than one tile
+    return kTiles && g.groups == 1 && g.stride_h == 1 && g.stride_w == 1 && g.out_w < kShortRow &&
+        g.out_h > 1;
+  }
+
+  // acc += the block of R virtual pixels from q0 against panel `blk`; stored to sums[r][j]
+  // (32 columns per virtual pixel) with the bias.
+  template <int R>
+  static void flat_kernel(const Args& a, const In* image, int64_t wp, int64_t blk, int64_t q0, float* sums) {
+    const ConvGeometry& g = a.g;
+    const int64_t cg = g.in_channels;
+    Block<R> acc;
+    const In* wblock = a.weight + blk * g.kernel_h * g.kernel_w * cg * kBlock;
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const In* first = image + (q0 + i * g.dilation_h * wp) * cg;
+      if (g.dilation_w == 1) {  // the kw taps of a kernel row: one run of kw * C per pixel
+        reduce(acc, StridedRows<In>{first, cg}, wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg);
+        continue;
+      }
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        reduce(acc, StridedRows<In>{first + j * g.dilation_w * cg, cg}, wblock + (i * g.kernel_w + j) * cg * kBlock,
+               cg);
+      }
+    }
+    const int64_t co0 = blk * kBlock;
+    const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
+    acc.store(sums, kBlock, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
+  }
+
+  using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*);
+  template <size_t... R>
+  static constexpr std::array<FlatKernel, kMaxRows + 1> flat_table(std::index_sequence<R...>) {
+    return {nullptr, &flat_kernel<static_cast<int>(R) + 1>...};
+  }
+
+  // The convolution of flat_images(g): the input's images laid out zero-padded once, then
+  // (panel, image) tasks, panel-major so that a thread's panels stay in cache over its images.
+  static void flat_rows(const Args& a) {
+    static constexpr auto kFlat = flat_table(std::make_index_sequence<kMaxRows>{});
+    const ConvGeometry& g = a.g;
+    const auto [left, right] = row_padding(g);
+    const int64_t top = g.pad_h;
+    const int64_t bottom = std::max<int64_t>(0, (g.out_h - 1) - g.pad_h + (g.kernel_h - 1) * g.dilation_h - (g.in_h - 1));
+    const int64_t hp = top + g.in_h + bottom, wp = left + g.in_w + right, C = g.in_channels;
+    std::vector<In> images(g.batch * hp * wp * C, In{0});
+    at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.in_h, ih = t % g.in_h;
+        copy_pixels_to_nhwc(a.x + n * a.x_strides.n + ih * a.x_strides.h, a.x_strides.c, a.x_strides.w, C, g.in_w,
+                            images.data() + ((n * hp + top + ih) * wp + left) * C);
+      }
+    });
+    const int64_t pixels = (g.out_h - 1) * wp + g.out_w;  // virtual pixels up to the last real one
+    const int64_t runs = (pixels + kMaxRows - 1) / kMaxRows;
+    const int64_t run_len = pixels / runs, longer_runs = pixels % runs;
+    const auto& s = a.out_strides;
+    at::parallel_for(0, a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
+      const BlockRun<Vec> run;
+      std::vector<float> sums(pixels * kBlock);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t blk = t / g.batch, n = t % g.batch;
+        const In* image = images.data() + n * hp * wp * C;
+        int64_t q0 = 0;
+        for (int64_t r = 0; r < runs; ++r) {
+          const int64_t len = run_len + (r < longer_runs ? 1 : 0);
+          kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock);
+          q0 += len;
+        }
+        const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const float* src = sums.data() + oh * wp * kBlock;
+          const int64_t first = n * s.n + co0 * s.c + oh * s.h;
+          if (a.out_bf16 != nullptr && s.c == 1) {
+            for (int64_t ow = 0; ow < g.out_w; ++ow) {
+              round_to_bf16(src + ow * kBlock, columns, a.out_bf16 + first + ow * s.w);
+            }
+          } else if (a.out_bf16 != nullptr) {
+            copy_pixels_from_nhwc(src, kBlock, columns, g.out_w, a.out_bf16 + first, s.c, s.w);
+          } else {
+            copy_pixels_from_nhwc(src, kBlock, columns, g.out_w, a.out + first, s.c, s.w);
+          }
+        }
+      }
+    });
+  }
+
   using PixelKernel = void (*)(const Args&, const In* const*, int64_t, int64_t, int64_t, const RowDestination&);
   using KernelTable = std::array<PixelKernel, kMaxRows + 1>;
 
@@ -227,6 +320,12 @@ struct DirectConv {
   }
 
   static void rows(const Args& a) {
+    if constexpr (kTiles) {
+      if (flat_images(a.g)) {
+        flat_rows(a);
+        return;
+      }
+    }
     static constexpr KernelTable kInterior = kernel_table<false>(std::make_index_sequence<kMaxRows>{});
     static constexpr KernelTable kBorder = kernel_table<true>(std::make_index_sequence<kMaxRows>{});
     const ConvGeometry& g = a.g;
