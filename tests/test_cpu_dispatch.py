@@ -410,6 +410,36 @@ def test_bf16_output_rounded_once_to_nearest_even(isa, mode, in_channels, kernel
     assert torch.equal(out, exact.float().bfloat16()), "not the exact sums rounded once to nearest even"
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, width", [
+    (48, 64, 3, 1, 37),   # one phase: the transposed 3x3 convolution, 2 x 2 blocks and staged borders
+    (32, 16, 3, 2, 23),   # four stride phases (2x2, 2x1, 1x2, 1x1 taps) written into strided views of dx
+    (40, 32, 1, 2, 9),    # 1x1/2: one phase of one tap, three phases zero; 5-pixel flat rows
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bf16_grad_input_on_tiles(isa, in_channels, out_channels, kernel, stride, width, layout):
+    """bfloat16 grad_input runs on the tile kernel (emulated where the CPU has no AMX), one
+    bfloat16 forward convolution of grad_output per stride phase: dx is bfloat16, in the input's
+    layout, within what float32 sums of its bfloat16 products rounded once to bfloat16 can be
+    off from float64."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16="tiles")
+    gen = torch.Generator().manual_seed(in_channels + stride)
+    x = LAYOUTS[layout](torch.randn(2, in_channels, 11, width, generator=gen).bfloat16())
+    w = (torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / (out_channels ** 0.5 * kernel)).bfloat16()
+    padding = kernel // 2
+    dy = LAYOUTS[layout](torch.randn(F.conv2d(x.float(), w.float(), None, stride, padding).shape,
+                                     generator=gen).bfloat16())
+    dx = torch.ops.miniplaces_ext.conv2d_backward(dy, x, w, (stride, stride), (padding, padding), (1, 1), 1,
+                                                  [True, False, False])[0]
+    assert dx.dtype == torch.bfloat16 and dx.shape == x.shape
+    assert dx.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    args = ((stride, stride), (padding, padding), (1, 1), False, [0, 0], 1, [True, False, False])
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), None, *args)[0]
+    abs_ref = torch.ops.aten.convolution_backward(dy.double().abs(), x.double(), w.double().abs(), None, *args)[0]
+    assert_within_accumulation_bound(dx, ref, abs_ref, out_channels * kernel * kernel, "bf16 grad_input")
+
+
 def _bf16_operands(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Input and weight of a 48 -> 40 3x3 layer in bfloat16: "normal" values; "denormal inputs"
     (half the inputs bfloat16 denormals, the rest just above the normal range, their products

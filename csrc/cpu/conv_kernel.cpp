@@ -296,14 +296,17 @@ at::Tensor transposed_weight(const at::Tensor& weight, int64_t groups) {
       .reshape({groups * cg, cout / groups, kh, kw});
 }
 
-// grad_input by the direct / Winograd kernels, or nullopt where they do not apply. The input
+// grad_input by the direct / Winograd kernels, or nullopt where they do not apply. With
+// `bf16_tiles`, dy and weight are bfloat16 and every phase must run on the bfloat16 tile kernel
+// (else nullopt): dx is bfloat16, each element rounded once from its phase's float32 sums. The input
 // grid splits into stride_h x stride_w phases (u, v), positions (a * sh + u, b * sw + v); each
 // phase of grad_input is a stride-1 convolution of grad_output with the flipped, transposed
 // sub-kernel of the taps that reach it (phase_taps), written by the kernel straight into its
 // strided view of dx; a phase no tap reaches is zero. For stride 1 there is one phase: the
 // transposed convolution with padding d*(k-1) - p.
 std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy, const at::Tensor& weight,
-                                                const ConvGeometry& g, at::MemoryFormat out_format) {
+                                                const ConvGeometry& g, at::MemoryFormat out_format,
+                                                bool bf16_tiles = false) {
   struct Phase {
     ConvGeometry t;
     Algo algo;
@@ -339,7 +342,8 @@ std::optional<at::Tensor> grad_input_by_kernels(const at::Tensor& dy, const at::
       // (With stride 1, a 1x1 layer's grad_input stays one GEMM, below.)
       const bool strided = g.stride_h > 1 || g.stride_w > 1;
       const Algo algo = choose_algo(t, dy.scalar_type(), false, /*gemm_form=*/!strided);
-      if (algo == Algo::gemm) {
+      if (algo == Algo::gemm ||
+          (bf16_tiles && (algo != Algo::direct || bf16_kernel(t, at::kBFloat16, algo) != Bf16Kernel::tiles))) {
         return std::nullopt;
       }
       const at::Tensor sub = weight.slice(2, th.first, th.first + (th.count - 1) * th.step + 1, th.step)
@@ -473,11 +477,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const std::optional<at::ScalarType> widen =
       widened_to_float(input.scalar_type()) ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt;
   const at::Tensor w = widen ? weight.to(at::kFloat) : weight;
+  at::Tensor grad_input, grad_weight, grad_bias;
   const auto rounded = [&](const at::Tensor& gi, const at::Tensor& gw, const at::Tensor& gb) {
     return std::make_tuple(to_dtype_if_defined(gi, input.scalar_type()), to_dtype_if_defined(gw, weight.scalar_type()),
                            to_dtype_if_defined(gb, grad_output.scalar_type()));
   };
   auto [need_input, need_weight, need_bias] = output_mask;
+  // bfloat16 grad_input on the tile kernel, as forward convolutions of bfloat16 grad_output per
+  // stride phase (where every phase takes the tiles: AMX, or MINIPLACES_CPU_BF16=tiles).
+  const bool all_bf16 = input.scalar_type() == at::kBFloat16 && grad_output.scalar_type() == at::kBFloat16 &&
+      weight.scalar_type() == at::kBFloat16;
+  if (need_input && all_bf16) {
+    if (auto dx = grad_input_by_kernels(grad_output, weight, g, conv_output_memory_format(input), true)) {
+      grad_input = std::move(*dx);
+      need_input = false;
+    }
+  }
   // grad_output [N, Cout, Ho, Wo] in the computation's dtype, in the layout it came in: the
   // kernels lay out its rows as they read them. Its NHWC pixels [N*Ho*Wo, Cout] (a view when it
   // is channels_last) are made once, only for a path that needs them.
@@ -491,7 +506,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   };
   const at::TensorOptions options = dy.options();  // the computation's dtype
 
-  at::Tensor grad_input, grad_weight, grad_bias;
   if (need_input) {
     if (auto dx = grad_input_by_kernels(dy, w, g, conv_output_memory_format(input))) {
       grad_input = std::move(*dx);
