@@ -440,6 +440,45 @@ def test_bf16_grad_input_on_tiles(isa, in_channels, out_channels, kernel, stride
     assert_within_accumulation_bound(dx, ref, abs_ref, out_channels * kernel * kernel, "bf16 grad_input")
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("in_channels, out_channels, kernel, dilation, width", [
+    (48, 64, 3, 1, 13),   # 2 x 2 blocks over 32 input x 32 output channels, tails of 16 and 32
+    (40, 24, 5, 1, 7),    # 25 taps, short rows (a flat run of virtual pixels), an output-channel tail
+    (20, 33, 3, 2, 9),    # dilation 2, blocks of 20 input channels (one A tile and a part of the second)
+    (40, 33, 1, 1, 10),   # 1x1: one tap, the pixels of every image the only reduction
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, dilation, width, layout):
+    """bfloat16 grad_weight of a stride-1 layer runs on the tile kernel (emulated where the CPU
+    has no AMX) with the pixels as the reduction: within what float32 sums of the bfloat16
+    products over every pixel, rounded once to bfloat16, can be off from float64; and the same
+    bits on 1, 2 and 3 threads (each (tap, channel block) sums its pixels in one fixed order)."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16="tiles")
+    gen = torch.Generator().manual_seed(in_channels + kernel)
+    x = LAYOUTS[layout](torch.randn(3, in_channels, 9, width, generator=gen).bfloat16())
+    w = (torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / kernel).bfloat16()
+    padding = dilation * (kernel // 2)
+    conf = ((1, 1), (padding, padding), (dilation, dilation), 1)
+    dy = LAYOUTS[layout](torch.randn(F.conv2d(x.float(), w.float(), None, *conf).shape, generator=gen).bfloat16())
+    mask = [False, True, False]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(torch.ops.miniplaces_ext.conv2d_backward(dy, x, w, *conf, mask)[1])
+    finally:
+        torch.set_num_threads(threads)
+    dw = results[0]
+    assert dw.dtype == torch.bfloat16 and dw.shape == w.shape
+    assert all(torch.equal(dw, r) for r in results[1:]), "grad_weight bits depend on the thread count"
+    args = (*conf[:3], False, [0, 0], 1, mask)
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), None, *args)[1]
+    abs_ref = torch.ops.aten.convolution_backward(dy.double().abs(), x.double().abs(), w.double(), None, *args)[1]
+    assert_within_accumulation_bound(dw, ref, abs_ref, dy[:, 0].numel(), "bf16 grad_weight")
+
+
 def _bf16_operands(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Input and weight of a 48 -> 40 3x3 layer in bfloat16: "normal" values; "denormal inputs"
     (half the inputs bfloat16 denormals, the rest just above the normal range, their products

@@ -525,6 +525,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       }
     });
   }
+  if (need_weight && all_bf16) {
+    if (auto dw = tiles_weight_grad(input, grad_output, g)) {
+      grad_weight = std::move(*dw);
+      need_weight = false;
+    }
+  }
   if (need_weight && weight_grad_kernel_applies(g, dy.scalar_type())) {
     const at::Tensor x = widen ? nhwc_pixels(input, 1, 1, widen).permute({0, 3, 1, 2}) : input;
     grad_weight = nhwc_weight_grad(x, dy, g);

@@ -175,6 +175,20 @@ at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const Con
   return sums.permute(order).contiguous();
 }
 
+std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
+  if (g.groups != 1 || g.stride_h != 1 || g.stride_w != 1 || x.scalar_type() != at::kBFloat16 ||
+      dy.scalar_type() != at::kBFloat16 || bf16_kernel(g, at::kBFloat16, Algo::direct) != Bf16Kernel::tiles) {
+    return std::nullopt;
+  }
+  TileWeightGradFn run = bf16_tiles_emulated_weight_grad();
+#if defined(__x86_64__)
+  if (bf16_native(Bf16Kernel::tiles, cpu_options().isa)) {
+    run = amx_bf16_tiles_weight_grad();
+  }
+#endif
+  return run(x, dy, g);
+}
+
 void check_output(const at::Tensor& out, const ConvGeometry& g, bool bf16_allowed) {
   TORCH_CHECK((out.scalar_type() == at::kFloat || (bf16_allowed && out.scalar_type() == at::kBFloat16)) &&
                   out.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),

@@ -6,6 +6,7 @@
 #include "cpu_info.h"
 #include "cpu_options.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,14 @@ struct IsaKernels {
   double (*fma_peak_gflops)(int64_t steps);
 };
 
+// The weight gradient, float32 [Cout, Cin, kh, kw], of a bfloat16 one-group stride-1 convolution
+// on tiles (weight_grad_tiles.h), from its input and grad_output (bfloat16, any strides).
+using TileWeightGradFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
+
+// The weight gradient of a bfloat16 convolution on tiles where the bf16 option takes tiles for it
+// (tiles_weight_grad applies: one group, stride 1), else nullopt: float32, rounded by the caller.
+std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
+
 const IsaKernels& portable_kernels();
 #if defined(__x86_64__)
 const IsaKernels& avx2_kernels();
@@ -103,6 +112,10 @@ IsaKernels::NhwcConv amx_bf16_tiles_direct();
 #endif
 // The direct kernel on emulated tiles (tiles_emulated.h), for any CPU: slow, for tests.
 IsaKernels::NhwcConv bf16_tiles_emulated_direct();
+TileWeightGradFn bf16_tiles_emulated_weight_grad();
+#if defined(__x86_64__)
+TileWeightGradFn amx_bf16_tiles_weight_grad();  // only where has_amx_bf16()
+#endif
 
 // True when a bfloat16 layer on tiles is lowered (lowered_conv.cpp): one group of fewer than 16
 // input channels, a kernel larger than 1x1.

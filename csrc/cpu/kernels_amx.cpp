@@ -25,11 +25,16 @@
 
 #include "tiles_amx.h"
 #include "direct_conv_kernel.h"
+#include "weight_grad_tiles.h"
 
 namespace miniplaces_ext::cpu {
 
 IsaKernels::NhwcConv amx_bf16_tiles_direct() {
   return &DirectConv<TileTraits<AmxTiles>, uint16_t>::run;
+}
+
+TileWeightGradFn amx_bf16_tiles_weight_grad() {
+  return &TileWeightGrad<AmxTiles>::run;
 }
 
 } // namespace miniplaces_ext::cpu

@@ -22,6 +22,7 @@
 #include "direct_conv_kernel.h"
 #include "winograd_kernel.h"
 #include "weight_grad_kernel.h"
+#include "weight_grad_tiles.h"
 #include "fma_peak.h"
 
 namespace miniplaces_ext::cpu {
@@ -35,6 +36,10 @@ const IsaKernels& portable_kernels() {
 
 IsaKernels::NhwcConv bf16_tiles_emulated_direct() {
   return &DirectConv<TileTraits<EmulatedTiles>, uint16_t>::run;
+}
+
+TileWeightGradFn bf16_tiles_emulated_weight_grad() {
+  return &TileWeightGrad<EmulatedTiles>::run;
 }
 
 } // namespace miniplaces_ext::cpu

@@ -45,7 +45,10 @@ struct AmxTiles {
       config.bytes_per_row[t] = rows[t] > 0 ? 64 : 0;
       config.rows[t] = static_cast<uint8_t>(rows[t]);
     }
-    _tile_loadconfig(&config);
+    // The configuration as the instruction's memory operand, whole: GCC's _tile_loadconfig names
+    // only its first 8 bytes as read, and at -O3 the stores of the tile shapes were then dropped
+    // (ldtilecfg of zero shapes, then #UD at the first tile instruction).
+    asm volatile("ldtilecfg %0" : : "m"(config));
     configured_rows() = R;
   }
   template <int R>
