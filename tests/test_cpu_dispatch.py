@@ -441,15 +441,19 @@ def test_bf16_grad_input_on_tiles(isa, in_channels, out_channels, kernel, stride
 
 
 @pytest.mark.parametrize("isa", isa_params())
-@pytest.mark.parametrize("in_channels, out_channels, kernel, dilation, width", [
-    (48, 64, 3, 1, 13),   # 2 x 2 blocks over 32 input x 32 output channels, tails of 16 and 32
-    (40, 24, 5, 1, 7),    # 25 taps, short rows (a flat run of virtual pixels), an output-channel tail
-    (20, 33, 3, 2, 9),    # dilation 2, blocks of 20 input channels (one A tile and a part of the second)
-    (40, 33, 1, 1, 10),   # 1x1: one tap, the pixels of every image the only reduction
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, dilation, width", [
+    (48, 64, 3, 1, 1, 13),   # 2 x 2 blocks over 32 input x 32 output channels, tails of 16 and 32
+    (40, 24, 5, 1, 1, 7),    # 25 taps, short rows (a flat run of virtual pixels), an output-channel tail
+    (20, 33, 3, 1, 2, 9),    # dilation 2, blocks of 20 input channels (one A tile and a part of the second)
+    (40, 33, 1, 1, 1, 10),   # 1x1: one tap, the pixels of every image the only reduction
+    (32, 48, 3, 2, 1, 13),   # stride 2: taps read the input's four stride phases, odd sizes
+    (3, 64, 7, 2, 1, 21),    # the stem's shape: 3 input channels, 49 taps over four phases
+    (24, 40, 1, 2, 1, 11),   # 1x1/2: one phase of the input
+    (8, 16, 11, 4, 1, 29),   # AlexNet's 11x11/4: sixteen phases
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, dilation, width, layout):
-    """bfloat16 grad_weight of a stride-1 layer runs on the tile kernel (emulated where the CPU
+def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, stride, dilation, width, layout):
+    """bfloat16 grad_weight runs on the tile kernel (emulated where the CPU
     has no AMX) with the pixels as the reduction: within what float32 sums of the bfloat16
     products over every pixel, rounded once to bfloat16, can be off from float64; and the same
     bits on 1, 2 and 3 threads (each (tap, channel block) sums its pixels in one fixed order)."""
@@ -459,7 +463,7 @@ def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, dilat
     x = LAYOUTS[layout](torch.randn(3, in_channels, 9, width, generator=gen).bfloat16())
     w = (torch.randn(out_channels, in_channels, kernel, kernel, generator=gen) / kernel).bfloat16()
     padding = dilation * (kernel // 2)
-    conf = ((1, 1), (padding, padding), (dilation, dilation), 1)
+    conf = ((stride, stride), (padding, padding), (dilation, dilation), 1)
     dy = LAYOUTS[layout](torch.randn(F.conv2d(x.float(), w.float(), None, *conf).shape, generator=gen).bfloat16())
     mask = [False, True, False]
     threads = torch.get_num_threads()

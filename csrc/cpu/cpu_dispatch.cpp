@@ -176,7 +176,7 @@ at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const Con
 }
 
 std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
-  if (g.groups != 1 || g.stride_h != 1 || g.stride_w != 1 || x.scalar_type() != at::kBFloat16 ||
+  if (g.groups != 1 || x.scalar_type() != at::kBFloat16 ||
       dy.scalar_type() != at::kBFloat16 || bf16_kernel(g, at::kBFloat16, Algo::direct) != Bf16Kernel::tiles) {
     return std::nullopt;
   }

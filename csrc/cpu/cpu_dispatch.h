@@ -93,12 +93,12 @@ struct IsaKernels {
   double (*fma_peak_gflops)(int64_t steps);
 };
 
-// The weight gradient, float32 [Cout, Cin, kh, kw], of a bfloat16 one-group stride-1 convolution
+// The weight gradient, float32 [Cout, Cin, kh, kw], of a bfloat16 one-group convolution
 // on tiles (weight_grad_tiles.h), from its input and grad_output (bfloat16, any strides).
 using TileWeightGradFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
 // The weight gradient of a bfloat16 convolution on tiles where the bf16 option takes tiles for it
-// (tiles_weight_grad applies: one group, stride 1), else nullopt: float32, rounded by the caller.
+// (one group), else nullopt: float32, rounded by the caller.
 std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
 const IsaKernels& portable_kernels();
