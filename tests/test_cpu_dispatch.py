@@ -447,9 +447,9 @@ def test_bf16_grad_input_on_tiles(isa, in_channels, out_channels, kernel, stride
     (20, 33, 3, 1, 2, 9),    # dilation 2, blocks of 20 input channels (one A tile and a part of the second)
     (40, 33, 1, 1, 1, 10),   # 1x1: one tap, the pixels of every image the only reduction
     (32, 48, 3, 2, 1, 13),   # stride 2: taps read the input's four stride phases, odd sizes
-    (3, 64, 7, 2, 1, 21),    # the stem's shape: 3 input channels, 49 taps over four phases
+    (16, 64, 7, 2, 1, 21),   # 7x7/2: 49 taps over four phases
     (24, 40, 1, 2, 1, 11),   # 1x1/2: one phase of the input
-    (8, 16, 11, 4, 1, 29),   # AlexNet's 11x11/4: sixteen phases
+    (16, 16, 11, 4, 1, 29),  # 11x11/4: sixteen phases
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, stride, dilation, width, layout):

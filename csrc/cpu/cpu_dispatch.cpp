@@ -176,7 +176,9 @@ at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const Con
 }
 
 std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
-  if (g.groups != 1 || x.scalar_type() != at::kBFloat16 ||
+  // Few input channels fill a sliver of each A tile (3 of 32 rows for the stem): those layers stay
+  // on the widened float32 path, as in the forward pass they are lowered.
+  if (g.groups != 1 || lowered_applies(g) || x.scalar_type() != at::kBFloat16 ||
       dy.scalar_type() != at::kBFloat16 || bf16_kernel(g, at::kBFloat16, Algo::direct) != Bf16Kernel::tiles) {
     return std::nullopt;
   }

@@ -98,7 +98,7 @@ struct IsaKernels {
 using TileWeightGradFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
 // The weight gradient of a bfloat16 convolution on tiles where the bf16 option takes tiles for it
-// (one group), else nullopt: float32, rounded by the caller.
+// (one group, not a few-channel layer: lowered_applies), else nullopt: float32, rounded by the caller.
 std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
 const IsaKernels& portable_kernels();
