@@ -85,21 +85,41 @@ struct TileWeightGrad {
     const int64_t last_offset = (g.kernel_h - 1) * g.dilation_h / sh * wq + (g.kernel_w - 1) * g.dilation_w / sw;
     const int64_t plane = std::max(hq * wq, last_offset + 2 * pairs);
     const int64_t cout_padded = (g.out_channels + kBlock - 1) / kBlock * kBlock;
-    at::Tensor padded = at::zeros({g.batch, g.in_channels, hq * sh, wq * sw}, x.options());
-    padded.narrow(2, top, g.in_h).narrow(3, left, g.in_w).copy_(x);
-    at::Tensor planes = at::zeros({g.batch, sh, sw, g.in_channels, plane}, x.options());
-    planes.narrow(4, 0, hq * wq)
-        .view({g.batch, sh, sw, g.in_channels, hq, wq})
-        .copy_(padded.view({g.batch, g.in_channels, hq, sh, wq, sw}).permute({0, 3, 5, 1, 2, 4}));
-    const int64_t dy_length = std::max(2 * pairs, g.out_h * wq);
-    at::Tensor dy_flat = at::zeros({g.batch, cout_padded, dy_length}, dy.options());
-    dy_flat.narrow(2, 0, g.out_h * wq)
-        .view({g.batch, cout_padded, g.out_h, wq})
-        .narrow(1, 0, g.out_channels)
-        .narrow(3, 0, g.out_w)
-        .copy_(dy);
-    const at::Tensor dy_pairs =
-        dy_flat.narrow(2, 0, 2 * pairs).view({g.batch, cout_padded, pairs, 2}).permute({0, 2, 1, 3}).contiguous();
+    // Both operands laid out in one pass each, read through their strides (any layout).
+    at::Tensor planes = at::zeros({g.batch, sh * sw, g.in_channels, plane}, x.options());
+    at::Tensor dy_pairs = at::zeros({g.batch, pairs, cout_padded, 2}, dy.options());
+    const uint16_t* xs = static_cast<const uint16_t*>(x.const_data_ptr());
+    const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
+    uint16_t* xp = static_cast<uint16_t*>(planes.mutable_data_ptr());
+    uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
+    const Strides4 xst = strides_of(x), dst = strides_of(dy);
+    at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.in_h, ih = t % g.in_h, row = ih + top;
+        for (int64_t iw = 0; iw < g.in_w; ++iw) {
+          const int64_t column = iw + left;
+          uint16_t* to = xp + ((n * sh + row % sh) * sw + column % sw) * g.in_channels * plane +
+              (row / sh) * wq + column / sw;
+          const uint16_t* from = xs + n * xst.n + ih * xst.h + iw * xst.w;
+          for (int64_t c = 0; c < g.in_channels; ++c) {
+            to[c * plane] = from[c * xst.c];
+          }
+        }
+      }
+    });
+    at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.out_h, oh = t % g.out_h;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t q = oh * wq + ow;
+          uint16_t* to = dyp + ((n * pairs + q / 2) * cout_padded) * 2 + q % 2;
+          const uint16_t* from = dys + n * dst.n + oh * dst.h + ow * dst.w;
+          for (int64_t c = 0; c < g.out_channels; ++c) {
+            to[2 * c] = from[c * dst.c];
+          }
+        }
+      }
+    });
     at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, x.options().dtype(at::kFloat));
     const Args a{static_cast<const uint16_t*>(planes.const_data_ptr()), plane,
                  static_cast<const uint16_t*>(dy_pairs.const_data_ptr()), pairs, cout_padded, wq, g,
