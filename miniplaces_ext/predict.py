@@ -4,6 +4,7 @@ with the package).
     python -m miniplaces_ext.predict photo.jpg [more.jpg ...] --use-custom-conv
     python -m miniplaces_ext.predict photo.jpg --arch alexnet --weights alexnet.pt --topk 3 --json
     python -m miniplaces_ext.predict ~/holiday/ 'scans/**/*.png' --output predictions.csv   # or .jsonl
+    python -m miniplaces_ext.predict photo.jpg --arch all      # AlexNet and ResNet-18 side by side
 
 A folder means every image file under it (recursively); a pattern with * ? [ is a glob
 (** spans folders). With --output the rows (path, top-k ids, names, probabilities,
@@ -12,6 +13,10 @@ where it stopped when started again with the same --output: finished images are 
 redone, and every batch runs at the full --batch-size (the last one padded), so the rows
 are those an uninterrupted run writes, bit for bit. Unreadable files are skipped, counted
 and written as rows with an error.
+
+With --arch all every network (each with its default weights) answers for every photo, as the
+course handout asks: printed one after the other under each photo, and in --json as
+{"predictions": {path: {arch: answer}}}.
 
 Each image is also called indoor or outdoor, as the Places365 demo does: by the
 share of outdoor classes among its 10 most probable (indoor_outdoor.py).
@@ -34,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from miniplaces_ext import cli, data, indoor_outdoor
+from miniplaces_ext import cli, data, indoor_outdoor, models
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMG",
                         help="image files, folders (every image under them) or glob patterns")
-    cli.add_common_args(parser, data_root=False)
+    cli.add_common_args(parser, archs=(*models.ARCHS, "all"), data_root=False)
     parser.add_argument("--topk", type=cli.positive_int, default=5, help="how many classes per image (default: 5)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch (default: 32)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
@@ -177,19 +182,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_json_arg(parser, "the predictions")
     args = parser.parse_args(argv)
+    side_by_side = args.arch == "all"
+    if side_by_side and args.weights:
+        parser.error("--weights names one checkpoint: give it with --arch resnet18 or alexnet "
+                     "(--arch all loads each network's default weights)")
+    if side_by_side and args.output:
+        parser.error("--output writes one network's rows: give --arch resnet18 or alexnet")
     device = cli.setup(args)
     try:
         paths = expand_inputs(args.images)
     except FileNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
-    model = cli.load_model(args.arch, args, device)
-    classes = model.class_names
-    if classes is None:
-        parser.exit(2, f"error: the checkpoint has {model_outputs(model)} classes and carries no class names "
-                       f"(the packaged names are for the {len(data.read_categories())} Miniplaces classes); "
-                       f"save it as {{'state_dict': ..., 'classes': [...]}} as train does\n")
-    if args.topk > len(classes):
-        parser.error(f"--topk {args.topk} is more than the model's {len(classes)} classes")
+    networks = {}  # arch -> (model, class names, indoor/outdoor labels)
+    for arch in models.ARCHS if side_by_side else (args.arch,):
+        model = cli.load_model(arch, args, device)
+        classes = model.class_names
+        if classes is None:
+            parser.exit(2, f"error: the checkpoint has {model_outputs(model)} classes and carries no class names "
+                           f"(the packaged names are for the {len(data.read_categories())} Miniplaces classes); "
+                           f"save it as {{'state_dict': ..., 'classes': [...]}} as train does\n")
+        if args.topk > len(classes):
+            parser.error(f"--topk {args.topk} is more than the {arch} model's {len(classes)} classes")
+        networks[arch] = (model, classes, indoor_outdoor.environment_labels(classes))
     writer = None
     if args.output:
         try:
@@ -201,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         paths = [p for p in paths if p not in writer.done]
 
-    environments = indoor_outdoor.environment_labels(classes)
     results, failed = {}, {}
     files = ImageFiles(paths)
     workers = args.workers if len(paths) > args.batch_size else 0  # one batch: decoding processes cost more
@@ -220,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                 images = torch.stack([t for _, t in good]).to(device, memory_format=torch.channels_last)
                 if writer:  # resumable rows: every batch the same size, whatever was done before
                     images = padded_batch(images, args.batch_size)
-                for (i, _), result in zip(good, predict(model, images, classes, args.topk, environments)):
+                answers = {arch: predict(model, images, classes, args.topk, environments)
+                           for arch, (model, classes, environments) in networks.items()}
+                for k, (i, _) in enumerate(good):
                     if writer:
-                        writer.write(paths[i], result, None)
+                        writer.write(paths[i], answers[args.arch][k], None)
+                    elif side_by_side:
+                        results[paths[i]] = {arch: answer[k] for arch, answer in answers.items()}
                     else:
-                        results[paths[i]] = result
+                        results[paths[i]] = answers[args.arch][k]
             if writer:
                 writer.flush()
             bar.update(len(batch))
@@ -243,15 +260,25 @@ def main(argv: list[str] | None = None) -> int:
                                    "errors": failed})
     else:
         for path, result in results.items():
-            where = (f"  ({result['environment']}: {result['outdoor_share']:.0%} of the top-10 classes are outdoor)"
-                     if "environment" in result else "")
-            print(f"{path}{where}")
-            for rank, p in enumerate(result["top"], 1):
-                env = f"  {p['environment']}" if "environment" in p else ""
-                print(f"  {rank}. {p['class']:30s} {p['probability']:6.1%}{env}")
+            if not side_by_side:
+                print_answer(path, result)
+                continue
+            print(path)
+            for arch, answer in result.items():
+                print_answer(f"  {arch}", answer, indent="    ")
     for path, err in failed.items():
         print(f"{path}: error: {err}", file=sys.stderr)
     return 1 if failed and len(failed) == len(paths) else 0
+
+
+def print_answer(title: str, result: dict, indent: str = "  ") -> None:
+    """One network's answer for one image: the title, indoor/outdoor, then the ranked classes."""
+    where = (f"  ({result['environment']}: {result['outdoor_share']:.0%} of the top-10 classes are outdoor)"
+             if "environment" in result else "")
+    print(f"{title}{where}")
+    for rank, p in enumerate(result["top"], 1):
+        env = f"  {p['environment']}" if "environment" in p else ""
+        print(f"{indent}{rank}. {p['class']:30s} {p['probability']:6.1%}{env}")
 
 
 def padded_batch(images: torch.Tensor, size: int) -> torch.Tensor:

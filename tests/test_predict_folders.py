@@ -83,3 +83,39 @@ def _rows(path):
 
 def _by_path(rows):
     return {r["path"]: {k: v for k, v in r.items()} for r in rows}
+
+
+@requires_data
+def test_arch_all_answers_with_both_networks_side_by_side(photo_dir, tmp_path, monkeypatch, capsys):
+    """--arch all: every network (each with its default weights) answers for every photo, the same
+    answer the network gives alone; the table names each network under each photo; --weights and
+    --output, which name one network, are refused with one line."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for seed, arch in enumerate(models.ARCHS):
+        torch.manual_seed(seed)
+        torch.save(models.build(arch).state_dict(), folder / f"{arch}.pt")
+    monkeypatch.setenv("MINIPLACES_WEIGHTS", str(folder))
+    photos = [str(photo_dir / "img1.jpg"), str(photo_dir / "img2.jpg")]
+    out = tmp_path / "all.json"
+    assert predict.main([*photos, "--arch", "all", "--topk", "3", "--json", str(out)]) == 0
+    both = json.loads(out.read_text())["predictions"]
+    assert set(both) == set(photos) and all(set(answer) == set(models.ARCHS) for answer in both.values())
+    for arch in models.ARCHS:
+        alone = tmp_path / f"{arch}.json"
+        assert predict.main([*photos, "--arch", arch, "--topk", "3", "--json", str(alone)]) == 0
+        single = json.loads(alone.read_text())["predictions"]
+        for photo in photos:
+            assert [t["class"] for t in both[photo][arch]["top"]] == [t["class"] for t in single[photo]["top"]]
+            torch.testing.assert_close([t["probability"] for t in both[photo][arch]["top"]],
+                                       [t["probability"] for t in single[photo]["top"]])
+    capsys.readouterr()
+    assert predict.main([photos[0], "--arch", "all"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == photos[0] and [line.split()[0] for line in table if not line.startswith("    ")][1:] == list(
+        models.ARCHS)
+    for bad in (["--weights", str(folder / "resnet18.pt")], ["--output", str(tmp_path / "rows.csv")]):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main([photos[0], "--arch", "all", *bad])
+        assert exit_info.value.code == 2
+        assert "give" in capsys.readouterr().err.splitlines()[-1]
