@@ -203,6 +203,22 @@ struct DirectConv {
               a.bias != nullptr ? a.bias + col : nullptr, columns);
   }
 
+  // Writes one output row from float32 sums src[ow * src_pixel_stride + j] (j < columns, bias
+  // added) to the output's elements from offset `first` on, through its strides: rounded once to
+  // bfloat16 for a bfloat16 output.
+  static void write_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t first) {
+    const Strides4& s = a.out_strides;
+    if (a.out_bf16 != nullptr && s.c == 1) {
+      for (int64_t ow = 0; ow < a.g.out_w; ++ow) {
+        round_to_bf16(src + ow * src_pixel_stride, columns, a.out_bf16 + first + ow * s.w);
+      }
+    } else if (a.out_bf16 != nullptr) {
+      copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out_bf16 + first, s.c, s.w);
+    } else {
+      copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out + first, s.c, s.w);
+    }
+  }
+
   // dst[j] = src[j] rounded to bfloat16 (to nearest even; a NaN as c10's 0x7FC0) for j < n:
   // branch-free, so that the compiler vectorizes it for this file's target.
   static void round_to_bf16(const float* src, int64_t n, c10::BFloat16* dst) {
@@ -280,7 +296,7 @@ struct DirectConv {
     const int64_t run_len = pixels / runs, longer_runs = pixels % runs;
     const auto& s = a.out_strides;
     at::parallel_for(0, a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
-      const BlockRun<Vec> run;
+      [[maybe_unused]] const BlockRun<Vec> run;
       std::vector<float> sums(pixels * kBlock);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t blk = t / g.batch, n = t % g.batch;
@@ -293,17 +309,7 @@ struct DirectConv {
         }
         const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          const float* src = sums.data() + oh * wp * kBlock;
-          const int64_t first = n * s.n + co0 * s.c + oh * s.h;
-          if (a.out_bf16 != nullptr && s.c == 1) {
-            for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              round_to_bf16(src + ow * kBlock, columns, a.out_bf16 + first + ow * s.w);
-            }
-          } else if (a.out_bf16 != nullptr) {
-            copy_pixels_from_nhwc(src, kBlock, columns, g.out_w, a.out_bf16 + first, s.c, s.w);
-          } else {
-            copy_pixels_from_nhwc(src, kBlock, columns, g.out_w, a.out + first, s.c, s.w);
-          }
+          write_row(a, sums.data() + oh * wp * kBlock, kBlock, columns, n * s.n + co0 * s.c + oh * s.h);
         }
       }
     });
@@ -371,20 +377,11 @@ struct DirectConv {
     // out transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
     const bool buffered = s.c != 1 || a.out_bf16 != nullptr;
     const auto write_out = [&](const std::vector<float>& buffer, int64_t co0, int64_t columns, int64_t row) {
-      const int64_t first = row + co0 * s.c;
-      if (a.out_bf16 != nullptr && s.c == 1) {
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          round_to_bf16(buffer.data() + ow * coutg + co0, columns, a.out_bf16 + first + ow * s.w);
-        }
-      } else if (a.out_bf16 != nullptr) {
-        copy_pixels_from_nhwc(buffer.data() + co0, coutg, columns, g.out_w, a.out_bf16 + first, s.c, s.w);
-      } else {
-        copy_pixels_from_nhwc(buffer.data() + co0, coutg, columns, g.out_w, a.out + first, s.c, s.w);
-      }
+      write_row(a, buffer.data() + co0, coutg, columns, row + co0 * s.c);
     };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
-        const BlockRun<Vec> run;
+        [[maybe_unused]] const BlockRun<Vec> run;
         std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
         InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
@@ -412,7 +409,7 @@ struct DirectConv {
     }
     // Blocks inner: a thread computes whole output rows.
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-      const BlockRun<Vec> run;
+      [[maybe_unused]] const BlockRun<Vec> run;
       std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
       InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
       for (int64_t t = begin; t < end; ++t) {
