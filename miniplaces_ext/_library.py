@@ -75,9 +75,10 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
     (im2col + GEMM; for 1x1 layers without padding a GEMM over the sampled pixels), as chosen
     by the options of :func:`set_cpu_options` and the CPU. Zero padding only (``padding`` as ints); tensors may be on the meta device.
 
-    ``phase="grad_weight"`` names what computes the weight gradient instead: ``"direct"`` (our
-    weight-gradient kernel: the same bits on any thread count) or ``"gemm"`` (im2col + MKL's sgemm,
-    whose sums may differ between 1 thread and several)."""
+    ``phase="grad_weight"`` names what computes the weight gradient instead: ``"direct-bf16-tiles"``
+    (bfloat16 on tiles) or ``"direct"`` (our weight-gradient kernel), both the same bits on any
+    thread count, or ``"gemm"`` (im2col + MKL's sgemm, whose sums may differ between 1 thread and
+    several)."""
     return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),
                                                        groups, phase)
 

@@ -465,6 +465,7 @@ def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, strid
     padding = dilation * (kernel // 2)
     conf = ((stride, stride), (padding, padding), (dilation, dilation), 1)
     dy = LAYOUTS[layout](torch.randn(F.conv2d(x.float(), w.float(), None, *conf).shape, generator=gen).bfloat16())
+    assert me.cpu_conv_algorithm(x, w, stride, padding, dilation, phase="grad_weight") == "direct-bf16-tiles"
     mask = [False, True, False]
     threads = torch.get_num_threads()
     try:

@@ -175,11 +175,20 @@ at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const Con
   return sums.permute(order).contiguous();
 }
 
+namespace {
+
+// Whether the weight gradient of a convolution with bfloat16 operands runs on tiles. Few input
+// channels fill a sliver of each A tile (3 of 32 rows for the stem): those layers stay on the
+// widened float32 path, as in the forward pass they are lowered.
+bool tiles_weight_grad_applies(const ConvGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && g.groups == 1 && !lowered_applies(g) &&
+      bf16_kernel(g, at::kBFloat16, Algo::direct) == Bf16Kernel::tiles;
+}
+
+} // namespace
+
 std::optional<at::Tensor> tiles_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
-  // Few input channels fill a sliver of each A tile (3 of 32 rows for the stem): those layers stay
-  // on the widened float32 path, as in the forward pass they are lowered.
-  if (g.groups != 1 || lowered_applies(g) || x.scalar_type() != at::kBFloat16 ||
-      dy.scalar_type() != at::kBFloat16 || bf16_kernel(g, at::kBFloat16, Algo::direct) != Bf16Kernel::tiles) {
+  if (dy.scalar_type() != x.scalar_type() || !tiles_weight_grad_applies(g, x.scalar_type())) {
     return std::nullopt;
   }
   TileWeightGradFn run = bf16_tiles_emulated_weight_grad();
@@ -262,7 +271,8 @@ std::string cpu_capabilities() {
 // The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd;
 // "direct-bf16" for the direct kernel on bfloat16 pairs, "direct-bf16-tiles" on tiles. Asked under torch.inference_mode,
 // the choice for a cached weight (what an inference-mode forward pass runs). For phase "grad_weight",
-// what computes the weight gradient: "direct" (the weight-gradient kernel) or "gemm".
+// what computes the weight gradient: "direct-bf16-tiles" (weight_grad_tiles.h), "direct" (the
+// weight-gradient kernel) or "gemm".
 std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                c10::string_view phase) {
@@ -270,8 +280,11 @@ std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight
   TORCH_CHECK(phase == "forward" || phase == "grad_weight", "cpu_conv_algorithm: phase must be 'forward' or ",
               "'grad_weight', got '", phase, "'");
   if (phase == "grad_weight") {
-    const at::ScalarType dtype = input.scalar_type();  // bfloat16 and float16 backward run in float32
-    const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;
+    const at::ScalarType dtype = input.scalar_type();
+    if (tiles_weight_grad_applies(g, dtype)) {
+      return "direct-bf16-tiles";
+    }
+    const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;  // else computed in float32
     return weight_grad_kernel_applies(g, widened ? at::kFloat : dtype) ? "direct" : "gemm";
   }
   const Algo algo = choose_algo(g, input.scalar_type(), c10::InferenceMode::is_enabled());

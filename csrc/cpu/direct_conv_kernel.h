@@ -115,11 +115,17 @@ struct DirectConv {
     return weight_is_large(g, blocks) ? g.in_h : std::min(g.in_h, two_output_rows);
   }
 
+  // Zero positions needed after the input's `in` along one dimension so that every tap of every
+  // one of `out` outputs reads inside the padded input.
+  static int64_t trailing_padding(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation,
+                                  int64_t in) {
+    return std::max<int64_t>(0, (out - 1) * stride - pad + (kernel - 1) * dilation - (in - 1));
+  }
+
   // Zero pixels a laid-out input row needs left and right so that every tap of every output
   // pixel reads inside it.
   static std::pair<int64_t, int64_t> row_padding(const ConvGeometry& g) {
-    const int64_t last = (g.out_w - 1) * g.stride_w - g.pad_w + (g.kernel_w - 1) * g.dilation_w;
-    return {g.pad_w, std::max<int64_t>(0, last - (g.in_w - 1))};
+    return {g.pad_w, trailing_padding(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w)};
   }
 
   // Whether the input rows are laid out with zero padding (InputRows), so that border pixels read
@@ -281,7 +287,7 @@ struct DirectConv {
     const ConvGeometry& g = a.g;
     const auto [left, right] = row_padding(g);
     const int64_t top = g.pad_h;
-    const int64_t bottom = std::max<int64_t>(0, (g.out_h - 1) - g.pad_h + (g.kernel_h - 1) * g.dilation_h - (g.in_h - 1));
+    const int64_t bottom = trailing_padding(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
     const int64_t hp = top + g.in_h + bottom, wp = left + g.in_w + right, C = g.in_channels;
     std::vector<In> images(g.batch * hp * wp * C, In{0});
     at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
