@@ -75,6 +75,11 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
     (im2col + GEMM; for 1x1 layers without padding a GEMM over the sampled pixels), as chosen
     by the options of :func:`set_cpu_options` and the CPU. Zero padding only (``padding`` as ints); tensors may be on the meta device.
 
+    ``phase="forward"`` answers for an evaluation forward (under ``torch.inference_mode()`` or
+    ``torch.no_grad()``, or with no input requiring grad), which keeps each packed weight for the
+    next call; ``phase="training_forward"`` for a forward that autograd records, which packs its
+    weight per call and so takes Winograd only where more output tiles repay the transform.
+
     ``phase="grad_weight"`` names what computes the weight gradient instead: ``"direct-bf16-tiles"``
     (bfloat16 on tiles) or ``"direct"`` (our weight-gradient kernel), both the same bits on any
     thread count, or ``"gemm"`` (im2col + MKL's sgemm, whose sums may differ between 1 thread and
@@ -86,9 +91,10 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
 def clear_weight_cache() -> None:
     """Forgets the packed weights the CPU kernels keep between inference calls.
 
-    Under ``torch.inference_mode()`` each weight is packed for its kernel once and reused
-    while the tensor lives and its version counter is unchanged, which every in-place op
-    on it bumps. Changes made through ``.data`` bypass that counter: call this after them.
+    Outside training (``torch.inference_mode()``, ``torch.no_grad()``, or no input requiring
+    grad) each weight is packed for its kernel once and reused while the tensor lives and its
+    version counter is unchanged, which every in-place op on it bumps. Changes made through
+    ``.data`` bypass that counter: call this after them.
     """
     torch.ops.miniplaces_ext.clear_weight_cache()
 

@@ -99,7 +99,7 @@ def _run(algo: str, monkeypatch, *args, **kwargs) -> torch.Tensor:
 def test_auto_takes_winograd_where_it_pays(monkeypatch):
     """auto = Winograd bit for bit on a ResNet layer with many tiles (and not the direct kernel's
     bits); with few tiles, or for stride 2, auto is the direct kernel bit for bit; in between,
-    Winograd only where the transformed weight is cached (inference mode)."""
+    Winograd only where the transformed weight is kept (an evaluation forward, not a training one)."""
     if me.cpu_capabilities()["chosen"] == "portable":
         pytest.skip("at the portable level auto takes im2col + GEMM")
     x, w = torch.randn(8, 64, 32, 32), torch.randn(64, 64, 3, 3)
@@ -110,17 +110,19 @@ def test_auto_takes_winograd_where_it_pays(monkeypatch):
     assert torch.equal(_run("auto", monkeypatch, small, w, padding=1), _run("direct", monkeypatch, small, w, padding=1))
     assert torch.equal(_run("auto", monkeypatch, x, w, padding=1, stride=2),
                        _run("direct", monkeypatch, x, w, padding=1, stride=2))
-    # 32 tiles: not enough to repay a weight transform per call, enough when the transformed
-    # weight is cached (torch.inference_mode).
+    # 32 tiles: not enough to repay a weight transform per call (a training forward), enough when
+    # the transformed weight is kept (inference_mode, no_grad).
     mid = torch.randn(2, 64, 16, 16)
     me.set_cpu_options(algo="auto")
-    assert me.cpu_conv_algorithm(mid, w, padding=1) == "direct"
-    assert torch.equal(_run("auto", monkeypatch, mid, w, padding=1), _run("direct", monkeypatch, mid, w, padding=1))
-    with torch.inference_mode():
-        me.set_cpu_options(algo="auto")
-        assert me.cpu_conv_algorithm(mid, w, padding=1) == "winograd"
-        assert torch.equal(_run("auto", monkeypatch, mid, w, padding=1),
-                           _run("winograd", monkeypatch, mid, w, padding=1))
+    assert me.cpu_conv_algorithm(mid, w, padding=1, phase="training_forward") == "direct"
+    assert me.cpu_conv_algorithm(mid, w, padding=1) == "winograd"
+    training = mid.clone().requires_grad_()
+    assert torch.equal(_run("auto", monkeypatch, training, w, padding=1).detach(),
+                       _run("direct", monkeypatch, training, w, padding=1).detach())
+    for evaluation in (torch.inference_mode, torch.no_grad):
+        with evaluation():
+            assert torch.equal(_run("auto", monkeypatch, training, w, padding=1),
+                               _run("winograd", monkeypatch, training, w, padding=1))
 
 
 def test_forced_winograd_elsewhere_takes_the_default(monkeypatch):
@@ -134,24 +136,27 @@ def test_forced_winograd_elsewhere_takes_the_default(monkeypatch):
 
 @pytest.mark.parametrize("algo", ["winograd", "direct"])
 def test_inference_weight_cache_follows_the_weight(algo, monkeypatch):
-    """Under inference_mode the packed weight is kept and reused, and an in-place change of the
-    weight (a new version) or a new weight tensor is never answered from a stale entry; training
-    and no_grad calls cache nothing."""
+    """Outside training (inference_mode, no_grad) the packed weight is kept and reused, and an
+    in-place change of the weight (a new version) or a new weight tensor is never answered from
+    a stale entry; a training forward, through the op or through Conv2dFunction, caches nothing."""
     me.set_cpu_options(algo=algo)
     me.clear_weight_cache()
     conv = me.Conv2d(16, 16, 3, padding=1)
     x = torch.randn(4, 16, 16, 16)
-    conv(x)  # grad mode on: a training step packs afresh every call
-    with torch.no_grad():
-        conv(x)
+    conv(x).sum().backward()  # grad mode on, the weight requires grad: a training step packs afresh
+    me.Conv2dFunction.apply(x, conv.weight, conv.bias, (1, 1), (1, 1), (1, 1), 1)
     assert me.weight_cache_size() == 0
-    infer = torch.inference_mode()(conv)
-    first = infer(x)
-    assert me.weight_cache_size() == 1
-    assert torch.equal(infer(x), first) and me.weight_cache_size() == 1
-    with torch.no_grad():
+    with torch.no_grad():  # evaluation: the weight stays packed
+        first = conv(x)
+        assert me.weight_cache_size() == 1
+        assert torch.equal(conv(x), first) and me.weight_cache_size() == 1
         conv.weight.mul_(-1)  # in place: bumps the version counter
-    torch.testing.assert_close(infer(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
+    conv.weight.grad = None
+    out = conv(x)  # a training forward after evaluation reads the current weight
+    torch.testing.assert_close(out, F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
+    infer = torch.inference_mode()(conv)
+    torch.testing.assert_close(infer(x), out.detach(), rtol=0, atol=0)
     conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))  # a new tensor
     torch.testing.assert_close(infer(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
     conv.weight.data.zero_()  # through .data: the version counter cannot see it; clearing is documented

@@ -20,12 +20,12 @@
 #include "cpu_dispatch.h"
 #include "im2col.h"
 #include "layout.h"
+#include "packed_weights.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -415,8 +415,8 @@ at::Tensor conv2d_forward(
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
   const at::ScalarType dtype = input.scalar_type();
-  // Under torch.inference_mode the packed weight is kept for the next call.
-  const bool cache_weight = c10::InferenceMode::is_enabled();
+  // Outside training the packed weight is kept for the next call (packed_weights.h).
+  const bool cache_weight = weights_stay_packed();
   if (const Algo algo = choose_algo(g, dtype, cache_weight); algo != Algo::gemm) {
     // The bfloat16 kernels read bfloat16; every other kernel float32 (a bfloat16 or float16
     // input is widened as it is laid out NHWC).

@@ -4,7 +4,6 @@
 #include "packed_weights.h"
 
 #include <ATen/ATen.h>
-#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -269,16 +268,17 @@ std::string cpu_capabilities() {
 }
 
 // The algorithm the CPU forward pass of this convolution runs: direct, gemm or winograd;
-// "direct-bf16" for the direct kernel on bfloat16 pairs, "direct-bf16-tiles" on tiles. Asked under torch.inference_mode,
-// the choice for a cached weight (what an inference-mode forward pass runs). For phase "grad_weight",
+// "direct-bf16" for the direct kernel on bfloat16 pairs, "direct-bf16-tiles" on tiles. Phase
+// "forward": an evaluation forward, whose packed weight is kept (weights_stay_packed);
+// "training_forward": a forward that autograd records, which packs per call. For phase "grad_weight",
 // what computes the weight gradient: "direct-bf16-tiles" (weight_grad_tiles.h), "direct" (the
 // weight-gradient kernel) or "gemm".
 std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                c10::string_view phase) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
-  TORCH_CHECK(phase == "forward" || phase == "grad_weight", "cpu_conv_algorithm: phase must be 'forward' or ",
-              "'grad_weight', got '", phase, "'");
+  TORCH_CHECK(phase == "forward" || phase == "training_forward" || phase == "grad_weight",
+              "cpu_conv_algorithm: phase must be 'forward', 'training_forward' or 'grad_weight', got '", phase, "'");
   if (phase == "grad_weight") {
     const at::ScalarType dtype = input.scalar_type();
     if (tiles_weight_grad_applies(g, dtype)) {
@@ -287,7 +287,7 @@ std::string cpu_conv_algorithm(const at::Tensor& input, const at::Tensor& weight
     const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;  // else computed in float32
     return weight_grad_kernel_applies(g, widened ? at::kFloat : dtype) ? "direct" : "gemm";
   }
-  const Algo algo = choose_algo(g, input.scalar_type(), c10::InferenceMode::is_enabled());
+  const Algo algo = choose_algo(g, input.scalar_type(), phase == "forward");
   constexpr const char* kSuffixes[] = {"", "-bf16", "-bf16-tiles"};
   return std::string(algo_name(algo)) +
       kSuffixes[static_cast<int>(bf16_kernel(g, input.scalar_type(), algo))];

@@ -129,12 +129,15 @@ struct DirectConv {
   }
 
   // Whether the input rows are laid out with zero padding (InputRows), so that border pixels read
-  // zeros a fixed stride apart like the rest: for tiles, whose A operand is one strided load
-  // (else border pixels would go through the staging tile on most taps: a 32-pixel row with
-  // padding 1 has no interior block), where the padded rows fit the per-thread cache.
-  static bool padded_rows(const ConvGeometry& g, int64_t blocks) {
+  // zeros a fixed stride apart like the rest, where the padded rows fit the per-thread cache: for
+  // tiles always, whose A operand is one strided load (else border pixels would go through the
+  // staging tile on most taps: a 32-pixel row with padding 1 has no interior block); for vector
+  // registers where the rows are laid out anyway (`laid_out`: an input not readable in place),
+  // so that border runs take the one-run-per-kernel-row path (AlexNet's 11x11/4: 2 of its 3 runs
+  // per row are at a border).
+  static bool padded_rows(const ConvGeometry& g, int64_t blocks, bool laid_out) {
     const auto [left, right] = row_padding(g);
-    return kTiles && g.groups == 1 && left + right > 0 &&
+    return (kTiles || laid_out) && g.groups == 1 && left + right > 0 &&
         InputRows<In>::cache_bytes(g, cached_input_rows(g, blocks), left + right) <= kInputRowCacheBytes;
   }
 
@@ -348,7 +351,8 @@ struct DirectConv {
     // A row of output pixels in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5).
     const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
     const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
-    const bool padded = padded_rows(g, a.blocks);  // borders read the rows' zero padding
+    const bool padded =  // borders read the rows' zero padding
+        padded_rows(g, a.blocks, !InputRows<In>::in_place(a.x_strides, g));
     const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk, const RowDestination& d) {
       int64_t ow0 = 0;
       for (int64_t run = 0; run < runs; ++run) {

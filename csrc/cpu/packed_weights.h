@@ -1,13 +1,13 @@
 // Weights in the layouts the NHWC kernels read, and a cache of them for inference.
 //
 // Packing costs a pass over the weight per call (Winograd's transform: 36
-// values per 9, in float64). Under torch.inference_mode the result is kept,
-// keyed by the weight tensor and its layout, and reused while the tensor is
-// alive, its version counter (bumped by every in-place op on it) is unchanged
-// and its data pointer is the same. (Inside the op, a training forward and a
-// no_grad call look alike, so neither is cached; nor is an inference tensor, which has no
-// version counter.) In-place changes through
-// `.data` bypass the version counter: call miniplaces_ext.clear_weight_cache().
+// values per 9, in float64). For a call that cannot be a training step's
+// forward (weights_stay_packed) the result is kept, keyed by the weight tensor
+// and its layout, and reused while the tensor is alive, its version counter
+// (bumped by every in-place op on it) is unchanged and its data pointer is the
+// same. An inference tensor has no version counter and is never cached.
+// In-place changes through `.data` bypass the version counter: call
+// miniplaces_ext.clear_weight_cache().
 #pragma once
 
 #include "cpu_dispatch.h"
@@ -17,6 +17,14 @@
 #include <functional>
 
 namespace miniplaces_ext::cpu {
+
+// Whether this forward call keeps its packed weight for the next one: under
+// torch.inference_mode, and wherever autograd will not record the call (no_grad, or no
+// input requiring grad). A training forward runs inside an autograd Function, which
+// turns forward-mode AD off as well as grad mode; torch.no_grad leaves forward-mode AD
+// on, so that flag tells the two apart. Training packs per call (its weights change every
+// step) and chooses its algorithms without the cache (choose_algo's weight_cached).
+bool weights_stay_packed();
 
 // [Cout, Cg, kh, kw] -> [groups][blocks][kh][kw][Cg][block_width] for the
 // direct kernel, output channels zero-filled past Cout/groups.
