@@ -133,11 +133,13 @@ struct DirectConv {
   // tiles always, whose A operand is one strided load (else border pixels would go through the
   // staging tile on most taps: a 32-pixel row with padding 1 has no interior block); for vector
   // registers where the rows are laid out anyway (`laid_out`: an input not readable in place),
-  // so that border runs take the one-run-per-kernel-row path (AlexNet's 11x11/4: 2 of its 3 runs
-  // per row are at a border).
+  // or where a border run's per-tap reductions would be short (few channels: AlexNet's 11x11/4
+  // on 3 channels has border pixels in 2 of its 3 runs per row; channels_last 4.7 -> 4.2 ms), so
+  // that border runs take the one-run-per-kernel-row path too.
   static bool padded_rows(const ConvGeometry& g, int64_t blocks, bool laid_out) {
+    constexpr int64_t kFewChannels = 16;
     const auto [left, right] = row_padding(g);
-    return (kTiles || laid_out) && g.groups == 1 && left + right > 0 &&
+    return (kTiles || laid_out || g.in_channels < kFewChannels) && g.groups == 1 && left + right > 0 &&
         InputRows<In>::cache_bytes(g, cached_input_rows(g, blocks), left + right) <= kInputRowCacheBytes;
   }
 

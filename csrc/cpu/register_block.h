@@ -113,10 +113,22 @@ struct RegisterBlock {
   // acc[r][j] += sum_{k < steps * kWidth} rows.at(r, k) * b[(k / kWidth) * b_step + j * kWidth + k % kWidth]:
   // `rows` are R rows of operands (StridedRows, PointerRows, ChannelRows), `b` a panel of
   // [steps][kColumns][kWidth] operands, one step b_step apart (packed: kWidth * kColumns).
+  // Bytes of panel one step of the reduction reads.
+  template <typename Steps>
+  static constexpr int64_t kStepBytes = Steps::kWidth * kColumns * static_cast<int64_t>(sizeof(typename Steps::In));
+
   template <typename Steps, typename Rows>
   void accumulate(const Rows& rows, const typename Steps::In* b, int64_t b_step, int64_t steps) {
     constexpr int kWidth = Steps::kWidth;
+    // The panel (b) streams from L2 (a 3x3 layer's is 147 KB per 128 input channels): fetched
+    // this many steps ahead, the broadcasts no longer wait for it (layer3.0's 3x3/2 1.15 -> 1.04x
+    // oneDNN's time on an Intel Xeon; 8 and 32 steps did as well).
+    constexpr int64_t kPrefetchSteps = 16;
     for (int64_t k = 0; k < steps; ++k) {
+      const char* ahead = reinterpret_cast<const char*>(b + (k + kPrefetchSteps) * b_step);
+      for (int64_t line = 0; line < kStepBytes<Steps>; line += 64) {
+        __builtin_prefetch(ahead + line);
+      }
       const auto b0 = Steps::load(b + k * b_step);
       const auto b1 = Steps::load(b + k * b_step + kWidth * kLanes);
       for (int r = 0; r < R; ++r) {
