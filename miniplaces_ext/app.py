@@ -109,7 +109,7 @@ def create_app(service: SceneService, max_upload_bytes: int = uploads.MAX_BYTES,
     def info() -> dict:
         return {"arch": service.arch, "weights": service.weights.name, "classes": service.classes,
                 "convs": list(CONVS), "dream_layers": list(dream.LAYERS[service.arch]),
-                "default_dream_layer": "layer3" if service.arch == "resnet18" else "conv4",
+                "default_dream_layer": dream.DEFAULT_LAYER[service.arch],
                 "gallery": dict(service.gallery_state), "max_upload_mb": max_upload_bytes / 2**20,
                 "device": str(service.device)}
 

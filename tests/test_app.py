@@ -229,7 +229,7 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         wait.until(lambda d: d.execute_script(loaded, d.find_element(By.ID, "cam-image")))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.neighbour")) == 5 and all(
             d.execute_script(loaded, img) for img in d.find_elements(By.CSS_SELECTOR, "img.neighbour")))
-        driver.find_element(By.ID, "dream-button").click()  # the page's defaults: layer3, 3 octaves x 10 steps
+        driver.find_element(By.ID, "dream-button").click()  # the page's defaults: layer4, 3 octaves x 10 steps
         wait.until(lambda d: d.find_element(By.ID, "dream-progress").is_displayed())
         wait.until(lambda d: d.find_element(By.ID, "dream-image").is_displayed() and
                    d.execute_script(loaded, d.find_element(By.ID, "dream-image")))
