@@ -188,18 +188,46 @@ ARCHIVE_URL = "https://places.csail.mit.edu/miniplaces/data/data.tar.gz"
 LABELS_URL = "https://raw.githubusercontent.com/CSAILVision/miniplaces/master/data"
 LABEL_FILES = ("categories.txt", "train.txt", "val.txt", "object_categories.txt")
 REQUIRED_LABEL_FILES = ("categories.txt", "train.txt", "val.txt")
+# SHA-256 of the development kit's label files that every copy shares (computed from copies
+# byte-identical to the kit's data/ folder). The kit publishes no checksum for data.tar.gz or
+# train.txt, so those are checked only against a value the user passes (--sha256).
+KNOWN_SHA256 = {
+    "categories.txt": "8658c6e5154e7502a1377e5ba1530b6f3618c0ddf98c72c14d2ad47bb6138d43",
+    "val.txt": "0b554c7bc4fe97393a42484c36a28ea69efa1a27aadf5220db78823fa7913737",
+}
 
 
 class DownloadError(RuntimeError):
     """A download that could not complete; nothing half-written is left in place."""
 
 
-def fetch(url: str, dest: Path, progress: bool = True, timeout: float = 30.0) -> Path:
-    """Downloads `url` to `dest` atomically and resumably.
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: Optional[str], name: Optional[str] = None) -> str:
+    """Returns the file's SHA-256; when `expected` is given and differs, deletes the file and raises
+    DownloadError with one line saying so (naming the file `name`, default its own)."""
+    got = sha256_of(path)
+    if expected is not None and got != expected.lower():
+        path.unlink()
+        raise DownloadError(f"{name or path.name}: sha256 {got} is not the expected {expected.lower()}; "
+                            f"the file was deleted (a changed or corrupted download)")
+    return got
+
+
+def fetch(url: str, dest: Path, progress: bool = True, timeout: float = 30.0, sha256: Optional[str] = None) -> Path:
+    """Downloads `url` to `dest` atomically and resumably, verified against `sha256` when given.
 
     Bytes go to ``dest.part``; an interrupted download resumes from there with
     an HTTP Range request (or restarts if the server ignores it), and only a
-    complete file is renamed to `dest`.
+    complete file whose hash matches is renamed to `dest`. (torch.hub's
+    download_url_to_file checks a hash prefix too, but cannot resume.)
     """
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +251,7 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: float = 30.0) ->
         raise DownloadError(f"could not download {url}: {exc}. Check the network (or a proxy).{kept}") from exc
     if total is not None and part.stat().st_size != total:
         raise DownloadError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume")
+    verify_sha256(part, sha256, dest.name)
     os.replace(part, dest)
     return dest
 
@@ -234,8 +263,14 @@ def extract_archive(archive: Path, root: Path) -> int:
             members = [m for m in tar.getmembers() if m.isfile() and "images/" in m.name]
             if not members:
                 raise DownloadError(f"{archive} holds no images/ folder: not the Miniplaces archive?")
+            for m in members:  # regular files only (above); no absolute or parent-relative names
+                if Path(m.name).is_absolute() or ".." in Path(m.name).parts:
+                    raise DownloadError(f"{archive} holds an unsafe path {m.name!r}; not extracted")
             with tempfile.TemporaryDirectory(dir=root) as tmp:
-                tar.extractall(tmp, members=members, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python 3.12, 3.11.4+, 3.10.12+
+                    tar.extractall(tmp, members=members, filter="data")
+                else:  # older: the checks above are the filter
+                    tar.extractall(tmp, members=members)
                 src = next(Path(tmp).rglob("images"))
                 dest = root / "images"
                 if dest.exists():
@@ -247,13 +282,16 @@ def extract_archive(archive: Path, root: Path) -> int:
 
 
 def download(root: Path, archive_url: str = ARCHIVE_URL, labels_url: str = LABELS_URL,
-             progress: bool = True) -> Path:
-    """Downloads and unpacks Miniplaces into `root`: label files first, then the image archive."""
+             progress: bool = True, archive_sha256: Optional[str] = None) -> Path:
+    """Downloads and unpacks Miniplaces into `root`: label files first (those in KNOWN_SHA256
+    verified), then the image archive (verified against `archive_sha256` when given)."""
     root.mkdir(parents=True, exist_ok=True)
     for name in LABEL_FILES:
+        if (root / name).exists() and name in KNOWN_SHA256:
+            verify_sha256(root / name, KNOWN_SHA256[name])
         if not (root / name).exists():
             try:
-                fetch(f"{labels_url}/{name}", root / name, progress=False)
+                fetch(f"{labels_url}/{name}", root / name, progress=False, sha256=KNOWN_SHA256.get(name))
             except DownloadError:
                 if name in REQUIRED_LABEL_FILES:
                     raise
@@ -261,12 +299,10 @@ def download(root: Path, archive_url: str = ARCHIVE_URL, labels_url: str = LABEL
     archive = root / "data.tar.gz"
     if not (root / "images" / "val").is_dir():
         if not archive.exists():
-            fetch(archive_url, archive, progress)
-        digest = hashlib.sha256()
-        with open(archive, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        log.info("archive %s sha256 %s", archive, digest.hexdigest())
+            fetch(archive_url, archive, progress, sha256=archive_sha256)
+        digest = verify_sha256(archive, archive_sha256)
+        log.info("archive %s sha256 %s (%s)", archive, digest,
+                 "as expected" if archive_sha256 else "no published checksum: pass --sha256 to enforce one")
         count = extract_archive(archive, root)
         log.info("extracted %d images into %s", count, root / "images")
         archive.unlink()
@@ -282,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--root", default=os.environ.get("MINIPLACES_ROOT", "data/miniplaces"))
     dl.add_argument("--url", default=ARCHIVE_URL, help="image archive (data.tar.gz)")
     dl.add_argument("--labels-url", default=LABELS_URL, help="folder holding categories.txt, train.txt, val.txt")
+    dl.add_argument("--sha256", metavar="HEX", help="refuse an image archive whose SHA-256 differs from HEX")
     dl.add_argument("--no-progress", action="store_true")
     info = sub.add_parser("info", help="count the images and labels that are there")
     info.add_argument("--root", default=None)
@@ -289,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "download":
-            root = download(Path(args.root), args.url, args.labels_url, not args.no_progress)
+            root = download(Path(args.root), args.url, args.labels_url, not args.no_progress, args.sha256)
             print(f"Miniplaces is ready in {root}")
         else:
             root = resolve_root(args.root)

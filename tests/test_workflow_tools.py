@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import io
 import json
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from miniplaces_ext import data, dream, models, retrieve
-from conftest import requires_data
+from conftest import miniplaces_root, requires_data
 
 
 @requires_data
@@ -131,8 +132,9 @@ def _tiny_archive(path):
             tar.addfile(info, buf)
 
 
-def test_download_from_local_server(http_server, tmp_path):
+def test_download_from_local_server(http_server, tmp_path, monkeypatch):
     www, url = http_server
+    monkeypatch.setattr(data, "KNOWN_SHA256", {})  # this server's label files are made up
     _tiny_archive(www / "data.tar.gz")
     (www / "categories.txt").write_text("/a/abbey 0\n/b/bar 1\n")
     (www / "train.txt").write_text("train/a/abbey/00000001.jpg 0\n")
@@ -147,6 +149,35 @@ def test_download_from_local_server(http_server, tmp_path):
     assert ds.classes == ["abbey", "bar"] and ds[0].image.shape == (3, 128, 128) and ds[0].label == 1
     assert data.read_split(root, "test") == [("test/00000001.jpg", -1)]
     assert not list(root.glob("*.part")) and not (root / "data.tar.gz").exists()
+
+
+def test_download_refuses_files_whose_sha256_differs(http_server, tmp_path, capsys):
+    """A label file unlike the kit's, or an archive unlike --sha256, is refused with one line and
+    deleted; the archive with the right --sha256 is taken."""
+    www, url = http_server
+    _tiny_archive(www / "data.tar.gz")
+    (www / "categories.txt").write_text("/a/abbey 0\n/b/bar 1\n")  # not the kit's categories.txt
+    root = tmp_path / "mp"
+    args = ["download", "--root", str(root), "--url", f"{url}/data.tar.gz", "--labels-url", url, "--no-progress"]
+    assert data.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "categories.txt: sha256" in err[0] and "is not the expected" in err[0], err
+    assert not (root / "categories.txt").exists() and not list(root.glob("*.part"))
+    for name in data.KNOWN_SHA256:  # the kit's own label files, then the archive
+        (root / name).write_bytes(_kit_label_file(name))
+    (root / "train.txt").write_text("train/a/abbey/00000001.jpg 0\n")
+    assert data.main([*args, "--sha256", "0" * 64]) == 1
+    assert "data.tar.gz: sha256" in capsys.readouterr().err and not (root / "data.tar.gz").exists()
+    digest = hashlib.sha256((www / "data.tar.gz").read_bytes()).hexdigest()
+    assert data.main([*args, "--sha256", digest.upper()]) == 0
+    assert (root / "images" / "val" / "00000001.jpg").exists()
+
+
+def _kit_label_file(name: str) -> bytes:
+    path = miniplaces_root() / name
+    if not path.exists():
+        pytest.skip(f"needs the kit's {name} (../shared/miniplaces) to build a matching copy")
+    return path.read_bytes()
 
 
 def test_download_offline_fails_cleanly(tmp_path, capsys):
