@@ -1,7 +1,8 @@
 """A local web page for the scene classifier, on our kernels: drop a photo (or take a random val
 image) and see the top-5 scenes with indoor/outdoor, the class activation map of any of them,
-the 5 nearest val images and a DeepDream of the photo; switch between our convolutions and
-torch's and see that they agree.
+the 5 nearest val images and a DeepDream of the photo; switch between the networks (ResNet-18
+and AlexNet, whichever weights are found) and between our convolutions and torch's and see that
+they agree.
 
     pip install -e .[app]
     python -m miniplaces_ext.app                    # then open http://127.0.0.1:8000
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from miniplaces_ext import cli, dream, models, retrieve, uploads
-from miniplaces_ext.scene_service import CONVS, SceneService, ServiceError
+from miniplaces_ext.scene_service import CONVS, PhotoStore, SceneService, ServiceError
 
 log = logging.getLogger("miniplaces_ext.app")
 STATIC = Path(__file__).with_name("static")
@@ -47,30 +48,49 @@ try:
         octaves: int = 3
         steps: int = 10
         conv: str = "custom"
+        arch: str | None = None
 except ImportError:  # the [app] extra is not installed
     FastAPI = None
 
 
-def create_app(service: SceneService, max_upload_bytes: int = uploads.MAX_BYTES, seed: int = 0) -> "FastAPI":
-    """The FastAPI application over `service`: the page (static/) and its JSON API (/api/...).
-    Errors are JSON {"error": one line} with a 4xx status; never a stack trace."""
+def create_app(services: SceneService | dict[str, SceneService], max_upload_bytes: int = uploads.MAX_BYTES,
+               seed: int = 0) -> "FastAPI":
+    """The FastAPI application over one service or several (one per network, keyed by arch, the
+    first the default; they should share a PhotoStore): the page (static/) and its JSON API
+    (/api/..., each call taking ?arch=). Errors are JSON {"error": one line} with a 4xx status;
+    never a stack trace."""
+    services = {services.arch: services} if isinstance(services, SceneService) else dict(services)
+    default = next(iter(services.values()))
     dreams: queue.Queue = queue.Queue()
     rng = np.random.default_rng(seed)
 
+    def pick(arch: str | None) -> SceneService:
+        if arch is None:
+            return default
+        if arch not in services:
+            raise ServiceError(f"arch must be one of {', '.join(services)}, got {arch!r}")
+        return services[arch]
+
     def dream_worker() -> None:  # one dream at a time
         while True:
-            job = dreams.get()
-            if job is None:
+            item = dreams.get()
+            if item is None:
                 return
+            service, job = item
             service.run_dream(job)
+
+    def build_galleries() -> None:  # one network at a time: they share the CPU
+        for service in services.values():
+            service.build_gallery()
 
     @asynccontextmanager
     async def lifespan(_app):
         worker = threading.Thread(target=dream_worker, name="dreams", daemon=True)
         worker.start()
-        threading.Thread(target=service.build_gallery, name="gallery", daemon=True).start()
+        threading.Thread(target=build_galleries, name="gallery", daemon=True).start()
         yield
-        service.stop()
+        for service in services.values():
+            service.stop()
         dreams.put(None)
 
     app = FastAPI(title="miniplaces_ext scenes", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -105,23 +125,27 @@ def create_app(service: SceneService, max_upload_bytes: int = uploads.MAX_BYTES,
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    def network(service: SceneService) -> dict:
+        return {"arch": service.arch, "weights": service.weights.name, "classes": service.classes,
+                "dream_layers": list(dream.LAYERS[service.arch]),
+                "default_dream_layer": dream.DEFAULT_LAYER[service.arch], "gallery": dict(service.gallery_state)}
+
     @app.get("/api/info")
     def info() -> dict:
-        return {"arch": service.arch, "weights": service.weights.name, "classes": service.classes,
-                "convs": list(CONVS), "dream_layers": list(dream.LAYERS[service.arch]),
-                "default_dream_layer": dream.DEFAULT_LAYER[service.arch],
-                "gallery": dict(service.gallery_state), "max_upload_mb": max_upload_bytes / 2**20,
-                "device": str(service.device)}
+        return {**network(default), "networks": {a: network(s) for a, s in services.items()}, "convs": list(CONVS),
+                "max_upload_mb": max_upload_bytes / 2**20, "device": str(default.device)}
 
     @app.post("/api/photo")
-    def upload(file: UploadFile = File(...), conv: str = "custom") -> dict:
+    def upload(file: UploadFile = File(...), conv: str = "custom", arch: str | None = None) -> dict:
+        service = pick(arch)
         payload = file.file.read(max_upload_bytes + 1)
         photo = uploads.decode_photo(payload, max_bytes=max_upload_bytes)
         photo_id = service.add_photo(photo)
         return {**service.classify(photo_id, conv), "name": file.filename, "size": list(photo.size)}
 
     @app.post("/api/photo/random")
-    def random_photo(conv: str = "custom") -> dict:
+    def random_photo(conv: str = "custom", arch: str | None = None) -> dict:
+        service = pick(arch)
         path, true_class = service.random_val_image(rng)
         photo = uploads.decode_photo(path.read_bytes(), max_bytes=max_upload_bytes)
         photo_id = service.add_photo(photo)
@@ -131,37 +155,42 @@ def create_app(service: SceneService, max_upload_bytes: int = uploads.MAX_BYTES,
     @app.get("/api/photo/{photo_id}")
     def photo_file(photo_id: str) -> Response:
         buffer = io.BytesIO()
-        service.photo(photo_id).save(buffer, "JPEG", quality=90)
+        default.photo(photo_id).save(buffer, "JPEG", quality=90)
         return Response(buffer.getvalue(), media_type="image/jpeg")
 
     @app.get("/api/classify/{photo_id}")
-    def classify(photo_id: str, conv: str = "custom") -> dict:
-        return service.classify(photo_id, conv)
+    def classify(photo_id: str, conv: str = "custom", arch: str | None = None) -> dict:
+        return pick(arch).classify(photo_id, conv)
 
     @app.get("/api/cam/{photo_id}")
-    def activation_map(photo_id: str, class_name: str, conv: str = "custom") -> dict:
-        return service.activation_map(photo_id, class_name, conv)
+    def activation_map(photo_id: str, class_name: str, conv: str = "custom", arch: str | None = None) -> dict:
+        return pick(arch).activation_map(photo_id, class_name, conv)
 
     @app.get("/api/neighbours/{photo_id}")
-    def neighbours(photo_id: str, conv: str = "custom") -> dict:
+    def neighbours(photo_id: str, conv: str = "custom", arch: str | None = None) -> dict:
+        service = pick(arch)
         found = service.neighbours(photo_id, conv)
         for n in found["neighbours"]:
-            n["url"] = f"/api/gallery/{n['index']}"
+            n["url"] = f"/api/gallery/{n['index']}?arch={service.arch}"
         return found
 
     @app.get("/api/gallery/{index}")
-    def gallery_image(index: int) -> FileResponse:
-        return FileResponse(service.gallery_image(index), media_type="image/jpeg")
+    def gallery_image(index: int, arch: str | None = None) -> FileResponse:
+        return FileResponse(pick(arch).gallery_image(index), media_type="image/jpeg")
 
     @app.post("/api/dream")
     def start_dream(request: DreamRequest) -> dict:
+        service = pick(request.arch)
         job = service.start_dream(request.photo_id, request.layer, request.octaves, request.steps, request.conv)
-        dreams.put(job)
+        dreams.put((service, job))
         return job.as_dict()
 
     @app.get("/api/dream/{job_id}")
     def dream_status(job_id: str) -> dict:
-        return service.job(job_id).as_dict()
+        for service in services.values():
+            if service.has_job(job_id):
+                return service.job(job_id).as_dict()
+        return default.job(job_id).as_dict()  # raises: unknown dream
 
     return app
 
@@ -169,7 +198,8 @@ def create_app(service: SceneService, max_upload_bytes: int = uploads.MAX_BYTES,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet18", choices=models.ARCHS, help="network (default: resnet18)")
+    parser.add_argument("--arch", default="all", choices=(*models.ARCHS, "all"),
+                        help="network, or all whose weights are found, switchable on the page (default: all)")
     parser.add_argument("--weights", help="checkpoint file (default: $MINIPLACES_WEIGHTS/<arch>.pt, else models/)")
     parser.add_argument("--data-root", help="Miniplaces folder for neighbours and random images "
                                             "(default: $MINIPLACES_ROOT or data/miniplaces)")
@@ -195,12 +225,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"error: cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port\n")
     args.use_custom_conv = False
     device = cli.setup(args)
-    try:
-        service = SceneService(args.arch, args.weights, args.data_root, args.gallery_limit, args.cache_dir, str(device))
-    except (FileNotFoundError, models.CheckpointError, ServiceError) as exc:
-        parser.exit(2, f"error: {exc}\n")
-    app = create_app(service, int(args.max_upload_mb * 2**20))
-    print(f"miniplaces_ext: {args.arch} on {device}; open http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    if args.arch == "all" and args.weights:
+        parser.error("--weights names one network's checkpoint: give --arch too")
+    photos, services, missing = PhotoStore(), {}, []
+    for arch in models.ARCHS if args.arch == "all" else (args.arch,):
+        try:
+            services[arch] = SceneService(arch, args.weights, args.data_root, args.gallery_limit, args.cache_dir,
+                                          str(device), photos)
+        except (FileNotFoundError, models.CheckpointError, ServiceError) as exc:
+            missing.append(f"{arch}: {exc}")
+    if not services or (args.arch != "all" and missing):
+        parser.exit(2, "error: " + "; ".join(missing) + "\n")
+    for why in missing:
+        log.warning("not serving %s", why)
+    app = create_app(services, int(args.max_upload_mb * 2**20))
+    print(f"miniplaces_ext: {', '.join(services)} on {device}; open http://{args.host}:{args.port} (Ctrl-C stops)",
+          flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "warning")
     print("miniplaces_ext: stopped", file=sys.stderr)
     return 0

@@ -1,5 +1,6 @@
-"""What the web page (app.py) asks of the network, with no web code: one network loaded once,
-shared by requests from many threads.
+"""What the web page (app.py) asks of a network, with no web code: one network loaded once,
+shared by requests from many threads. The page serves one SceneService per network (ResNet-18
+and AlexNet side by side), which share one PhotoStore so that a photo can be asked of either.
 
 The weights are read once; the torch-conv and our-conv networks are two module trees over the
 same Parameter objects. Every use of a network holds one lock (a request's forward pass, a
@@ -82,12 +83,38 @@ class DreamJob:
                 "error": self.error, "settings": self.settings}
 
 
+class PhotoStore:
+    """The last MAX_PHOTOS photos, kept in memory under an id, safe across threads."""
+
+    def __init__(self) -> None:
+        self._photos: collections.OrderedDict[str, Image.Image] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, photo: Image.Image) -> str:
+        """Keeps the photo (at most DISPLAY_SIDE pixels a side) and returns its id."""
+        photo = photo.convert("RGB")
+        photo.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.BILINEAR)
+        photo_id = uuid.uuid4().hex
+        with self._lock:
+            self._photos[photo_id] = photo
+            while len(self._photos) > MAX_PHOTOS:
+                self._photos.popitem(last=False)
+        return photo_id
+
+    def get(self, photo_id: str) -> Image.Image:
+        """The photo with this id; ServiceError (404) when it is unknown or was dropped."""
+        with self._lock:
+            if photo_id not in self._photos:
+                raise ServiceError("unknown or expired photo: upload it again", 404)
+            return self._photos[photo_id]
+
+
 class SceneService:
     """Predictions, CAMs, neighbours and dreams for photos, on one network (see the module doc)."""
 
     def __init__(self, arch: str = "resnet18", weights: str | None = None, data_root: str | None = None,
                  gallery_limit: int | None = None, cache_dir: str | Path = retrieve.DEFAULT_CACHE_DIR,
-                 device: str = "cpu"):
+                 device: str = "cpu", photos: PhotoStore | None = None):
         self.arch = arch
         self.device = torch.device(device)
         self.weights = models.find_weights(arch, weights)
@@ -99,8 +126,7 @@ class SceneService:
         self.nets = {"torch": base, "custom": ext_nn.swap_convs(copy.deepcopy(base, memo=shared))}
         self.environments = indoor_outdoor.environment_labels(self.classes)
         self.lock = threading.Lock()
-        self._photos: collections.OrderedDict[str, Image.Image] = collections.OrderedDict()
-        self._photos_lock = threading.Lock()
+        self.photos = photos if photos is not None else PhotoStore()
         self._jobs: dict[str, DreamJob] = {}
         self._stopping = threading.Event()
         self.gallery_state = {"status": "unavailable", "message": "", "done": 0, "total": 0}
@@ -114,21 +140,12 @@ class SceneService:
 
     # --- photos ---------------------------------------------------------------------------
     def add_photo(self, photo: Image.Image) -> str:
-        """Keeps the photo (at most DISPLAY_SIDE pixels a side) and returns its id."""
-        photo = photo.convert("RGB")
-        photo.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.BILINEAR)
-        photo_id = uuid.uuid4().hex
-        with self._photos_lock:
-            self._photos[photo_id] = photo
-            while len(self._photos) > MAX_PHOTOS:
-                self._photos.popitem(last=False)
-        return photo_id
+        """Keeps the photo in the (shared) store and returns its id."""
+        return self.photos.add(photo)
 
     def photo(self, photo_id: str) -> Image.Image:
-        with self._photos_lock:
-            if photo_id not in self._photos:
-                raise ServiceError("unknown or expired photo: upload it again", 404)
-            return self._photos[photo_id]
+        """A stored photo (see PhotoStore.get)."""
+        return self.photos.get(photo_id)
 
     def _net(self, conv: str) -> torch.nn.Module:
         if conv not in CONVS:
@@ -245,6 +262,10 @@ class SceneService:
                                                     "steps": steps, "conv": conv})
         self._jobs[job.id] = job
         return job
+
+    def has_job(self, job_id: str) -> bool:
+        """Whether this service queued the dream `job_id`."""
+        return job_id in self._jobs
 
     def job(self, job_id: str) -> DreamJob:
         if job_id not in self._jobs:

@@ -27,8 +27,8 @@ fastapi = pytest.importorskip("fastapi", reason="the [app] extra is not installe
 from fastapi.testclient import TestClient  # noqa: E402
 
 from miniplaces_ext import app as webapp  # noqa: E402
-from miniplaces_ext import predict, uploads  # noqa: E402
-from miniplaces_ext.scene_service import SceneService  # noqa: E402
+from miniplaces_ext import models, predict, uploads  # noqa: E402
+from miniplaces_ext.scene_service import PhotoStore, SceneService  # noqa: E402
 
 pytestmark = [requires_weights, requires_data]
 GALLERY = 40
@@ -41,11 +41,20 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     return buffer.getvalue()
 
 
-def _predict_json(path: Path, tmp: Path) -> dict:
+def _predict_json(path: Path, tmp: Path, arch: str = "resnet18") -> dict:
     """predict's JSON for one image (our convolutions), as a user would get it."""
-    out = tmp / f"{path.stem}.json"
-    predict.main([str(path), "--weights", str(PROVIDED_WEIGHTS), "--use-custom-conv", "--json", str(out)])
+    out = tmp / f"{path.stem}_{arch}.json"
+    weights = PROVIDED_WEIGHTS if arch == "resnet18" else _alexnet_weights()
+    predict.main([str(path), "--arch", arch, "--weights", str(weights), "--use-custom-conv", "--json", str(out)])
     return json.loads(out.read_text())["predictions"][str(path)]
+
+
+def _alexnet_weights() -> Path:
+    """The course AlexNet that scripts/setup.sh writes from the provided factored file."""
+    try:
+        return models.find_weights("alexnet")
+    except FileNotFoundError as exc:
+        pytest.skip(f"no AlexNet weights ({exc}); scripts/setup.sh writes models/alexnet.pt")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +145,32 @@ def test_cam_neighbours_and_dream(client):
     assert job["state"] == "done" and job["progress"] == 1.0 and job["png"].startswith("data:image/png;base64,")
 
 
+def test_both_networks_side_by_side(tmp_path):
+    """One page, two networks over one photo store: the same uploaded photo asked of AlexNet gives
+    predict --arch alexnet's top-5; an unknown arch is a one-line 400; a dream runs on either."""
+    photos = PhotoStore()
+    services = {arch: SceneService(arch, str(weights), str(miniplaces_root()), GALLERY, tmp_path, photos=photos)
+                for arch, weights in (("resnet18", PROVIDED_WEIGHTS), ("alexnet", _alexnet_weights()))}
+    expected = _predict_json(VAL[1], tmp_path, "alexnet")
+    with TestClient(webapp.create_app(services)) as c:
+        info = c.get("/api/info").json()
+        assert info["arch"] == "resnet18" and list(info["networks"]) == ["resnet18", "alexnet"]
+        assert info["networks"]["alexnet"]["default_dream_layer"] == "conv5"
+        photo_id = _upload(c, VAL[1].read_bytes()).json()["photo_id"]  # asked of ResNet-18 (the default)
+        got = c.get(f"/api/classify/{photo_id}?arch=alexnet").json()
+        assert [t["class"] for t in got["top"]] == [t["class"] for t in expected["top"]]
+        for g, e in zip(got["top"], expected["top"]):
+            assert g["probability"] == pytest.approx(e["probability"], abs=1e-5)
+        bad = c.get(f"/api/classify/{photo_id}?arch=vgg")
+        assert bad.status_code == 400 and bad.json() == {"error": "arch must be one of resnet18, alexnet, got 'vgg'"}
+        job = c.post("/api/dream", json={"photo_id": photo_id, "layer": "conv3", "octaves": 1, "steps": 1,
+                                         "arch": "alexnet"}).json()
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.2)
+            job = c.get(f"/api/dream/{job['job']}").json()
+        assert job["state"] == "done", job
+
+
 def test_without_the_data_set_the_page_says_so(tmp_path):
     service = SceneService("resnet18", str(PROVIDED_WEIGHTS), str(tmp_path / "nowhere"), None, tmp_path)
     with TestClient(webapp.create_app(service)) as c:
@@ -156,9 +191,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = {**os.environ, "MINIPLACES_ROOT": str(miniplaces_root()), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "miniplaces_ext.app", "--port", str(port), "--weights",
-                             str(PROVIDED_WEIGHTS), "--gallery-limit", str(GALLERY), "--cache-dir",
+    weights = tmp_path_factory.mktemp("weights")  # both networks, found as $MINIPLACES_WEIGHTS/<arch>.pt
+    (weights / "resnet18.pt").symlink_to(PROVIDED_WEIGHTS)
+    (weights / "alexnet.pt").symlink_to(_alexnet_weights())
+    env = {**os.environ, "MINIPLACES_ROOT": str(miniplaces_root()), "MINIPLACES_WEIGHTS": str(weights),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "miniplaces_ext.app", "--port", str(port),
+                             "--gallery-limit", str(GALLERY), "--cache-dir",
                              str(tmp_path_factory.mktemp("cache"))],
                             cwd=tmp_path_factory.mktemp("cwd"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -239,6 +278,17 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         wait.until(lambda d: "torch's convolutions give the same top-5" in d.find_element(By.ID, "agreement").text)
         driver.set_window_size(1400, driver.execute_script("return document.documentElement.scrollHeight") + 160)
         driver.save_screenshot(str(shots / "app.png"))
+
+        alexnet = _predict_json(VAL[0], tmp_path, "alexnet")  # the network switch: same photo, AlexNet
+        shown_classes = "return [...document.querySelectorAll('#top5 li')].map((li) => li.dataset.class)"
+        from selenium.webdriver.support.select import Select
+        Select(driver.find_element(By.ID, "arch")).select_by_value("alexnet")
+        wait.until(lambda d: "alexnet" in d.find_element(By.ID, "model-line").text)
+        top = [t["class"] for t in alexnet["top"]]
+        wait.until(lambda d: d.execute_script(shown_classes) == top)
+        assert driver.find_element(By.ID, "dream-layer").get_attribute("value") == "conv5"
+        Select(driver.find_element(By.ID, "arch")).select_by_value("resnet18")
+        wait.until(lambda d: d.execute_script(shown_classes) == shown)
 
         bad = tmp_path / "holiday.jpg"
         bad.write_text("not a photo at all")

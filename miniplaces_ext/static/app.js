@@ -10,6 +10,15 @@ function conv() {
   return document.querySelector('input[name="conv"]:checked').value;
 }
 
+function arch() {
+  return $("arch").value;
+}
+
+// The query string every per-network call carries: which convolutions, which network.
+function which() {
+  return `conv=${conv()}&arch=${arch()}`;
+}
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
@@ -69,7 +78,7 @@ async function loadCam() {
   $("cam-panel").hidden = false;
   const name = $("cam-class").value;
   $("cam-caption").textContent = "computing the map…";
-  const cam = await api(`/api/cam/${photoId}?class_name=${encodeURIComponent(name)}&conv=${conv()}`);
+  const cam = await api(`/api/cam/${photoId}?class_name=${encodeURIComponent(name)}&${which()}`);
   $("cam-image").src = cam.png;
   $("cam-caption").textContent = `${cam.method === "cam" ? "CAM" : "Grad-CAM"} of ${cam.class} (${pct(cam.probability)})`;
 }
@@ -77,7 +86,7 @@ async function loadCam() {
 async function loadNeighbours() {
   if (!photoId) return;
   $("neighbour-panel").hidden = false;
-  const found = await api(`/api/neighbours/${photoId}?conv=${conv()}`);
+  const found = await api(`/api/neighbours/${photoId}?${which()}`);
   const box = $("neighbours");
   box.replaceChildren();
   if (found.status !== "ready") {
@@ -130,7 +139,7 @@ function upload(file) {
     setStatus(`classifying ${file.name}…`);
     const form = new FormData();
     form.append("file", file);
-    const result = await api(`/api/photo?conv=${conv()}`, { method: "POST", body: form });
+    const result = await api(`/api/photo?${which()}`, { method: "POST", body: form });
     await afterPhoto(result, `${result.name} (${result.size[0]}×${result.size[1]})`);
   }, file.name);
 }
@@ -138,7 +147,7 @@ function upload(file) {
 function randomPhoto() {
   return busy(async () => {
     setStatus("picking a val image…");
-    const result = await api(`/api/photo/random?conv=${conv()}`, { method: "POST" });
+    const result = await api(`/api/photo/random?${which()}`, { method: "POST" });
     await afterPhoto(result, `${result.name}: labelled ${result.true_class}`);
   });
 }
@@ -146,7 +155,7 @@ function randomPhoto() {
 async function reclassify() {
   if (!photoId) return;
   await busy(async () => {
-    showPrediction(await api(`/api/classify/${photoId}?conv=${conv()}`));
+    showPrediction(await api(`/api/classify/${photoId}?${which()}`));
     await Promise.all([loadCam(), loadNeighbours()]);
   });
 }
@@ -163,7 +172,7 @@ async function startDream(event) {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        photo_id: photoId, layer: $("dream-layer").value, conv: conv(),
+        photo_id: photoId, layer: $("dream-layer").value, conv: conv(), arch: arch(),
         octaves: Number($("dream-octaves").value), steps: Number($("dream-steps").value),
       }),
     });
@@ -177,7 +186,8 @@ async function startDream(event) {
     if (job.state === "error") throw new Error(job.error);
     $("dream-image").src = job.png;
     $("dream-image").hidden = false;
-    $("dream-status").textContent = `${job.settings.layer}, ${job.settings.octaves} octaves × ${job.settings.steps} steps`;
+    $("dream-status").textContent =
+      `${arch()} ${job.settings.layer}, ${job.settings.octaves} octaves × ${job.settings.steps} steps`;
   } catch (e) {
     $("dream-status").textContent = "";
     showError(e.message);
@@ -187,17 +197,34 @@ async function startDream(event) {
   }
 }
 
+// Shows the chosen network: its line under the title and its DeepDream layers.
+function showNetwork() {
+  const net = info.networks[arch()];
+  $("model-line").textContent = `${net.arch} (${net.weights}), ${net.classes.length} scene classes, on ${info.device}`;
+  $("dream-layer").replaceChildren();
+  for (const layer of net.dream_layers) $("dream-layer").append(new Option(layer, layer));
+  $("dream-layer").value = net.default_dream_layer;
+}
+
+async function switchNetwork() {
+  showNetwork();
+  $("dream-image").hidden = true;
+  $("dream-status").textContent = "";
+  await reclassify();
+}
+
 async function init() {
   info = await api("/api/info");
-  $("model-line").textContent = `${info.arch} (${info.weights}), ${info.classes.length} scene classes, on ${info.device}`;
+  for (const name of Object.keys(info.networks)) $("arch").append(new Option(name, name));
+  $("arch").value = info.arch;
+  $("arch-switch").hidden = Object.keys(info.networks).length < 2;
+  showNetwork();
   $("upload-hint").textContent = `JPEG, PNG, … up to ${info.max_upload_mb} MB`;
   if (info.gallery.status === "unavailable") {
     randomUnavailable = true;
     $("random-button").disabled = true;
     $("random-button").title = info.gallery.message;
   }
-  for (const layer of info.dream_layers) $("dream-layer").append(new Option(layer, layer));
-  $("dream-layer").value = info.default_dream_layer;
   const zone = $("drop-zone");
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
@@ -213,6 +240,7 @@ async function init() {
   });
   $("random-button").addEventListener("click", randomPhoto);
   for (const r of document.querySelectorAll('input[name="conv"]')) r.addEventListener("change", reclassify);
+  $("arch").addEventListener("change", switchNetwork);
   $("cam-class").addEventListener("change", () => loadCam().catch((e) => showError(e.message)));
   $("dream-form").addEventListener("submit", startDream);
 }
