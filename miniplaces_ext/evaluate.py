@@ -139,6 +139,17 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], title: str, path
     cli.save_figure(confusion_figure(confusion, classes, title), path, dpi=150)
 
 
+def summary_table(results: dict[str, dict], convs: str) -> str:
+    """The networks' results as one table: network, convolutions, images, top-1, top-5, img/s."""
+    lines = [f"{'network':10s} {'convs':7s} {'images':>7s} {'top-1':>7s} {'top-5':>7s} {'img/s':>7s}"]
+    for arch, res in results.items():
+        top1 = f"{res['top1']:.2%}" if res["top1"] is not None else "-"
+        top5 = f"{res['top5']:.2%}" if res["top5"] is not None else "-"
+        lines.append(f"{arch:10s} {convs:7s} {res['images']:7d} {top1:>7s} {top5:>7s} "
+                     f"{res['images_per_second']:7.1f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniplaces_ext.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                           "date": time.strftime("%Y-%m-%d %H:%M")})
             say(f"  report: {path}")
         report["results"][arch] = res
+    if args.arch == "all" and rank == 0:
+        say(summary_table(report["results"], "custom" if args.use_custom_conv else "torch"))
     if args.json and rank == 0:
         cli.write_json(args.json, report)
     if world > 1:

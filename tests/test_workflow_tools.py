@@ -198,3 +198,28 @@ def test_dream_cli_end_to_end(small_root, small_weights, tmp_path):
     from PIL import Image
     with Image.open(out) as im:
         assert im.size == (64, 64) and im.mode == "RGB"
+
+
+@requires_data
+def test_evaluate_all_prints_one_table_of_both_networks(small_root, tmp_path, monkeypatch, capsys):
+    """evaluate --arch all: each network (its default weights) on the same images, then one table
+    whose rows are the JSON's figures."""
+    from miniplaces_ext import evaluate
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for arch in models.ARCHS:
+        torch.save(models.build(arch).state_dict(), weights / f"{arch}.pt")
+    monkeypatch.setenv("MINIPLACES_WEIGHTS", str(weights))
+    out = tmp_path / "results.json"
+    assert evaluate.main(["--data-root", str(small_root), "--arch", "all", "--use-custom-conv", "--no-progress",
+                          "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("network "):].splitlines()
+    results = json.loads(out.read_text())["results"]
+    assert table[0].split() == ["network", "convs", "images", "top-1", "top-5", "img/s"]
+    assert [line.split()[0] for line in table[1:]] == list(models.ARCHS) == list(results)
+    for line, arch in zip(table[1:], models.ARCHS):
+        fields = line.split()
+        assert fields[1:5] == ["custom", str(results[arch]["images"]), f"{results[arch]['top1']:.2%}",
+                               f"{results[arch]['top5']:.2%}"]
