@@ -30,19 +30,10 @@ FEATURE_VERSION = 1  # bump when feature extraction changes
 DEFAULT_CACHE_DIR = os.environ.get("MINIPLACES_CACHE", ".cache/miniplaces_ext")
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(arch: str, weights: Path, dataset: data.MiniplacesDataset, custom_conv: bool) -> str:
     """What the cached features depend on, hashed."""
     items = hashlib.sha256("\n".join(f"{p} {l}" for p, l in dataset.items).encode()).hexdigest()
-    parts = [arch, file_sha256(weights), dataset.split, items, f"custom={custom_conv}", f"v{FEATURE_VERSION}"]
+    parts = [arch, data.sha256_of(weights), dataset.split, items, f"custom={custom_conv}", f"v{FEATURE_VERSION}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
