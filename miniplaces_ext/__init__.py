@@ -16,6 +16,7 @@ from miniplaces_ext._library import (  # noqa: E402
     set_cpu_options, weight_cache_size)
 from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
 from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
+from miniplaces_ext.inference import optimize_for_inference  # noqa: E402
 
 __all__ = [
     "Conv1d",
@@ -30,6 +31,7 @@ __all__ = [
     "cpu_options",
     "cuda_kernels_built",
     "get_cpu_options",
+    "optimize_for_inference",
     "restore_convs",
     "set_cpu_options",
     "swap_convs",

@@ -16,6 +16,7 @@ occurs in the network; the geomean rows average the per-layer ratios.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import statistics
@@ -129,19 +130,24 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
 
 
 def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float) -> list[dict]:
-    """Whole-network eval throughput (images/s), torch's convs vs ours (swap_convs), channels_last."""
+    """Whole-network eval throughput (images/s), channels_last: torch's convs, ours (swap_convs), and
+    for float32 / bfloat16 optimize_for_inference's fused network ("fused"; float32 images in)."""
     from miniplaces_ext import models
 
     rows = []
     for arch in models.ARCHS:
-        model = models.build(arch).to(device, dtype, memory_format=torch.channels_last).eval()
+        base = models.build(arch).eval()
+        model = copy.deepcopy(base).to(device, dtype, memory_format=torch.channels_last)
         x = torch.randn(batch, 3, 128, 128, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         row = {"net": arch, "batch": batch}
-        for label in ("torch", "ours"):
+        nets = {"torch": (model, x), "ours": (model, x)}
+        if dtype in (torch.float32, torch.bfloat16):
+            nets["fused"] = (miniplaces_ext.optimize_for_inference(base.to(device), dtype), x.float())
+        for label, (net, inputs) in nets.items():
             if label == "ours":
                 miniplaces_ext.swap_convs(model)
             with torch.inference_mode():
-                ms = time_ms(lambda: model(x), device, min_time)
+                ms = time_ms(lambda: net(inputs), device, min_time)
             row[f"{label}_images_per_s"] = batch / ms * 1e3
         row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
         rows.append(row)
@@ -280,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.models:
             run["models"] = bench_models(batch, device, dtype, args.min_time)
             for m in run["models"]:
+                fused = f", fused {m['fused_images_per_s']:.1f} img/s" if "fused_images_per_s" in m else ""
                 say(f"{m['net']} eval, batch {batch}, {dtype_name}: torch {m['torch_images_per_s']:.1f} img/s, "
-                      f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f})")
+                      f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f}){fused}")
         report["runs"].append(run)
     if args.json:
         cli.write_json(args.json, report)

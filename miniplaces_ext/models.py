@@ -108,7 +108,9 @@ class AlexNet(nn.Module):
     def get_features(self, x: Tensor) -> Tensor:
         """The 4096-d fc7 activation."""
         x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier[:6](x)
+        for layer in list(self.classifier)[:6]:  # each a submodule, so torch.fx can trace it
+            x = layer(x)
+        return x
 
     get_feature = get_features
 

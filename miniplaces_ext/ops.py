@@ -208,6 +208,15 @@ def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups)
     return input.new_empty(shape).contiguous(memory_format=_output_memory_format(input))
 
 
+@torch.library.register_fake("miniplaces_ext::conv2d_fused")
+def _conv2d_fused_fake(input, weight, bias, residual, relu, stride, padding, dilation, groups):
+    out = _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        torch._check(list(residual.shape) == list(out.shape),
+                     lambda: f"conv2d_fused: the residual must have the output's shape {list(out.shape)}")
+    return out
+
+
 @torch.library.register_fake("miniplaces_ext::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     _conv2d_output_shape(input, weight, stride, padding, dilation, groups)

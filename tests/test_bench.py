@@ -18,6 +18,7 @@ def test_bench_smoke(tmp_path, capsys):
     assert [r["name"] for r in run["layers"]] == [l.name for l in bench.LAYERS if l.net == "alexnet"]
     assert all(r["fwd_ratio"] > 0 and r["fwdbwd_ratio"] > 0 for r in run["layers"])
     assert {m["net"] for m in run["models"]} == {"resnet18", "alexnet"}
+    assert all(m["fused_images_per_s"] > 0 for m in run["models"])  # optimize_for_inference's network
     assert [r["algo"] for r in run["layers"]] == [
         miniplaces_ext.cpu_conv_algorithm(torch.empty(2, l.in_channels, l.size, l.size, device="meta"),
                                           torch.empty(l.out_channels, l.in_channels, l.kernel, l.kernel, device="meta"),

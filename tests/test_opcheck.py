@@ -25,6 +25,11 @@ def _samples(device):
     yield OPS.conv2d_backward, (torch.randn_like(out2), x2.detach(), w2.detach(), *conf2, [False, True, False])
     # differentiable backward (double backward's autograd registration)
     yield OPS.conv2d_backward, (torch.randn_like(out2).requires_grad_(), x2, w2, *conf2, [True, True, True])
+    # the fused inference op: no autograd, a residual of the output's shape
+    residual = torch.randn_like(out2)
+    yield OPS.conv2d_fused, (x2.detach(), w2.detach(), b.detach(), residual, True, *conf2)
+    yield OPS.conv2d_fused, (x2.detach().contiguous(memory_format=torch.channels_last), w2.detach(), None, None, False,
+                             *conf2)
     x1 = torch.randn(2, 4, 11, **opts, requires_grad=True)
     w1 = torch.randn(6, 4, 3, **opts, requires_grad=True)
     conf1 = ([2], [1], [2], 1)
@@ -41,7 +46,7 @@ def test_opcheck_every_op(device):
         torch.library.opcheck(op, args)
         checked.add(op._qualified_op_name)
     assert checked == {f"miniplaces_ext::{n}" for n in
-                       ("conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward")}
+                       ("conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward", "conv2d_fused")}
 
 
 @pytest.mark.parametrize("device", DEVICES)

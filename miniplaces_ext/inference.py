@@ -1,0 +1,178 @@
+"""optimize_for_inference: a copy of a network prepared for evaluation on our kernels, the way
+inductor's freezing or ipex.optimize prepare one.
+
+    fast = miniplaces_ext.optimize_for_inference(model.eval(), dtype=torch.bfloat16)
+    with torch.no_grad():
+        logits = fast(images)          # float32 NCHW in, float32 logits out
+
+The network is traced with torch.fx and every convolution becomes one ``conv2d_fused`` call
+(FusedConv2d): a BatchNorm that follows it is folded into its weight and bias (in float64,
+then cast), and a ReLU that follows it, or a residual add followed by a ReLU (a ResNet
+BasicBlock's tail), becomes the op's epilogue. Weights are stored channels_last (and in
+bfloat16 with dtype=torch.bfloat16) once, when the copy is built; the input is cast once on the
+way in and the logits once on the way out, so no autocast is needed around it. What cannot be
+fused (a BatchNorm after something other than a convolution, a non-zero padding mode) runs as
+it was, and a debug log line names it. It serves the course ResNet-18 and AlexNet and any
+network made of Conv2d / BatchNorm2d / ReLU / add that torch.fx can trace.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger("miniplaces_ext.inference")
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+
+
+class FusedConv2d(nn.Module):
+    """relu?(conv2d(x, weight, bias) + residual?) in one ``miniplaces_ext::conv2d_fused`` call;
+    weight and bias are buffers (an inference module has no parameters to train)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
+                 dilation: tuple[int, int], groups: int, relu: bool):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.stride, self.padding, self.dilation, self.groups, self.relu = stride, padding, dilation, groups, relu
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return torch.ops.miniplaces_ext.conv2d_fused(x, self.weight, self.bias, residual, self.relu, self.stride,
+                                                     self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}, relu={self.relu}")
+
+
+class InferenceModel(nn.Module):
+    """The fused network between one cast in (dtype, channels_last) and one cast out (float32)."""
+
+    def __init__(self, body: nn.Module, dtype: torch.dtype, channels_last: bool):
+        super().__init__()
+        self.body, self.dtype, self.channels_last = body, dtype, channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("optimize_for_inference's model is for evaluation: its input must not require grad "
+                               "(use the original model to train or to take input gradients)")
+        memory_format = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
+        return self.body(x.to(dtype=self.dtype, memory_format=memory_format)).float()
+
+
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """The weight and bias of conv followed by bn in eval mode, computed in float64: weight x s and
+    (bias - mean) x s + beta with s = gamma / sqrt(var + eps), both cast to conv's weight dtype."""
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
+    scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    weight = (w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+    return weight, ((b - bn.running_mean.double()) * scale + beta).to(conv.weight.dtype)
+
+
+class _ConvLeafTracer(torch.fx.Tracer):
+    """torch.fx's tracer, with every Conv2d a leaf: miniplaces_ext.nn.Conv2d (swap_convs) too."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+
+
+def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _is_relu(node: torch.fx.Node | None, modules: dict[str, nn.Module]) -> bool:
+    return node is not None and (
+        (node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU))
+        or (node.op == "call_function" and node.target in _RELU_FUNCTIONS)
+        or (node.op == "call_method" and node.target in ("relu", "relu_")))
+
+
+def _is_add(node: torch.fx.Node | None) -> bool:
+    return node is not None and len(node.args) == 2 and not node.kwargs and (
+        (node.op == "call_function" and node.target in _ADD_FUNCTIONS)
+        or (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def _fuse(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """Replaces every zero-padded Conv2d (with the BatchNorm, ReLU or add + ReLU after it) by a
+    FusedConv2d; returns what was fused."""
+    modules = dict(gm.named_modules())
+    graph = gm.graph
+    counts = {"convs": 0, "batch_norms": 0, "relus": 0, "residuals": 0}
+    for node in list(graph.nodes):
+        conv = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            log.debug("not fused: %s (padding %r, mode %s)", node.target, conv.padding, conv.padding_mode)
+            continue
+        chain, weight, bias = [node], conv.weight.detach(), conv.bias
+        bias = bias.detach() if bias is not None else None
+        bn = modules.get(_only_user(node).target) if _only_user(node) is not None and \
+            _only_user(node).op == "call_module" else None
+        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
+            weight, bias = fold_batch_norm(conv, bn)
+            chain.append(_only_user(node))
+            counts["batch_norms"] += 1
+        relu, residual, after = False, None, _only_user(chain[-1])
+        if _is_relu(after, modules):
+            relu = True
+            chain.append(after)
+        elif _is_add(after) and _is_relu(_only_user(after), modules):
+            other = after.args[1] if after.args[0] is chain[-1] else after.args[0]
+            if isinstance(other, torch.fx.Node) and other is not chain[-1]:
+                relu, residual = True, other
+                chain += [after, _only_user(after)]
+                counts["residuals"] += 1
+        counts["relus"] += relu
+        name = f"fused_{counts['convs']}_{node.target.replace('.', '_')}"
+        gm.add_submodule(name, FusedConv2d(weight.contiguous(), bias, tuple(conv.stride), tuple(conv.padding),
+                                           tuple(conv.dilation), conv.groups, relu))
+        with graph.inserting_after(chain[-1]):
+            fused = graph.call_module(name, (node.args[0],) if residual is None else (node.args[0], residual))
+        chain[-1].replace_all_uses_with(fused)
+        for done in reversed(chain):
+            graph.erase_node(done)
+        counts["convs"] += 1
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d):
+            log.debug("not fused: %s (a BatchNorm after something other than a convolution)", node.target)
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return counts
+
+
+def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
+                           channels_last: bool = True) -> nn.Module:
+    """A copy of `model` (which is left untouched) for evaluation on our kernels: BatchNorm folded,
+    ReLU and residual adds in the convolutions' epilogue, weights packed channels_last in `dtype`
+    (float32 or bfloat16) once; takes what the model takes, returns float32. See the module doc.
+
+    Raises ValueError for a model in training mode (folding needs BatchNorm's running statistics)
+    or an unsupported dtype; the returned model raises for inputs that require grad."""
+    if model.training:
+        raise ValueError("optimize_for_inference: the model is in training mode; call model.eval() first "
+                         "(BatchNorm is folded with its running statistics)")
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"optimize_for_inference: dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    root = copy.deepcopy(model)
+    gm = torch.fx.GraphModule(root, _ConvLeafTracer().trace(root), type(model).__name__)
+    counts = _fuse(gm)
+    log.debug("optimize_for_inference: %s", counts)
+    gm.fused = counts
+    gm = gm.to(dtype=dtype)  # biases too: the op takes them in the input's dtype, as F.conv2d does
+    if channels_last:
+        gm = gm.to(memory_format=torch.channels_last)
+    return InferenceModel(gm.eval(), dtype, channels_last).eval()
