@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from miniplaces_ext import cli, dream, models, retrieve, uploads
+from miniplaces_ext import cli, models, retrieve, uploads
 from miniplaces_ext.scene_service import CONVS, PhotoStore, SceneService, ServiceError
 
 log = logging.getLogger("miniplaces_ext.app")
@@ -127,8 +127,8 @@ def create_app(services: SceneService | dict[str, SceneService], max_upload_byte
 
     def network(service: SceneService) -> dict:
         return {"arch": service.arch, "weights": service.weights.name, "classes": service.classes,
-                "dream_layers": list(dream.LAYERS[service.arch]),
-                "default_dream_layer": dream.DEFAULT_LAYER[service.arch], "gallery": dict(service.gallery_state)}
+                "dream_layers": list(models.LAYERS[service.arch]),
+                "default_dream_layer": models.DEFAULT_LAYER[service.arch], "gallery": dict(service.gallery_state)}
 
     @app.get("/api/info")
     def info() -> dict:

@@ -31,25 +31,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from miniplaces_ext import cli, data, indoor_outdoor
-from miniplaces_ext.dream import ALEXNET_RELU, LAYERS, layer_activation
+from miniplaces_ext.models import DEFAULT_LAYER, LAYERS, layer_activation, logits_from
 
 log = logging.getLogger("miniplaces_ext.cam")
 
 METHODS = ("cam", "gradcam")
-DEFAULT_LAYER = {"resnet18": "layer4", "alexnet": "conv5"}
-
-
-def _head(model: torch.nn.Module, arch: str, layer: str, features: torch.Tensor) -> torch.Tensor:
-    """Logits from the activation of `layer` (the rest of the network)."""
-    if arch == "resnet18":
-        x = features
-        names = ("layer1", "layer2", "layer3", "layer4")
-        start = 0 if layer == "stem" else names.index(layer) + 1
-        for name in names[start:]:
-            x = getattr(model, name)(x)
-        return model.fc(torch.flatten(model.avgpool(x), 1))
-    x = model.features[ALEXNET_RELU[layer] + 1:](features)
-    return model.classifier(torch.flatten(model.avgpool(x), 1))
 
 
 def activation_maps(model: torch.nn.Module, arch: str, images: torch.Tensor, class_ids: torch.Tensor,
@@ -69,7 +55,7 @@ def activation_maps(model: torch.nn.Module, arch: str, images: torch.Tensor, cla
         maps_per_class = []
         with torch.enable_grad():
             features = layer_activation(model, arch, layer, images).detach().requires_grad_()
-            logits = _head(model, arch, layer, features)
+            logits = logits_from(model, arch, layer, features)
             probs = logits.detach().float().softmax(1)
             for k in range(class_ids.shape[1]):
                 score = logits.gather(1, class_ids[:, k:k + 1]).sum()

@@ -34,24 +34,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from miniplaces_ext import cli, data
+from miniplaces_ext.models import DEFAULT_LAYER, LAYERS, layer_activation
 
 log = logging.getLogger("miniplaces_ext.dream")
-
-LAYERS = {
-    "resnet18": ("stem", "layer1", "layer2", "layer3", "layer4"),
-    # index of the ReLU after each conv in AlexNet.features
-    "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),
-}
-ALEXNET_RELU = {"conv1": 2, "conv2": 5, "conv3": 9, "conv4": 12, "conv5": 15}
-DEFAULT_LAYER = {"resnet18": "layer4", "alexnet": "conv5"}
-
-
-def layer_activation(model: torch.nn.Module, arch: str, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The activation of `layer` for input x."""
-    if arch == "resnet18":
-        return model.feature_map(x, until=layer)
-    return model.features[: ALEXNET_RELU[layer] + 1](x)
-
 
 def _pixel_bounds(device) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(data.MEAN, device=device).view(1, 3, 1, 1)

@@ -118,6 +118,35 @@ class AlexNet(nn.Module):
         return self.classifier[6](self.get_features(x))
 
 
+# The layers that CAM, DeepDream and the command lines name, in the order the network computes
+# them; the deepest is the default of CAM and DeepDream.
+LAYERS = {
+    "resnet18": ("stem", "layer1", "layer2", "layer3", "layer4"),
+    "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),
+}
+DEFAULT_LAYER = {arch: layers[-1] for arch, layers in LAYERS.items()}
+_ALEXNET_RELU = {"conv1": 2, "conv2": 5, "conv3": 9, "conv4": 12, "conv5": 15}  # index in AlexNet.features
+
+
+def layer_activation(model: nn.Module, arch: str, layer: str, x: Tensor) -> Tensor:
+    """The network up to `layer` (one of LAYERS[arch], after its ReLU): that layer's activation for x."""
+    if arch == "resnet18":
+        return model.feature_map(x, until=layer)
+    return model.features[: _ALEXNET_RELU[layer] + 1](x)
+
+
+def logits_from(model: nn.Module, arch: str, layer: str, activation: Tensor) -> Tensor:
+    """The rest of the network: logits from `layer`'s activation (layer_activation's output)."""
+    if arch == "resnet18":
+        names = ("layer1", "layer2", "layer3", "layer4")
+        x = activation
+        for name in names[0 if layer == "stem" else names.index(layer) + 1:]:
+            x = getattr(model, name)(x)
+        return model.fc(torch.flatten(model.avgpool(x), 1))
+    x = model.features[_ALEXNET_RELU[layer] + 1:](activation)
+    return model.classifier(torch.flatten(model.avgpool(x), 1))
+
+
 _BUILDERS = {"resnet18": ResNet18, "alexnet": AlexNet}
 _LAST_LAYER = {"resnet18": "fc.weight", "alexnet": "classifier.6.weight"}
 

@@ -254,8 +254,8 @@ class SceneService:
         """Queues a dream of the photo (run by run_dream in a worker thread)."""
         self.photo(photo_id)
         self._net(conv)
-        if layer not in dream.LAYERS[self.arch]:
-            raise ServiceError(f"layer must be one of {', '.join(dream.LAYERS[self.arch])}")
+        if layer not in models.LAYERS[self.arch]:
+            raise ServiceError(f"layer must be one of {', '.join(models.LAYERS[self.arch])}")
         if not (1 <= octaves <= 5 and 1 <= steps <= 40):
             raise ServiceError("octaves must be 1..5 and steps 1..40")
         job = DreamJob(uuid.uuid4().hex, settings={"photo_id": photo_id, "layer": layer, "octaves": octaves,

@@ -90,7 +90,7 @@ def test_default_dream_grows_structure_without_stripes():
         memory_format=torch.channels_last).eval()
     for name in VAL_PHOTOS:
         image = data.load_image(str(miniplaces_root() / "images" / "val" / f"{name}.jpg"), size=384)[None]
-        out = dream.dream(model, "resnet18", image, dream.DEFAULT_LAYER["resnet18"],
+        out = dream.dream(model, "resnet18", image, models.DEFAULT_LAYER["resnet18"],
                           generator=torch.Generator().manual_seed(0), progress=False)
         figures = dream.dream_figures(dream.to_image(image), dream.to_image(out))
         assert figures["mean_change"] >= 25 and figures["blurred_change"] >= 12, (name, figures)
@@ -114,7 +114,7 @@ def test_channel_and_class_objectives_rise_through_our_kernels():
     image = torch.randn(1, 3, 64, 64) * 0.5
     kwargs = dict(octaves=1, steps=4, lr=0.05, jitter=0, progress=False)
     out = dream.dream(model, "resnet18", image, "layer2", channel=5, **kwargs)
-    act = lambda t: dream.layer_activation(model, "resnet18", "layer2", t)[:, 5].mean()  # noqa: E731
+    act = lambda t: models.layer_activation(model, "resnet18", "layer2", t)[:, 5].mean()  # noqa: E731
     assert act(out) > act(image)
     out = dream.dream(model, "resnet18", image, "layer4", class_id=42, **kwargs)
     with torch.no_grad():

@@ -77,8 +77,8 @@ def test_dream_changes_image_deterministically(tmp_path):
     low, high = dream._pixel_bounds("cpu")
     assert (a >= low - 1e-6).all() and (a <= high + 1e-6).all()
     assert all(not p.requires_grad for p in model.parameters())
-    before = dream.layer_activation(model, "resnet18", "layer2", image).pow(2).mean()
-    after = dream.layer_activation(model, "resnet18", "layer2", a).pow(2).mean()
+    before = models.layer_activation(model, "resnet18", "layer2", image).pow(2).mean()
+    after = models.layer_activation(model, "resnet18", "layer2", a).pow(2).mean()
     assert after > before, "gradient ascent raises the layer's activation"
 
 
