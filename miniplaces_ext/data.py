@@ -299,7 +299,7 @@ def download(root: Path, archive_url: str = ARCHIVE_URL, labels_url: str = LABEL
     archive = root / "data.tar.gz"
     if not (root / "images" / "val").is_dir():
         if not archive.exists():
-            fetch(archive_url, archive, progress, sha256=archive_sha256)
+            fetch(archive_url, archive, progress)  # verified once, below, fresh or left by an earlier run
         digest = verify_sha256(archive, archive_sha256)
         log.info("archive %s sha256 %s (%s)", archive, digest,
                  "as expected" if archive_sha256 else "no published checksum: pass --sha256 to enforce one")

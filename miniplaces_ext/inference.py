@@ -117,13 +117,13 @@ def _fuse(gm: torch.fx.GraphModule) -> dict[str, int]:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             log.debug("not fused: %s (padding %r, mode %s)", node.target, conv.padding, conv.padding_mode)
             continue
-        chain, weight, bias = [node], conv.weight.detach(), conv.bias
-        bias = bias.detach() if bias is not None else None
-        bn = modules.get(_only_user(node).target) if _only_user(node) is not None and \
-            _only_user(node).op == "call_module" else None
+        chain = [node]
+        weight, bias = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
+        after_conv = _only_user(node)
+        bn = modules.get(after_conv.target) if after_conv is not None and after_conv.op == "call_module" else None
         if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
             weight, bias = fold_batch_norm(conv, bn)
-            chain.append(_only_user(node))
+            chain.append(after_conv)
             counts["batch_norms"] += 1
         relu, residual, after = False, None, _only_user(chain[-1])
         if _is_relu(after, modules):

@@ -138,9 +138,8 @@ def layer_activation(model: nn.Module, arch: str, layer: str, x: Tensor) -> Tens
 def logits_from(model: nn.Module, arch: str, layer: str, activation: Tensor) -> Tensor:
     """The rest of the network: logits from `layer`'s activation (layer_activation's output)."""
     if arch == "resnet18":
-        names = ("layer1", "layer2", "layer3", "layer4")
         x = activation
-        for name in names[0 if layer == "stem" else names.index(layer) + 1:]:
+        for name in LAYERS[arch][LAYERS[arch].index(layer) + 1:]:  # the stages after `layer`
             x = getattr(model, name)(x)
         return model.fc(torch.flatten(model.avgpool(x), 1))
     x = model.features[_ALEXNET_RELU[layer] + 1:](activation)

@@ -28,10 +28,6 @@ constexpr double kG[6][3] = {
     {0.0, 0.0, 1.0},
 };
 
-} // namespace
-
-namespace {
-
 // dst = the weight w [Cout, Cw, kh, kw] (any strides, Cw <= Cg) as panels
 // [groups][blocks][kh][kw][Cg / P][width][P] of `width` output channels, P = 1 or the bfloat16
 // pair width 2; zero past Cout / groups and past Cw. One task per panel, which is written

@@ -110,13 +110,13 @@ struct RegisterBlock {
     }
   }
 
-  // acc[r][j] += sum_{k < steps * kWidth} rows.at(r, k) * b[(k / kWidth) * b_step + j * kWidth + k % kWidth]:
-  // `rows` are R rows of operands (StridedRows, PointerRows, ChannelRows), `b` a panel of
-  // [steps][kColumns][kWidth] operands, one step b_step apart (packed: kWidth * kColumns).
   // Bytes of panel one step of the reduction reads.
   template <typename Steps>
   static constexpr int64_t kStepBytes = Steps::kWidth * kColumns * static_cast<int64_t>(sizeof(typename Steps::In));
 
+  // acc[r][j] += sum_{k < steps * kWidth} rows.at(r, k) * b[(k / kWidth) * b_step + j * kWidth + k % kWidth]:
+  // `rows` are R rows of operands (StridedRows, PointerRows, ChannelRows), `b` a panel of
+  // [steps][kColumns][kWidth] operands, one step b_step apart (packed: kWidth * kColumns).
   template <typename Steps, typename Rows>
   void accumulate(const Rows& rows, const typename Steps::In* b, int64_t b_step, int64_t steps) {
     constexpr int kWidth = Steps::kWidth;
