@@ -90,6 +90,7 @@ struct ChannelRows {
   const In* first;
   int64_t step;
   const In* at(int r, int64_t k) const { return first + k * step + r; }
+  static constexpr bool kStrided = true;
 };
 
 } // namespace
@@ -128,6 +129,10 @@ struct RegisterBlock {
       const char* ahead = reinterpret_cast<const char*>(b + (k + kPrefetchSteps) * b_step);
       for (int64_t line = 0; line < kStepBytes<Steps>; line += 64) {
         __builtin_prefetch(ahead + line);
+      }
+      if constexpr (requires { Rows::kStrided; }) {
+        __builtin_prefetch(rows.at(0, (k + kPrefetchSteps) * kWidth));
+        __builtin_prefetch(rows.at(R - 1, (k + kPrefetchSteps) * kWidth));
       }
       const auto b0 = Steps::load(b + k * b_step);
       const auto b1 = Steps::load(b + k * b_step + kWidth * kLanes);

@@ -150,9 +150,10 @@ struct WeightGrad {
             const int64_t tap = t / (row_tasks * column_tasks);
             for (int64_t cb = ct * column_blocks / column_tasks; cb < (ct + 1) * column_blocks / column_tasks; ++cb) {
               for (int64_t rb = rt * row_blocks / row_tasks; rb < (rt + 1) * row_blocks / row_tasks; ++rb) {
-                const int64_t row0 = rb * kMaxRows;
-                kTiles[std::min<int64_t>(kMaxRows, rows - row0)](a, tap / g.kernel_w, tap % g.kernel_w, row0,
-                                                                  cb * kColumns, r0, r1);
+                // Rows split evenly (256 -> 11 and 12, not 21 x 12 + 4: a 4-row tile
+                // broadcasts once per 2 FMAs).
+                const int64_t row0 = rb * rows / row_blocks, row1 = (rb + 1) * rows / row_blocks;
+                kTiles[row1 - row0](a, tap / g.kernel_w, tap % g.kernel_w, row0, cb * kColumns, r0, r1);
               }
             }
           }
