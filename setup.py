@@ -117,8 +117,8 @@ def _extension(torch, cuda_home: Path | None):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     debug = os.environ.get("MINIPLACES_DEBUG") == "1"
-    sources = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("csrc/*.cpp"), *ROOT.glob("csrc/cpu/*.cpp"),
-                                                      *ROOT.glob("csrc/cuda_on_cpu/*.cpp")])
+    # The CUDA-on-CPU harness (testing/cuda_on_cpu) is not shipped: the tests build it on their own.
+    sources = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("csrc/*.cpp"), *ROOT.glob("csrc/cpu/*.cpp")])
     # -fopenmp: at::parallel_for is inline OpenMP in torch's builds; without it, it runs serially.
     # ISA-specific code is compiled per file with target pragmas; never -march=native.
     cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++20", "-fopenmp"]

@@ -1,4 +1,4 @@
-"""Our CUDA kernels, executed on the CPU by the harness in csrc/cuda_on_cpu/.
+"""Our CUDA kernels, executed on the CPU by the harness in testing/cuda_on_cpu/.
 
 The same source nvcc compiles (csrc/cuda/*.cuh, launched by conv_ops.cuh) is
 compiled as host C++ and run thread by thread with real __syncthreads semantics, every
@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import miniplaces_ext  # noqa: F401  (loads the ops)
+from cuda_on_cpu_harness import load_harness
 from conftest import assert_within_accumulation_bound, conv_reference_with_bounds
 
-OPS = torch.ops.miniplaces_ext
+OPS = load_harness()
 ORDERS = ["forward", "reverse", "random"]
 KERNELS = {"implicit_gemm<forward,simt,cp.async>", "implicit_gemm<grad_input,simt,cp.async>",
            "implicit_gemm<grad_weight,simt,cp.async>", "sum_splits", "bias_grad"}
@@ -43,10 +44,10 @@ SPLIT_K_CASE = (3, 2, 20, 20, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # 1,200 pix
 
 @pytest.fixture(autouse=True)
 def _default_harness():
-    OPS.cuda_on_cpu_configure("forward", 0, "after")
-    OPS.cuda_on_cpu_launches()
+    OPS.configure("forward", 0, "after")
+    OPS.launches()
     yield
-    OPS.cuda_on_cpu_configure("forward", 0, "after")
+    OPS.configure("forward", 0, "after")
 
 
 def _inputs(case, dtype, layout, seed=0):
@@ -66,13 +67,13 @@ def _inputs(case, dtype, layout, seed=0):
 def _harness(x, weight, bias, dy, case):
     *_, stride, padding, dilation, groups = case
     conf = (list(stride), list(padding), list(dilation), groups)
-    out = OPS.cuda_on_cpu_conv2d_forward(x, weight, bias, *conf)
-    grads = OPS.cuda_on_cpu_conv2d_backward(dy, x, weight, *conf, [True, True, True])
+    out = OPS.conv2d_forward(x, weight, bias, *conf)
+    grads = OPS.conv2d_backward(dy, x, weight, *conf, [True, True, True])
     return (out, *grads)
 
 
 def _check_case(case, dtype, layout, order, guard="after", max_grid_z=65535, capability=90, operand_rounding=0.0):
-    OPS.cuda_on_cpu_configure(order, 1234, guard, max_grid_z, capability)
+    OPS.configure(order, 1234, guard, max_grid_z, capability)
     x, weight, bias, dy = _inputs(case, dtype, layout)
     got = _harness(x, weight, bias, dy, case)
     *_, stride, padding, dilation, groups = case
@@ -104,7 +105,7 @@ def test_other_dtypes(case, dtype):
     accumulated in fp32, staged through registers (cp.async copies 4, 8 or 16 bytes)."""
     _check_case(case, dtype, "contiguous", "random")
     kernel = "simt,cp.async" if dtype == torch.float64 else "wmma,registers"
-    assert {n for n in OPS.cuda_on_cpu_launches() if n.startswith("implicit_gemm")} == {
+    assert {n for n in OPS.launches() if n.startswith("implicit_gemm")} == {
         f"implicit_gemm<{p},{kernel}>" for p in ("forward", "grad_input", "grad_weight")}
 
 
@@ -129,7 +130,7 @@ def test_tensor_cores_only_where_the_gpu_has_them(capability, dtype, mma):
                     operand_rounding=TF32_ROUNDING if mma.startswith("wmma") and dtype == torch.float32 else 0.0)
     finally:
         torch.backends.cudnn.allow_tf32 = False
-    assert f"implicit_gemm<forward,{mma}>" in OPS.cuda_on_cpu_launches()
+    assert f"implicit_gemm<forward,{mma}>" in OPS.launches()
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[7]], ids=["3x3", "stem", "12-k-tiles"])
@@ -141,9 +142,9 @@ def test_float32_as_tf32_when_allowed(case):
         tf32 = _check_case(case, torch.float32, "contiguous", "random", operand_rounding=TF32_ROUNDING)
     finally:
         torch.backends.cudnn.allow_tf32 = False
-    assert "implicit_gemm<forward,wmma,cp.async>" in OPS.cuda_on_cpu_launches()
+    assert "implicit_gemm<forward,wmma,cp.async>" in OPS.launches()
     exact = _check_case(case, torch.float32, "contiguous", "random")
-    assert "implicit_gemm<forward,simt,cp.async>" in OPS.cuda_on_cpu_launches()
+    assert "implicit_gemm<forward,simt,cp.async>" in OPS.launches()
     assert not torch.equal(tf32[0], exact[0])  # the operands really were rounded
 
 
@@ -168,7 +169,7 @@ def test_forward_vector_loads_on_channels_last(case, dtype, mma):
     k = (i, j, c) and reads each thread's 4 consecutive channels with one vector load per operand
     (16 bytes fp32, 8 fp16/bf16, 2 x 16 fp64); correct and the same bits under every thread order."""
     results = [_check_case(case, dtype, "channels_last", order) for order in ORDERS]
-    assert f"implicit_gemm<forward,{mma},vector-loads>" in OPS.cuda_on_cpu_launches()
+    assert f"implicit_gemm<forward,{mma},vector-loads>" in OPS.launches()
     for other in results[1:]:
         assert torch.equal(results[0][0], other[0])
 
@@ -179,7 +180,7 @@ def test_forward_vector_loads_with_tf32():
         _check_case(VECTOR_CASES[2], torch.float32, "channels_last", "random", operand_rounding=TF32_ROUNDING)
     finally:
         torch.backends.cudnn.allow_tf32 = False
-    assert "implicit_gemm<forward,wmma,vector-loads>" in OPS.cuda_on_cpu_launches()
+    assert "implicit_gemm<forward,wmma,vector-loads>" in OPS.launches()
 
 
 @pytest.mark.parametrize("change", ["nchw_input", "oihw_weight", "6_channels", "odd_storage_offset"])
@@ -197,10 +198,10 @@ def test_vector_loads_only_where_every_vector_is_aligned(change):
         storage = torch.empty(x.numel() + 1)
         x = storage[1:].as_strided(x.shape, x.stride()).copy_(x)
     *_, stride, padding, dilation, groups = case
-    OPS.cuda_on_cpu_configure("random", 1234, "after")
-    out = OPS.cuda_on_cpu_conv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), groups)
+    OPS.configure("random", 1234, "after")
+    out = OPS.conv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), groups)
     torch.testing.assert_close(out, F.conv2d(x, weight, bias, stride, padding, dilation, groups), rtol=1e-5, atol=1e-5)
-    assert OPS.cuda_on_cpu_launches() == ["implicit_gemm<forward,simt,cp.async>"]
+    assert OPS.launches() == ["implicit_gemm<forward,simt,cp.async>"]
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[6]], ids=["3x3", "stem", "asymmetric"])
@@ -218,7 +219,7 @@ def test_split_k_reduction_is_exact_and_deterministic():
 
 def test_every_kernel_is_executed():
     _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward")
-    launched = OPS.cuda_on_cpu_launches()
+    launched = OPS.launches()
     assert set(launched) == KERNELS
     assert launched.count("implicit_gemm<grad_weight,simt,cp.async>") == 1  # one launch, both chunks on blockIdx.z
 
@@ -230,16 +231,16 @@ def test_strided_grad_input_runs_one_sub_convolution_per_phase(case, phases):
     """grad_input at stride (sh, sw) is one GEMM per phase some tap reaches, each over those taps only;
     the pixels no tap reaches (1x1 stride 2: three in four) are zeros."""
     _check_case(case, torch.float32, "contiguous", "random")
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_input,simt,cp.async>") == phases
+    assert OPS.launches().count("implicit_gemm<grad_input,simt,cp.async>") == phases
 
 
 def test_more_groups_than_one_launch_takes():
     """groups x split-K chunks above the grid's z limit run as several launches (limit lowered to 2)."""
     case = (2, 10, 20, 20, 5, (3, 3), (1, 1), (1, 1), (1, 1), 5)  # 5 groups; grad_weight: 5 x 1 split
     _check_case(case, torch.float32, "contiguous", "random", max_grid_z=2)
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<forward,simt,cp.async>") == 3
+    assert OPS.launches().count("implicit_gemm<forward,simt,cp.async>") == 3
     _check_case(SPLIT_K_CASE, torch.float32, "contiguous", "forward", max_grid_z=1)
-    assert OPS.cuda_on_cpu_launches().count("implicit_gemm<grad_weight,simt,cp.async>") == 2
+    assert OPS.launches().count("implicit_gemm<grad_weight,simt,cp.async>") == 2
 
 
 FUZZ_EXAMPLES = int(os.environ.get("MINIPLACES_FUZZ_EXAMPLES", "100"))
@@ -286,10 +287,10 @@ def test_element_offsets_beyond_int32():
     weight = torch.tensor([2.0, -3.0], dtype=torch.float16).view(1, 2, 1, 1)
     bias = torch.tensor([0.5], dtype=torch.float16)
     conf = ([32767, 32767], [0, 0], [1, 1], 1)
-    out = OPS.cuda_on_cpu_conv2d_forward(x, weight, bias, *conf)
+    out = OPS.conv2d_forward(x, weight, bias, *conf)
     assert torch.equal(out.double()[0, 0], 2 * corners[0] - 3 * corners[1] + 0.5)
     dy = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float16).view(1, 1, 2, 2)
-    _, dw, db = OPS.cuda_on_cpu_conv2d_backward(dy, x, weight, *conf, [False, True, True])
+    _, dw, db = OPS.conv2d_backward(dy, x, weight, *conf, [False, True, True])
     del x
     assert torch.equal(dw.double().view(2), (corners * dy.double()[0, 0]).sum((1, 2)))
     assert db.item() == 10.0
@@ -303,19 +304,19 @@ def test_empty_batch():
     assert torch.equal(dw, torch.zeros_like(weight)) and torch.equal(db, torch.zeros_like(bias))
 
 
-# The harness itself: kernels with deliberate bugs (csrc/cuda_on_cpu/harness_selftest.cpp).
+# The harness itself: kernels with deliberate bugs (testing/cuda_on_cpu/harness_selftest.cpp).
 
 def test_harness_runs_a_correct_shared_memory_kernel():
     x = torch.randn(64)
     for order in ORDERS:
-        assert torch.equal(OPS.cuda_on_cpu_selftest("rotate", x, order), x.roll(-1))
+        assert torch.equal(OPS.selftest("rotate", x, order), x.roll(-1))
 
 
 def test_harness_exposes_a_missing_barrier():
     """Without __syncthreads the result depends on the thread order: a race the harness makes visible."""
     x1, x2 = torch.randn(64), torch.randn(64)
-    reverse = OPS.cuda_on_cpu_selftest("rotate_without_barrier", x1, "reverse")
-    forward = OPS.cuda_on_cpu_selftest("rotate_without_barrier", x2, "forward")
+    reverse = OPS.selftest("rotate_without_barrier", x1, "reverse")
+    forward = OPS.selftest("rotate_without_barrier", x2, "forward")
     # reverse: each thread's neighbour wrote before it read (but the last one);
     # forward: each thread read before its neighbour wrote, i.e. the previous launch's data
     assert torch.equal(reverse[:-1], x1.roll(-1)[:-1])
@@ -324,44 +325,44 @@ def test_harness_exposes_a_missing_barrier():
 
 def test_harness_catches_out_of_bounds_reads():
     with pytest.raises(RuntimeError, match="0 bytes past the end of a 256-byte buffer.*thread 63"):
-        OPS.cuda_on_cpu_selftest("read_past_end", torch.randn(64), "forward")
+        OPS.selftest("read_past_end", torch.randn(64), "forward")
 
 
 def test_harness_catches_barrier_divergence():
     with pytest.raises(RuntimeError, match="barrier divergence"):
-        OPS.cuda_on_cpu_selftest("divergent_barrier", torch.randn(64), "random")
+        OPS.selftest("divergent_barrier", torch.randn(64), "random")
 
 
 def test_harness_catches_wmma_misuse():
     """WMMA operations are warp-collective and need 32-byte aligned pointers, as on a GPU."""
     with pytest.raises(RuntimeError, match="lane 16 of warp 0 performed 0 warp-collective"):
-        OPS.cuda_on_cpu_selftest("divergent_wmma", torch.randn(32), "forward")
+        OPS.selftest("divergent_wmma", torch.randn(32), "forward")
     with pytest.raises(RuntimeError, match="store_matrix_sync: pointer not 32-byte aligned"):
-        OPS.cuda_on_cpu_selftest("misaligned_wmma", torch.randn(32), "forward")
+        OPS.selftest("misaligned_wmma", torch.randn(32), "forward")
 
 
 def test_harness_emulates_cp_async():
     """cp.async copies land when waited for, not before; unwaited or misaligned copies are errors."""
     x = torch.randn(64)
-    assert torch.equal(OPS.cuda_on_cpu_selftest("async_copy", x, "random"), x)
+    assert torch.equal(OPS.selftest("async_copy", x, "random"), x)
     with pytest.raises(RuntimeError, match="returned with cp.async copies never waited for"):
-        OPS.cuda_on_cpu_selftest("async_copy_without_wait", x, "forward")
+        OPS.selftest("async_copy_without_wait", x, "forward")
     with pytest.raises(RuntimeError, match="cp.async of 8 bytes from or to an address not aligned"):
-        OPS.cuda_on_cpu_selftest("misaligned_async_copy", x, "forward")
+        OPS.selftest("misaligned_async_copy", x, "forward")
 
 
 def test_harness_checks_vector_load_alignment():
     """16-byte vector loads (__ldg of uint4) read four elements; a misaligned one is an error, as on a GPU."""
     x = torch.randn(64)
-    assert torch.equal(OPS.cuda_on_cpu_selftest("vector_loads", x, "random"), x)
+    assert torch.equal(OPS.selftest("vector_loads", x, "random"), x)
     with pytest.raises(RuntimeError, match="__ldg of 16 bytes from an address not aligned to its size"):
-        OPS.cuda_on_cpu_selftest("misaligned_vector_loads", x, "forward")
+        OPS.selftest("misaligned_vector_loads", x, "forward")
 
 
 def test_harness_checks_launch_settings():
     with pytest.raises(RuntimeError, match="thread order must be"):
-        OPS.cuda_on_cpu_configure("sideways", 0, "after")
+        OPS.configure("sideways", 0, "after")
     with pytest.raises(RuntimeError, match="guard must be"):
-        OPS.cuda_on_cpu_configure("forward", 0, "middle")
+        OPS.configure("forward", 0, "middle")
     with pytest.raises(RuntimeError, match="max_grid_z must be"):
-        OPS.cuda_on_cpu_configure("forward", 0, "after", 0)
+        OPS.configure("forward", 0, "after", 0)

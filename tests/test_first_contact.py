@@ -165,3 +165,12 @@ def test_wrong_torch_is_one_clear_import_error(monkeypatch):
     message = str(exc.value)
     assert "2.0.0+cu118" in message and torch.__version__ in message and "--no-build-isolation" in message
     assert "\n" not in message
+
+
+def test_shipped_library_holds_no_test_harness():
+    """The CUDA-on-CPU harness is a test-only extension: `import miniplaces_ext` registers none of
+    its ops, and the shipped binary holds none of its code (nor its SIGSEGV handler)."""
+    import miniplaces_ext
+
+    assert not hasattr(torch.ops.miniplaces_ext, "cuda_on_cpu_configure")
+    assert b"cuda_on_cpu" not in Path(miniplaces_ext.LIBRARY_PATH).read_bytes()

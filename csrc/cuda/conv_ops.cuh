@@ -12,7 +12,7 @@
 //   int64_t max_grid_z()                                  the largest gridDim.z it launches
 //   int compute_capability()                              of the device it runs on (major * 10 + minor)
 // CudaLauncher (conv_kernel.cu) launches on the current CUDA stream;
-// HostLauncher (csrc/cuda_on_cpu/conv_on_cpu.cpp) runs the same kernels on
+// HostLauncher (testing/cuda_on_cpu/conv_on_cpu.cpp) runs the same kernels on
 // the CPU, thread by thread, with guarded buffers.
 #pragma once
 

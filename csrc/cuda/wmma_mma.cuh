@@ -10,7 +10,7 @@
 // fragments to shared memory and writes the tile through Problem::store.
 //
 // nvcc supplies nvcuda::wmma (<mma.h>); the CPU harness supplies an emulation
-// (csrc/cuda_on_cpu/wmma_api.h) that checks the same alignment rules and that
+// (testing/cuda_on_cpu/wmma_api.h) that checks the same alignment rules and that
 // whole warps take part.
 #pragma once
 

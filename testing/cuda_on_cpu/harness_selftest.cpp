@@ -3,7 +3,7 @@
 // out-of-bounds read, a barrier not every thread reaches, a WMMA operation
 // only some lanes of a warp perform, a misaligned WMMA load, a cp.async never
 // waited for, a misaligned cp.async, a misaligned vector load. Op:
-//   miniplaces_ext::cuda_on_cpu_selftest(kernel, input, order) -> Tensor
+//   cuda_on_cpu::selftest(kernel, input, order) -> Tensor
 // runs one block of input.numel() threads, out[t] = f(input, t), with the
 // threads of each barrier phase in the given order (block_runner.h).
 #include "guarded_memory.h"
@@ -14,7 +14,7 @@
 #include <string>
 
 #include "device_api.h"
-#include "../cuda/vector_access.cuh"
+#include "cuda/vector_access.cuh"
 
 namespace miniplaces_ext::cuda_on_cpu {
 namespace {
@@ -133,7 +133,7 @@ at::Tensor selftest(const std::string& kernel, const at::Tensor& input, const st
 
 } // namespace
 
-TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
-  m.def("cuda_on_cpu_selftest(str kernel, Tensor input, str order) -> Tensor", &selftest);
+TORCH_LIBRARY_FRAGMENT(cuda_on_cpu, m) {
+  m.def("selftest(str kernel, Tensor input, str order) -> Tensor", &selftest);
 }
 } // namespace miniplaces_ext::cuda_on_cpu

@@ -2,12 +2,13 @@
 // code with a launcher that executes its kernels (csrc/cuda/*.cuh) thread by
 // thread (block_runner.h), every buffer in guarded memory (guarded_memory.h).
 //
-// Ops (CPU tensors, same arguments as conv2d_forward/backward):
-//   miniplaces_ext::cuda_on_cpu_conv2d_forward, cuda_on_cpu_conv2d_backward
-//   miniplaces_ext::cuda_on_cpu_configure(order, seed, guard, max_grid_z, compute_capability)  how the next launches run
-//   miniplaces_ext::cuda_on_cpu_launches()                    kernels launched since the last call
-// tests/test_cuda_on_cpu.py drives them.
-#include "../conv.h"
+// Ops (CPU tensors, same arguments as miniplaces_ext's conv2d_forward/backward), in their own
+// namespace of this test-only extension (never part of the shipped miniplaces_ext._C):
+//   cuda_on_cpu::conv2d_forward, cuda_on_cpu::conv2d_backward
+//   cuda_on_cpu::configure(order, seed, guard, max_grid_z, compute_capability)  how the next launches run
+//   cuda_on_cpu::launches()                    kernels launched since the last call
+// tests/test_cuda_on_cpu.py builds the extension (tests/cuda_on_cpu_harness.py) and drives them.
+#include "conv.h"
 #include "guarded_memory.h"
 
 #include <ATen/ATen.h>
@@ -19,7 +20,7 @@
 
 // After every library header: the CUDA keywords become macros from here on.
 #include "device_api.h"
-#include "../cuda/conv_ops.cuh"
+#include "cuda/conv_ops.cuh"
 
 namespace miniplaces_ext::cuda_on_cpu {
 namespace {
@@ -102,21 +103,21 @@ std::vector<std::string> launches() {
 
 } // namespace
 
-TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
+TORCH_LIBRARY(cuda_on_cpu, m) {
   m.def(
-      "cuda_on_cpu_conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups) -> Tensor");
   m.def(
-      "cuda_on_cpu_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  m.def("cuda_on_cpu_configure(str order, int seed, str guard, int max_grid_z=65535, int compute_capability=90) -> ()",
+  m.def("configure(str order, int seed, str guard, int max_grid_z=65535, int compute_capability=90) -> ()",
         &configure);
-  m.def("cuda_on_cpu_launches() -> str[]", &launches);
+  m.def("launches() -> str[]", &launches);
 }
 
-TORCH_LIBRARY_IMPL(miniplaces_ext, CPU, m) {
-  m.impl("cuda_on_cpu_conv2d_forward", &cuda::forward_op<HostLauncher>);
-  m.impl("cuda_on_cpu_conv2d_backward", &cuda::backward_op<HostLauncher>);
+TORCH_LIBRARY_IMPL(cuda_on_cpu, CPU, m) {
+  m.impl("conv2d_forward", &cuda::forward_op<HostLauncher>);
+  m.impl("conv2d_backward", &cuda::backward_op<HostLauncher>);
 }
 
 } // namespace miniplaces_ext::cuda_on_cpu
