@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import logging
 import math
 import statistics
@@ -129,9 +130,15 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
     return row
 
 
-def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float) -> list[dict]:
-    """Whole-network eval throughput (images/s), channels_last: torch's convs, ours (swap_convs), and
-    for float32 / bfloat16 optimize_for_inference's fused network ("fused"; float32 images in)."""
+def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float,
+                 compiled: bool = False) -> list[dict]:
+    """Whole-network eval throughput (images/s, inference_mode, channels_last): torch's convs, ours
+    (swap_convs), and for float32 / bfloat16 optimize_for_inference's fused network ("fused"; float32
+    images in). With `compiled`, also torch.compile with inductor's freezing of torch's network
+    ("torch_compile", what a user who wants speed picks) and torch.compile(fused, fullgraph=True)
+    ("fused_compile")."""
+    import torch._inductor.config as inductor_config
+
     from miniplaces_ext import models
 
     rows = []
@@ -140,13 +147,20 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
         model = copy.deepcopy(base).to(device, dtype, memory_format=torch.channels_last)
         x = torch.randn(batch, 3, 128, 128, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         row = {"net": arch, "batch": batch}
-        nets = {"torch": (model, x), "ours": (model, x)}
+        nets = {"torch": (model, x)}
+        if compiled:
+            nets["torch_compile"] = (torch.compile(copy.deepcopy(model)), x)
+        nets["ours"] = (model, x)
         if dtype in (torch.float32, torch.bfloat16):
-            nets["fused"] = (miniplaces_ext.optimize_for_inference(base.to(device), dtype), x.float())
+            fused = miniplaces_ext.optimize_for_inference(base.to(device), dtype)
+            nets["fused"] = (fused, x.float())
+            if compiled:
+                nets["fused_compile"] = (torch.compile(fused, fullgraph=True), x.float())
         for label, (net, inputs) in nets.items():
             if label == "ours":
                 miniplaces_ext.swap_convs(model)
-            with torch.inference_mode():
+            log.info("%s eval, %s: %s ...", arch, dtype, label)
+            with torch.inference_mode(), inductor_config.patch(freezing=True):
                 ms = time_ms(lambda: net(inputs), device, min_time)
             row[f"{label}_images_per_s"] = batch / ms * 1e3
         row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
@@ -244,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="CUDA: let float32 convolutions (cuDNN's and ours) use TF32 tensor cores (default: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--models", action="store_true",
-                        help="also time whole-network eval (images/s) with and without swap_convs")
+                        help="also time whole-network eval (images/s): torch's convs, ours (swap_convs) and "
+                             "optimize_for_inference's fused network")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --models: also torch.compile with inductor freezing, and the fused network "
+                             "under torch.compile (minutes: each is compiled first)")
     parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the ratios to PNG")
     parser.add_argument("--no-peak", action="store_true", help="skip measuring the CPU's FMA peak (~1 s)")
     cli.add_json_arg(parser, "all rows and totals")
@@ -270,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = None
     if device.type == "cpu" and not args.no_peak:
         peak = max(torch.ops.miniplaces_ext.cpu_fma_peak_gflops() for _ in range(3))
-    report = {"device": str(device), "dtypes": args.dtype, "threads": torch.get_num_threads(),
-              "cpu": miniplaces_ext.cpu_capabilities(), "cpu_model": cli.cpu_model(), "fma_peak_gflops": peak,
-              "torch": torch.__version__, "channels_last": args.channels_last, "runs": []}
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "commit": cli.git_commit(), "device": str(device), "dtypes": args.dtype,
+              "threads": torch.get_num_threads(), "cpu": miniplaces_ext.cpu_capabilities(),
+              "cpu_model": cli.cpu_model(), "fma_peak_gflops": peak, "torch": torch.__version__,
+              "channels_last": args.channels_last, "runs": []}
     for dtype_name, batch in [(d, b) for d in args.dtype for b in batches]:
         dtype = getattr(torch, dtype_name)
         rows = []
@@ -284,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         say(format_table(rows, totals, peak))
         run = {"batch": batch, "dtype": dtype_name, "layers": rows, "totals": totals}
         if args.models:
-            run["models"] = bench_models(batch, device, dtype, args.min_time)
+            run["models"] = bench_models(batch, device, dtype, args.min_time, args.compile)
             for m in run["models"]:
-                fused = f", fused {m['fused_images_per_s']:.1f} img/s" if "fused_images_per_s" in m else ""
-                say(f"{m['net']} eval, batch {batch}, {dtype_name}: torch {m['torch_images_per_s']:.1f} img/s, "
-                      f"ours {m['ours_images_per_s']:.1f} img/s (time ratio ours/torch {m['ratio']:.2f}){fused}")
+                rates = ", ".join(f"{k[:-len('_images_per_s')]} {v:.1f}" for k, v in m.items()
+                                  if k.endswith("_images_per_s"))
+                say(f"{m['net']} eval, batch {batch}, {dtype_name}, images/s: {rates}")
         report["runs"].append(run)
     if args.json:
         cli.write_json(args.json, report)

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -152,11 +153,31 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    """The CPU's model name from /proc/cpuinfo with its family and model numbers (which tell apart
+    CPUs that share a name, e.g. "Intel(R) Xeon(R) Processor (family 6 model 167)"), or the
+    platform's processor string."""
+    fields: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    if "model name" not in fields:
+        return platform.processor() or "unknown CPU"
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (`git describe --always --dirty`) when the package runs from a git
+    checkout, else None."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
