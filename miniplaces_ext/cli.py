@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from miniplaces_ext import models, nn as ext_nn
+from miniplaces_ext import _library as ext_library, models, nn as ext_nn
 
 
 def add_common_args(parser: argparse.ArgumentParser, archs: tuple[str, ...] = models.ARCHS,
@@ -60,6 +60,9 @@ def setup(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but no CUDA GPU is available")
+    if device.type == "cuda" and getattr(args, "use_custom_conv", False) and not ext_library.cuda_kernels_built():
+        sys.exit("error: --device cuda --use-custom-conv, but this build of miniplaces_ext has no CUDA kernels "
+                 "(rebuild with a CUDA toolkit: FORCE_CUDA=1 pip install --no-build-isolation -e .)")
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device

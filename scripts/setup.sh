@@ -6,10 +6,16 @@
 #
 # Environment: CUDA_HOME (default /usr/local/cuda when it exists),
 # TORCH_CUDA_ARCH_LIST (default: setup.py's, 7.5;8.0;8.6;8.9;9.0+PTX), FORCE_CUDA=1/0 (see setup.py),
-# PYTHON (default python3), VENV (default .venv). Installs Debian's chromium and
-# chromium-driver (as root, with apt-get) for the browser tests.
+# PYTHON (default python3), VENV (default .venv).
+# Run as root on Debian/Ubuntu, it also installs the packages chromium and chromium-driver with
+# apt-get (a headless browser for the web page's tests; announced before it runs); NO_APT=1 skips
+# that, and the browser tests then skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -56,8 +62,8 @@ fi
 # chromium and chromium-driver; no download from the internet). Skipped when they are there,
 # or without root and apt-get.
 if { ! command -v chromium || ! command -v chromedriver; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-    && [ "$(id -u)" = 0 ]; then
-  echo "==> installing chromium and chromium-driver (apt-get) for the browser tests"
+    && [ "$(id -u)" = 0 ] && [ "${NO_APT:-0}" != 1 ]; then
+  echo "==> installing the Debian packages chromium and chromium-driver (apt-get, as root) for the browser tests; NO_APT=1 skips this"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
     || echo "==> could not install chromium: the browser tests will skip"
 fi

@@ -58,3 +58,16 @@ def test_bench_runs_each_dtype(tmp_path):
             layer.stride, layer.padding) for layer in layers]
         assert [r["algo"] for r in run["layers"]] == expected, run["dtype"]
     assert all(r["fwd_ratio"] > 0 and r["fwdbwd_ratio"] > 0 for run in runs for r in run["layers"])
+
+
+def test_benchmarks_page_is_generated_from_the_json():
+    """docs/benchmarks.md and the README's benchmark block are what scripts/benchmarks_page.py
+    makes of docs/bench/*.json: no figure there is copied by hand, and none goes stale."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmarks_page.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

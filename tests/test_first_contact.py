@@ -119,6 +119,18 @@ def test_torchrun_local_rank_picks_the_gpu(monkeypatch):
     assert cli.setup(args) == torch.device("cuda", 0)
 
 
+def test_custom_conv_on_cuda_without_cuda_kernels_is_one_clear_error(monkeypatch):
+    """A build without CUDA kernels, a GPU and --use-custom-conv: one line naming the fix, not the
+    dispatcher's error at the first convolution."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli.ext_library, "cuda_kernels_built", lambda: False)
+    args = cli.argparse.Namespace(verbose=False, threads=None, device="cuda", use_custom_conv=True)
+    with pytest.raises(SystemExit, match="has no CUDA kernels.*FORCE_CUDA=1"):
+        cli.setup(args)
+    args.use_custom_conv = False  # torch's convs need none of ours
+    assert cli.setup(args) == torch.device("cuda")
+
+
 def test_atomic_write_leaves_the_umask_alone_and_syncs(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
