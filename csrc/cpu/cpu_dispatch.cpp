@@ -155,9 +155,12 @@ bool weight_grad_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
   }
   // auto (or winograd, which leaves this to auto): a 1x1 layer's weight gradient is one GEMM of
   // the sampled pixels (no im2col), and rows of 8 output pixels are too short a reduction per
-  // register block: GEMM was faster on both (ResNet-18's 1x1/2 layers 2x, layer4 ~10 %); the
-  // kernel won on the rest.
-  return fits && asked != Algo::gemm && isa != Isa::portable && !g.samples_pixels() && g.out_w >= 16;
+  // register block: GEMM was faster on both (ResNet-18's 1x1/2 layers 2x, layer4 ~10 % on AMD
+  // Zen; at AVX-512 on an Intel Xeon layer4 1.04x, layer4.0 0.89x GEMM's time). AlexNet's
+  // 15-pixel rows at AVX-512 (Intel Xeon): the kernel 0.85x GEMM's time (32.6 vs 38.3 ms for
+  // 192 -> 384 3x3); at AVX2 rows of 16 were the shortest measured to win. The kernel won on the rest.
+  const int64_t shortest_row = isa == Isa::avx512 ? 12 : 16;
+  return fits && asked != Algo::gemm && isa != Isa::portable && !g.samples_pixels() && g.out_w >= shortest_row;
 }
 
 at::Tensor nhwc_weight_grad(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
