@@ -118,7 +118,7 @@ def _extension(torch, cuda_home: Path | None):
 
     debug = os.environ.get("MINIPLACES_DEBUG") == "1"
     # The CUDA-on-CPU harness (testing/cuda_on_cpu) is not shipped: the tests build it on their own.
-    sources = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("csrc/*.cpp"), *ROOT.glob("csrc/cpu/*.cpp")])
+    sources = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("csrc/*.cpp"), *ROOT.glob("csrc/cpu/**/*.cpp")])
     # -fopenmp: at::parallel_for is inline OpenMP in torch's builds; without it, it runs serially.
     # ISA-specific code is compiled per file with target pragmas; never -march=native.
     cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++20", "-fopenmp"]

@@ -12,8 +12,8 @@ from miniplaces_ext import _library
 LIBRARY_PATH = _library.load()
 
 from miniplaces_ext._library import (  # noqa: E402
-    clear_weight_cache, cpu_capabilities, cpu_conv_algorithm, cpu_options, cuda_kernels_built, get_cpu_options,
-    set_cpu_options, weight_cache_size)
+    clear_weight_cache, cpu_capabilities, cpu_conv_algorithm, cpu_conv_plan, cpu_options, cuda_kernels_built,
+    get_cpu_options, set_cpu_options, weight_cache_size)
 from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
 from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
 from miniplaces_ext.inference import optimize_for_inference  # noqa: E402
@@ -28,6 +28,7 @@ __all__ = [
     "conv2d",
     "cpu_capabilities",
     "cpu_conv_algorithm",
+    "cpu_conv_plan",
     "cpu_options",
     "cuda_kernels_built",
     "get_cpu_options",

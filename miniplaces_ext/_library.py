@@ -81,11 +81,29 @@ def cpu_conv_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: int | 
     weight per call and so takes Winograd only where more output tiles repay the transform.
 
     ``phase="grad_weight"`` names what computes the weight gradient instead: ``"direct-bf16-tiles"``
-    (bfloat16 on tiles) or ``"direct"`` (our weight-gradient kernel), both the same bits on any
-    thread count, or ``"gemm"`` (im2col + MKL's sgemm, whose sums may differ between 1 thread and
-    several)."""
+    (bfloat16 on tiles), ``"direct"`` (our weight-gradient kernel) or ``"gemm"`` (im2col + GEMMs in
+    fixed tiles); each gives the same bits on any thread count."""
     return torch.ops.miniplaces_ext.cpu_conv_algorithm(input, weight, _pair(stride), _pair(padding), _pair(dilation),
                                                        groups, phase)
+
+
+def cpu_conv_plan(input: torch.Tensor, weight: torch.Tensor, stride: int | tuple[int, int] = 1,
+                  padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                  groups: int = 1, phase: str = "forward") -> dict[str, str]:
+    """The whole plan our CPU side makes for one pass of this 2-D convolution (the arguments and
+    phases of :func:`cpu_conv_algorithm`), decided once per call: ``pass``, ``algorithm``, ``isa``
+    (the vector level), ``dtype``, ``unit`` (the bfloat16 unit: ``none``, ``pairs`` or ``tiles``,
+    ``(native)`` or ``(emulated)``), ``input`` (``as_is``: read through its strides; ``widened``:
+    bfloat16/float16 widened to float32; ``lowered``: few-channel receptive fields as rows;
+    ``columns``: im2col), ``block`` (output channels per packed weight block), ``weight_cached``,
+    ``epilogue``, and for the weight-gradient kernel ``vectors_over``.
+
+    >>> miniplaces_ext.cpu_conv_plan(torch.empty(32, 64, 56, 56), torch.empty(64, 64, 3, 3), padding=1)["algorithm"]
+    'winograd'
+    """
+    text = torch.ops.miniplaces_ext.cpu_conv_plan(input, weight, _pair(stride), _pair(padding), _pair(dilation),
+                                                  groups, phase)
+    return dict(item.split("=", 1) for item in text.split())
 
 
 def clear_weight_cache() -> None:

@@ -17,7 +17,7 @@ TI=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file
 PYI=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-for src in csrc/*.cpp csrc/cpu/*.cpp testing/cuda_on_cpu/*.cpp; do
+for src in csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*/*.cpp testing/cuda_on_cpu/*.cpp; do
   "$CXX" -std=c++20 -O2 -fopenmp -fPIC -Werror=return-type -c "$src" -o "$OUT/$(basename "$src").o" \
     -I csrc -I "$TI" -I "$TI/torch/csrc/api/include" -I "$PYI" -DTORCH_EXTENSION_NAME=_C
   echo "aarch64 ok: $src"

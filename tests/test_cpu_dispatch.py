@@ -546,6 +546,39 @@ def test_bf16_kernels_only_where_asked(monkeypatch):
         assert me.cpu_conv_algorithm(x.bfloat16(), w[:, :32].bfloat16(), 2, 1, groups=2) == "direct"
 
 
+def test_plan_says_each_decision_once(monkeypatch):
+    """cpu_conv_plan prints the ConvPlan a call makes: its algorithm is cpu_conv_algorithm's, the
+    bfloat16 unit says whether it is native or emulated (native only where the CPU has the
+    instruction), the input strategy follows the dtype and the unit, the packing block the level
+    and the unit, and options set through set_cpu_options reach it."""
+    caps = me.cpu_capabilities()
+    block = {"portable": "8", "avx2": "16", "avx512": "32"}[caps["chosen"]]
+    x, w = torch.empty(32, 64, 16, 16, device="meta"), torch.empty(128, 64, 3, 3, device="meta")
+    for phase in ("forward", "training_forward", "grad_weight"):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            plan = me.cpu_conv_plan(x.to(dtype), w.to(dtype), 2, 1, phase=phase)
+            assert plan["algorithm"] == me.cpu_conv_algorithm(x.to(dtype), w.to(dtype), 2, 1, phase=phase)
+            assert plan["pass"] == ("grad_weight" if phase == "grad_weight" else "forward")
+            assert plan["weight_cached"] == ("yes" if phase == "forward" else "no")
+            if plan["algorithm"] == "gemm":
+                assert plan["input"] == "columns"
+            elif dtype == torch.float32:
+                assert plan["input"] == "as_is" and plan["unit"] == "none"
+    me.set_cpu_options(algo="direct", bf16="tiles")  # the tile unit at every level, emulated where not native
+    plan = me.cpu_conv_plan(x.bfloat16(), w.bfloat16(), 2, 1)
+    native = caps["chosen"] == "avx512" and caps["amx_bf16"] == "yes"
+    assert plan["unit"] == ("tiles(native)" if native else "tiles(emulated)")
+    assert plan["input"] == "as_is" and plan["block"] == "32"
+    stem = me.cpu_conv_plan(torch.empty(8, 3, 64, 64).bfloat16(), torch.empty(64, 3, 7, 7).bfloat16(), 2, 3)
+    assert stem["input"] == "lowered"  # 3 channels: receptive fields as rows
+    me.set_cpu_options(bf16="widen")
+    plan = me.cpu_conv_plan(x.bfloat16(), w.bfloat16(), 2, 1)
+    assert plan["unit"] == "none" and plan["input"] == "widened" and plan["block"] == block
+    me.set_cpu_options(algo="gemm")
+    assert me.cpu_conv_plan(x, w, 2, 1)["algorithm"] == "gemm"
+    assert me.cpu_conv_plan(x, w, 2, 1, phase="grad_weight")["algorithm"] == "gemm"
+
+
 def test_one_openmp_runtime_and_torch_threads():
     """Our parallel loops are at::parallel_for, i.e. torch's pool: the process holds one OpenMP
     runtime (torch's), and our direct and Winograd kernels and the bias gradient give the same

@@ -7,7 +7,8 @@
 // those rows with the weight laid out the same way: the stem's 147 values take 5 products per
 // block instead of 7 staged ones. Images are lowered a chunk at a time (the column_bytes
 // option), each chunk written straight into its images' part of the output.
-#include "cpu_dispatch.h"
+#include "run_plan.h"
+
 #include "im2col.h"
 #include "layout.h"
 #include "packed_weights.h"
@@ -23,9 +24,10 @@ bool lowered_applies(const ConvGeometry& g) {
   return g.groups == 1 && g.in_channels < kFewChannels && g.taps() > 1;
 }
 
-void lowered_conv2d_out(IsaKernels::NhwcConv tile_conv, const at::Tensor& x, const at::Tensor& weight,
-                        const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out) {
-  TORCH_CHECK(lowered_applies(g), "lowered tile conv: expected one group of fewer than 16 channels and a kernel > 1x1");
+void lowered_convolution(const ConvPlan& p, const at::Tensor& x, const at::Tensor& weight,
+                         const c10::optional<at::Tensor>& bias, const at::Tensor& out) {
+  const ConvGeometry& g = p.g;
+  TORCH_CHECK(p.unit == Bf16Kernel::tiles && lowered_applies(g), "lowered tile conv: expected one group of fewer than 16 channels and a kernel > 1x1");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
               "lowered tile conv: expected bfloat16 operands, got ", x.scalar_type(), " and ", weight.scalar_type());
   constexpr int64_t kProductDepth = 32;  // bfloat16 elements per row of an A tile
@@ -44,11 +46,10 @@ void lowered_conv2d_out(IsaKernels::NhwcConv tile_conv, const at::Tensor& x, con
   const at::Tensor w = at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, patch}),
                                            {0, depth - patch})
                            .view({g.out_channels, depth, 1, 1});
-  constexpr int64_t kTileColumns = 32;  // output channels of a tile block
-  const at::Tensor packed = pack_direct_weight_pairs(w, lowered, kTileColumns);
+  const at::Tensor packed = pack_direct_weight_pairs(w, lowered, p.block);  // the tile block's 32 columns
   const at::Tensor x_nhwc = nhwc_pixels(x);
   const int64_t image_bytes = std::max<int64_t>(1, g.out_pixels() * depth * x.element_size());
-  const int64_t chunk = std::clamp<int64_t>(cpu_options().column_bytes / image_bytes, 1, std::max<int64_t>(g.batch, 1));
+  const int64_t chunk = std::clamp<int64_t>(p.options.column_bytes / image_bytes, 1, std::max<int64_t>(g.batch, 1));
   const at::Tensor rows = at::empty({chunk, g.out_h, g.out_w, depth}, x.options());
   for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
     const int64_t count = std::min(chunk, g.batch - n0);
@@ -56,7 +57,7 @@ void lowered_conv2d_out(IsaKernels::NhwcConv tile_conv, const at::Tensor& x, con
                           n0 * g.out_pixels(), count * g.out_pixels(), 0, depth);
     ConvGeometry part = lowered;
     part.batch = count;
-    tile_conv(rows.narrow(0, 0, count).permute({0, 3, 1, 2}), packed, bias, part, out.narrow(0, n0, count));
+    p.kernel(rows.narrow(0, 0, count).permute({0, 3, 1, 2}), packed, bias, part, out.narrow(0, n0, count));
   }
 }
 

@@ -10,7 +10,8 @@
 // miniplaces_ext.clear_weight_cache().
 #pragma once
 
-#include "cpu_dispatch.h"
+#include "../conv.h"
+#include "cpu_options.h"
 
 #include <ATen/core/Tensor.h>
 

@@ -1,7 +1,7 @@
 // Vector traits for AVX-512F: 16 lanes (interface: vec_portable.h). A register
 // block of 12 rows x 32 columns keeps 24 of the 32 zmm registers as accumulators.
 // Include only between `#pragma GCC push_options` / `target("avx512f,fma")` and
-// pop_options, in a file that cpu_dispatch.cpp calls only on CPUs with AVX-512F.
+// pop_options, in a file that the plan (plan.cpp) takes only on CPUs with AVX-512F.
 #pragma once
 
 #include <immintrin.h>

@@ -7,7 +7,7 @@
 // (oneDNN, say) may have configured this thread's tiles since our last run, and ends by releasing
 // them.
 // Include only between `#pragma GCC push_options` / `target("amx-tile,amx-bf16,avx512f,...")` (AVX-512 too: every AMX CPU has it, and the dispatcher runs AMX only at the avx512 level)
-// and pop_options, in a file that cpu_dispatch.cpp calls only where the CPU has
+// and pop_options, in a file that the plan (plan.cpp) takes only where the CPU has
 // AMX-BF16 and the OS has granted this process the tile state (has_amx_bf16()).
 #pragma once
 

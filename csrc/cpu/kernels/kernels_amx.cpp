@@ -1,5 +1,5 @@
 // The direct kernel on bfloat16 pairs with AMX tiles (tile_block.h, tiles_amx.h), compiled for
-// AMX-TILE and AMX-BF16 by a target pragma (never -march). cpu_dispatch.cpp calls it only where
+// AMX-TILE and AMX-BF16 by a target pragma (never -march). the plan (plan.cpp) takes it only where
 // the CPU has AMX-BF16 and the OS has granted the tile state (has_amx_bf16()). x86-64 builds only.
 #if defined(__x86_64__)
 
@@ -17,8 +17,8 @@
 #include <vector>
 #include <immintrin.h>
 
-#include "cpu_dispatch.h"  // and conv.h: their inline functions compiled for the baseline
-#include "layout.h"
+#include "../plan.h"  // and conv.h, kernel_table.h: their inline functions compiled for the baseline
+#include "../layout.h"
 
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")

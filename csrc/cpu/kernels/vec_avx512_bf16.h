@@ -3,7 +3,7 @@
 // twice the multiplications of a float32 FMA per instruction.
 // Include only after vec_avx512.h, between `#pragma GCC push_options` /
 // `target("avx512f,avx512bf16,fma")` and pop_options, in a file that
-// cpu_dispatch.cpp calls only on CPUs with AVX512-BF16.
+// the plan (plan.cpp) takes only on CPUs with AVX512-BF16.
 #pragma once
 
 #include <immintrin.h>

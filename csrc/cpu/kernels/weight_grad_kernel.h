@@ -30,8 +30,8 @@
 // applies to this code alone.
 #pragma once
 
-#include "../conv.h"
-#include "layout.h"
+#include "../../conv.h"
+#include "../layout.h"
 #include "register_block.h"
 
 #include <ATen/ATen.h>

@@ -26,8 +26,8 @@
 // applies to this code alone.
 #pragma once
 
-#include "../conv.h"
-#include "cpu_dispatch.h"
+#include "../../conv.h"
+#include "../plan.h"
 #include "input_rows.h"
 #include "register_block.h"
 

@@ -1,6 +1,6 @@
 // Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h; the direct kernel
 // also on emulated bfloat16 pairs, vec_bf16_pairs.h) instantiated for
-// AVX2 + FMA, compiled for it by a target pragma (never -march). cpu_dispatch.cpp calls these only
+// AVX2 + FMA, compiled for it by a target pragma (never -march). the plan (plan.cpp) takes these only
 // on CPUs that have AVX2 and FMA. x86-64 builds only.
 #if defined(__x86_64__)
 
@@ -17,8 +17,8 @@
 #include <vector>
 #include <immintrin.h>
 
-#include "cpu_dispatch.h"  // and conv.h: their inline functions compiled for the baseline
-#include "layout.h"
+#include "../plan.h"  // and conv.h, kernel_table.h: their inline functions compiled for the baseline
+#include "../layout.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")

@@ -1,5 +1,5 @@
 // The direct kernel on bfloat16 pairs with AVX512-BF16's vdpbf16ps (vec_avx512_bf16.h), compiled
-// for it by a target pragma (never -march). cpu_dispatch.cpp calls it only on CPUs that have
+// for it by a target pragma (never -march). the plan (plan.cpp) takes it only on CPUs that have
 // AVX512-BF16. x86-64 builds only.
 #if defined(__x86_64__)
 
@@ -17,8 +17,8 @@
 #include <vector>
 #include <immintrin.h>
 
-#include "cpu_dispatch.h"  // and conv.h: their inline functions compiled for the baseline
-#include "layout.h"
+#include "../plan.h"  // and conv.h, kernel_table.h: their inline functions compiled for the baseline
+#include "../layout.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bf16,fma")

@@ -35,9 +35,9 @@
 // and the vector traits, so that a target pragma around it applies to this code alone.
 #pragma once
 
-#include "../conv.h"
+#include "../../conv.h"
 #include "input_rows.h"
-#include "layout.h"
+#include "../layout.h"
 #include "register_block.h"
 #include "tile_block.h"
 

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "cpu_dispatch.h"
-#include "layout.h"
+#include "../plan.h"
+#include "../layout.h"
 #include "vec_portable.h"
 #include "vec_bf16_pairs.h"
 #include "tiles_emulated.h"

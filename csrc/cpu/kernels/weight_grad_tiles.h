@@ -17,7 +17,7 @@
 // Include after tile_block.h and register_block.h, inside the tile unit's target pragma.
 #pragma once
 
-#include "../conv.h"
+#include "../../conv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,7 +1,7 @@
 // Vector traits for AVX2 + FMA: 8 lanes (interface: vec_portable.h). A register
 // block of 6 rows x 16 columns keeps 12 of the 16 ymm registers as accumulators.
 // Include only between `#pragma GCC push_options` / `target("avx2,fma")` and
-// pop_options, in a file that cpu_dispatch.cpp calls only on CPUs with AVX2 and FMA.
+// pop_options, in a file that the plan (plan.cpp) takes only on CPUs with AVX2 and FMA.
 #pragma once
 
 #include <immintrin.h>

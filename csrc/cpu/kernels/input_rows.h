@@ -10,8 +10,8 @@
 // ISA's file gets its own copy compiled for its own target.
 #pragma once
 
-#include "../conv.h"
-#include "layout.h"
+#include "../../conv.h"
+#include "../layout.h"
 
 #include <cstdint>
 #include <vector>

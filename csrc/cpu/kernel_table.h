@@ -1,0 +1,70 @@
+// The one table of CPU kernel entries: every variant, per ISA level, the bfloat16 units (native and
+// emulated) included. A ConvPlan (plan.h) takes its entry from here once per call.
+#pragma once
+
+#include "../conv.h"
+#include "cpu_info.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace miniplaces_ext::cpu {
+
+// The kernels of one ISA level (kernels/kernels_<level>.cpp), taking the weight packed for them
+// (packed_weights.h). The x86 levels exist only in x86-64 builds and must only be used when the
+// CPU has them.
+struct IsaKernels {
+  // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output), from x [N, C, H, W]
+  // with any strides.
+  using NhwcConv = void (*)(const at::Tensor& x, const at::Tensor& packed_weight,
+                            const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out);
+  NhwcConv direct;
+  NhwcConv winograd;
+  // The direct kernel on bfloat16 pairs, emulated with float32 FMAs (vec_bf16_pairs.h).
+  NhwcConv direct_bf16_pairs_emulated;
+  // Adds the weight gradient to sums [kh][kw][rows][columns] (weight_grad_kernel.h), from x
+  // [N, Cin, H, W] and dy [N, Cout, Ho, Wo] with any strides.
+  void (*weight_grad)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g, bool vector_over_input,
+                      const at::Tensor& sums);
+  // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).
+  double (*fma_peak_gflops)(int64_t steps);
+};
+
+// The weight gradient, float32 [Cout, Cin, kh, kw], of a bfloat16 one-group convolution
+// on tiles (weight_grad_tiles.h), from its input and grad_output (bfloat16, any strides).
+using TileWeightGradFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
+
+// Every entry. The bfloat16 units' native entries are null where the build has no x86 code; the
+// plan takes them only where the CPU has the instructions (cpu_info.h).
+struct KernelTable {
+  const IsaKernels* levels[3];  // indexed by Isa; the x86 levels null in a non-x86 build
+  IsaKernels::NhwcConv bf16_tiles_native, bf16_tiles_emulated;  // the direct kernel on tiles
+  IsaKernels::NhwcConv bf16_pairs_native;                       // ... on vdpbf16ps pairs
+  TileWeightGradFn tiles_weight_grad_native, tiles_weight_grad_emulated;
+
+  // The kernels of level `isa` (which this CPU must have).
+  const IsaKernels& level(Isa isa) const;
+};
+
+const KernelTable& kernel_table();
+
+// The per-file instantiations the table is made of.
+const IsaKernels& portable_kernels();
+#if defined(__x86_64__)
+const IsaKernels& avx2_kernels();
+const IsaKernels& avx512_kernels();
+// The direct kernel on bfloat16 pairs with vdpbf16ps: only on CPUs with AVX512-BF16.
+IsaKernels::NhwcConv avx512_bf16_pairs_direct();
+// The direct kernel on AMX tiles: only where has_amx_bf16().
+IsaKernels::NhwcConv amx_bf16_tiles_direct();
+TileWeightGradFn amx_bf16_tiles_weight_grad();  // only where has_amx_bf16()
+#endif
+// The direct kernel and the weight gradient on emulated tiles (tiles_emulated.h), for any CPU:
+// slow, for tests.
+IsaKernels::NhwcConv bf16_tiles_emulated_direct();
+TileWeightGradFn bf16_tiles_emulated_weight_grad();
+
+// Checks that `out` can take the result of g: float32 (or, with `bf16_allowed`, bfloat16)
+// [N, Cout, Ho, Wo], any strides.
+void check_output(const at::Tensor& out, const ConvGeometry& g, bool bf16_allowed = false);
+
+} // namespace miniplaces_ext::cpu

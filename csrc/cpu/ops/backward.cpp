@@ -1,0 +1,74 @@
+// The backward op on the CPU: grad_input, grad_weight and grad_bias under an output mask, each
+// computed only when asked, from one reading of the options.
+#include "passes.h"
+
+#include "../layout.h"
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+namespace miniplaces_ext::cpu {
+
+const at::Tensor& PixelRows::get() {
+  if (!made_) {
+    made_ = nhwc_pixels(t_).reshape({-1, t_.size(1)});
+  }
+  return *made_;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const ConvGeometry g = make_conv2d_geometry(input, weight, c10::nullopt, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, g);
+  check_cpu(input);
+  const CpuOptions options = cpu_options();
+  const at::MemoryFormat format = conv_output_memory_format(input);
+  // bfloat16 and float16 are computed in float32 (widened_to_float): grad_output and the input
+  // are widened as they are laid out NHWC, the weight up front; each gradient is rounded once.
+  const std::optional<at::ScalarType> widen =
+      widened_to_float(input.scalar_type()) ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt;
+  const at::Tensor w = widen ? weight.to(at::kFloat) : weight;
+  at::Tensor grad_input, grad_weight_out, grad_bias_out;
+  auto [need_input, need_weight, need_bias] = output_mask;
+  // bfloat16 grad_input on the tile unit, as forward convolutions of bfloat16 grad_output per
+  // stride phase (where every phase takes the tiles: AMX, or MINIPLACES_CPU_BF16=tiles).
+  if (need_input && input.scalar_type() == at::kBFloat16) {
+    if (auto dx = grad_input_by_kernels(options, grad_output, weight, g, format, /*bf16_tiles=*/true)) {
+      grad_input = std::move(*dx);
+      need_input = false;
+    }
+  }
+  // grad_output [N, Cout, Ho, Wo] in the computation's dtype, in the layout it came in: the
+  // kernels lay out its rows as they read them. Its NHWC pixels (a view when it is channels_last)
+  // are made once, only for a path that needs them.
+  const at::Tensor dy = widen ? nhwc_pixels(grad_output, 1, 1, widen).permute({0, 3, 1, 2}) : grad_output;
+  PixelRows dy_pixels(dy);
+  if (need_input) {
+    if (auto dx = grad_input_by_kernels(options, dy, w, g, format)) {
+      grad_input = std::move(*dx);
+      need_input = false;
+    }
+  }
+  if (need_bias) {
+    grad_bias_out = grad_bias(dy, dy_pixels, g);
+  }
+  if (need_weight) {
+    grad_weight_out = grad_weight(options, input, grad_output, dy, dy_pixels, g, widen);
+  }
+  if (need_input) {
+    grad_input = grad_input_by_gemm(dy_pixels, w, g, dy.options(), format, options.column_bytes);
+  }
+  const auto rounded = [](const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; };
+  return std::make_tuple(rounded(grad_input, input.scalar_type()), rounded(grad_weight_out, weight.scalar_type()),
+                         rounded(grad_bias_out, grad_output.scalar_type()));
+}
+
+} // namespace miniplaces_ext::cpu

@@ -1,0 +1,79 @@
+// The CPU passes of a convolution (one file each: forward.cpp, grad_input.cpp, grad_weight.cpp,
+// grad_bias.cpp; backward.cpp runs the three backward passes, register.cpp registers the ops).
+// Each pass makes its plan (plan.h) once and executes it: a kernel (run_plan.h) or im2col + GEMM
+// (gemm_columns.h).
+//
+// bfloat16 and float16 are computed in float32 unless a bfloat16 unit takes them: the operands are
+// widened (the input as it is laid out for the kernel, the weight as it is packed), sums are
+// accumulated in float32 and each result is rounded once to its dtype.
+#pragma once
+
+#include "../../conv.h"
+#include "../cpu_options.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace miniplaces_ext::cpu {
+
+// The ops' CPU kernels (schemas in csrc/conv.cpp).
+at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                               const at::Tensor& weight, at::IntArrayRef stride,
+                                                               at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                               int64_t groups, std::array<bool, 3> output_mask);
+
+// The NHWC pixels [N*H*W, C] of a tensor [N, C, H, W], made on first use (a view when it is
+// channels_last): the GEMM paths need them, the kernels do not.
+class PixelRows {
+ public:
+  explicit PixelRows(const at::Tensor& t) : t_(t) {}
+  const at::Tensor& get();
+
+ private:
+  const at::Tensor& t_;
+  std::optional<at::Tensor> made_;
+};
+
+// grad_input by the direct / Winograd kernels, one forward convolution of grad_output per stride
+// phase, or nullopt where a phase's plan is im2col + GEMM. With `bf16_tiles`, dy and weight are
+// bfloat16 and every phase must run on the bfloat16 tile unit (else nullopt): dx is then bfloat16,
+// each element rounded once from its phase's float32 sums.
+std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const at::Tensor& dy,
+                                                const at::Tensor& weight, const ConvGeometry& g,
+                                                at::MemoryFormat out_format, bool bf16_tiles = false);
+
+// grad_input by dcol = dy @ W and col2im, in chunks of whole images (dy in the computation's dtype).
+at::Tensor grad_input_by_gemm(PixelRows& dy_pixels, const at::Tensor& weight, const ConvGeometry& g,
+                              const at::TensorOptions& options, at::MemoryFormat out_format, int64_t column_bytes);
+
+// The weight gradient: on tiles from the bfloat16 input and grad_output, else from the input and
+// dy (grad_output in the computation's dtype: float32 for a widened bfloat16/float16 call); in that
+// dtype (float32 for tiles), rounded by the caller.
+at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, const at::Tensor& grad_output,
+                       const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g,
+                       std::optional<at::ScalarType> widen);
+
+// The bias gradient: sums of dy over images and pixels, in dy's dtype (op-math accumulation).
+at::Tensor grad_bias(const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g);
+
+// Whether `dtype` is computed by the float32 kernels (bfloat16, float16).
+inline bool widened_to_float(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+// The tensor in float32 (itself when it is float32), or none.
+inline c10::optional<at::Tensor> float_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? c10::optional<at::Tensor>(t->to(at::kFloat)) : c10::nullopt;
+}
+
+inline void check_cpu(const at::Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu(), "the CPU conv kernel got a tensor on ", input.device());
+}
+
+} // namespace miniplaces_ext::cpu
