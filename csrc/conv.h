@@ -74,6 +74,10 @@ ConvGeometry make_conv2d_geometry(
 // Checks the gradient passed to a backward op against the forward geometry.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvGeometry& g);
 
+// Checks conv2d_fused's residual: the output's shape [N, Cout, Ho, Wo], the input's dtype and
+// device (any strides).
+void check_residual(const at::Tensor& residual, const at::Tensor& input, const ConvGeometry& g);
+
 // Memory format of the output (and of grad_input): channels_last when the
 // input is channels_last and not also plain contiguous, else contiguous. The
 // Python fake kernels apply the same rule.

@@ -3,12 +3,12 @@
 //
 //   out = relu?(conv2d(input, weight, bias) + residual?)
 //
-// with a BatchNorm already folded into weight and bias by the caller. Today the
-// epilogue is one in-place pass over the convolution's output (residual add and
-// ReLU together, where eager runs BatchNorm, add and ReLU as three passes); the
-// schema is the one an in-kernel epilogue will keep. Composite: it calls
-// conv2d_forward through the dispatcher, so it runs wherever that has a kernel
-// (CPU, CUDA), and has no autograd (inference only).
+// with a BatchNorm already folded into weight and bias by the caller. On the CPU
+// the kernels apply the epilogue to their float32 sums before they write them
+// (csrc/cpu/ops/forward.cpp: one rounding, no pass over memory afterwards). This
+// composite serves the other devices (CUDA): conv2d_forward through the
+// dispatcher, then the residual add and ReLU as in-place passes. No autograd
+// (inference only).
 #include "conv.h"
 
 #include <ATen/ATen.h>
@@ -25,13 +25,11 @@ at::Tensor conv2d_fused(const at::Tensor& input, const at::Tensor& weight, const
                          .findSchemaOrThrow("miniplaces_ext::conv2d_forward", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  if (residual.has_value() && residual->defined()) {
+    check_residual(*residual, input, make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups));
+  }
   at::Tensor out = conv.call(input, weight, bias, stride, padding, dilation, groups);
   if (residual.has_value() && residual->defined()) {
-    TORCH_CHECK(residual->sizes() == out.sizes(), "conv2d_fused: the residual must have the output's shape ",
-                out.sizes(), ", got ", residual->sizes());
-    TORCH_CHECK(residual->scalar_type() == out.scalar_type() && residual->device() == out.device(),
-                "conv2d_fused: the residual must be ", out.scalar_type(), " on ", out.device(), ", got ",
-                residual->scalar_type(), " on ", residual->device());
     out.add_(*residual);
   }
   if (relu) {

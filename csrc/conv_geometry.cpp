@@ -101,4 +101,13 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, c
               ", got ", grad_output.device());
 }
 
+void check_residual(const at::Tensor& residual, const at::Tensor& input, const ConvGeometry& g) {
+  TORCH_CHECK(residual.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
+              "conv2d_fused: the residual must have the output's shape [", g.batch, ", ", g.out_channels, ", ", g.out_h,
+              ", ", g.out_w, "], got ", residual.sizes());
+  TORCH_CHECK(residual.scalar_type() == input.scalar_type() && residual.device() == input.device(),
+              "conv2d_fused: the residual must be ", input.scalar_type(), " on ", input.device(), ", got ",
+              residual.scalar_type(), " on ", residual.device());
+}
+
 } // namespace miniplaces_ext

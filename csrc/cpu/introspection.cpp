@@ -35,7 +35,7 @@ ConvPlan plan_of(const at::Tensor& input, const at::Tensor& weight, at::IntArray
   if (phase == "grad_weight") {
     return plan_weight_grad(options, g, input.scalar_type());
   }
-  return plan_convolution(options, g, input.scalar_type(), Pass::forward, phase == "forward", /*has_bias=*/false);
+  return plan_convolution(options, g, input.scalar_type(), Pass::forward, phase == "forward", Epilogue{});
 }
 
 // The plan's algorithm: direct, gemm or winograd; "direct-bf16" for the direct kernel on bfloat16

@@ -4,6 +4,7 @@
 
 #include "../conv.h"
 #include "cpu_info.h"
+#include "kernels/epilogue.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -14,9 +15,10 @@ namespace miniplaces_ext::cpu {
 // CPU has them.
 struct IsaKernels {
   // Writes out, float32 [N, Cout, Ho, Wo] with any strides (check_output), from x [N, C, H, W]
-  // with any strides.
+  // with any strides: the sums + bias, then the epilogue (kernels/epilogue.h).
   using NhwcConv = void (*)(const at::Tensor& x, const at::Tensor& packed_weight,
-                            const c10::optional<at::Tensor>& bias, const ConvGeometry& g, const at::Tensor& out);
+                            const c10::optional<at::Tensor>& bias, const ConvGeometry& g,
+                            const OutputEpilogue& epilogue, const at::Tensor& out);
   NhwcConv direct;
   NhwcConv winograd;
   // The direct kernel on bfloat16 pairs, emulated with float32 FMAs (vec_bf16_pairs.h).

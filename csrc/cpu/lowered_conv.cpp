@@ -25,7 +25,8 @@ bool lowered_applies(const ConvGeometry& g) {
 }
 
 void lowered_convolution(const ConvPlan& p, const at::Tensor& x, const at::Tensor& weight,
-                         const c10::optional<at::Tensor>& bias, const at::Tensor& out) {
+                         const c10::optional<at::Tensor>& bias, const OutputEpilogue& epilogue,
+                         const at::Tensor& out) {
   const ConvGeometry& g = p.g;
   TORCH_CHECK(p.unit == Bf16Kernel::tiles && lowered_applies(g), "lowered tile conv: expected one group of fewer than 16 channels and a kernel > 1x1");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
@@ -57,7 +58,8 @@ void lowered_convolution(const ConvPlan& p, const at::Tensor& x, const at::Tenso
                           n0 * g.out_pixels(), count * g.out_pixels(), 0, depth);
     ConvGeometry part = lowered;
     part.batch = count;
-    p.kernel(rows.narrow(0, 0, count).permute({0, 3, 1, 2}), packed, bias, part, out.narrow(0, n0, count));
+    p.kernel(rows.narrow(0, 0, count).permute({0, 3, 1, 2}), packed, bias, part, epilogue.from_image(n0),
+             out.narrow(0, n0, count));
   }
 }
 

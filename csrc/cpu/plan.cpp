@@ -173,7 +173,7 @@ bool winograd_applies(const ConvGeometry& g) {
 }
 
 ConvPlan plan_convolution(const CpuOptions& options, const ConvGeometry& g, at::ScalarType dtype, Pass pass,
-                          bool weight_cached, bool has_bias, bool gemm_form) {
+                          bool weight_cached, Epilogue epilogue, bool gemm_form) {
   TORCH_CHECK(pass != Pass::grad_weight, "plan_convolution: a weight gradient takes plan_weight_grad");
   ConvPlan p{};
   p.g = g;
@@ -186,7 +186,7 @@ ConvPlan plan_convolution(const CpuOptions& options, const ConvGeometry& g, at::
   p.unit_native = bf16_native(p.unit, p.options.isa);
   p.weight_grad = WeightGradMethod::gemm;
   p.block = p.unit == Bf16Kernel::tiles ? 32 : direct_block(p.options.isa);  // tiles: 32 columns at every level
-  p.epilogue.bias = has_bias;
+  p.epilogue = epilogue;
   if (p.algo == Algo::gemm) {
     p.input = InputStrategy::columns;
     p.kernel = nullptr;
@@ -274,7 +274,9 @@ std::string ConvPlan::describe() const {
   if (pass == Pass::grad_weight && weight_grad == WeightGradMethod::kernel) {
     s << " vectors_over=" << (vector_over_input ? "input" : "grad_output");
   }
-  s << " epilogue=" << (epilogue.bias ? "bias" : "none");
+  std::string steps = std::string(epilogue.bias ? "+bias" : "") + (epilogue.residual ? "+residual" : "") +
+      (epilogue.relu ? "+relu" : "");
+  s << " epilogue=" << (steps.empty() ? "none" : steps.substr(1));
   return s.str();
 }
 

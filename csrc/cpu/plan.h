@@ -34,10 +34,13 @@ enum class InputStrategy : int {
   columns = 3,   // im2col rows for a GEMM (float64, and layers no kernel takes)
 };
 
-// What is applied to the sums before they are written: the bias today (added as the register
-// block is stored); folded-BN shift, residual add and ReLU are the next slots.
+// What is applied to the float32 sums before they are written, in this order: the bias (a folded
+// BatchNorm's shift too: optimize_for_inference folds it into the bias), added as the register
+// block is stored; + residual (the skip connection); ReLU. Then one rounding to the output dtype.
 struct Epilogue {
   bool bias = false;
+  bool residual = false;
+  bool relu = false;
 };
 
 struct ConvPlan {
@@ -76,7 +79,7 @@ struct ConvPlan {
 //    filled; else gemm. The portable level (4-wide vectors, no FMA on baseline x86-64) takes gemm.
 // `options`: read once per call (cpu_options()) and given to every plan of that call.
 ConvPlan plan_convolution(const CpuOptions& options, const ConvGeometry& g, at::ScalarType dtype, Pass pass,
-                          bool weight_cached, bool has_bias, bool gemm_form = true);
+                          bool weight_cached, Epilogue epilogue, bool gemm_form = true);
 
 // The plan of a weight gradient of `dtype` operands: bfloat16 tiles where the bf16 option takes
 // tiles (one group, not a lowered layer); the weight-gradient kernel for float32 (bfloat16 and

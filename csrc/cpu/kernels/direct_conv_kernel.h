@@ -94,6 +94,7 @@ struct DirectConv {
     Strides4 out_strides;
     const ConvGeometry& g;
     int64_t blocks;       // register blocks per group
+    const OutputEpilogue& epilogue;  // + residual, ReLU: applied to each row before it is written
   };
 
   // Where one output row of one group goes: element (ow, co) of the row,
@@ -320,6 +321,9 @@ struct DirectConv {
         }
         const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          if (a.epilogue.any()) {
+            a.epilogue.apply_row(sums.data() + oh * wp * kBlock, kBlock, g.out_w, n, oh, co0, columns);
+          }
           write_row(a, sums.data() + oh * wp * kBlock, kBlock, columns, n * s.n + co0 * s.c + oh * s.h);
         }
       }
@@ -404,15 +408,22 @@ struct DirectConv {
               continue;
             }
             const int64_t grp = panel / a.blocks, blk = panel % a.blocks;
+            const int64_t co0 = blk * kBlock, columns = std::min(kBlock, coutg - co0);
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
               const int64_t row = output_row(grp, n, oh);
               const In* const* xrows = input_rows(input, grp, n, oh);
               if (!buffered) {
                 one_row(xrows, grp, blk, RowDestination{a.out + row, s.w, s.c});
+                if (a.epilogue.any()) {  // the panel's columns of the row, just stored (s.c == 1)
+                  a.epilogue.apply_row(a.out + row + co0, s.w, g.out_w, n, oh, grp * coutg + co0, columns);
+                }
                 continue;
               }
               one_row(xrows, grp, blk, RowDestination{buffer.data(), coutg, 1});
-              write_out(buffer, blk * kBlock, std::min(kBlock, coutg - blk * kBlock), row);
+              if (a.epilogue.any()) {
+                a.epilogue.apply_row(buffer.data() + co0, coutg, g.out_w, n, oh, grp * coutg + co0, columns);
+              }
+              write_out(buffer, co0, columns, row);
             }
           }
         }
@@ -433,6 +444,10 @@ struct DirectConv {
         for (int64_t blk = 0; blk < a.blocks; ++blk) {
           one_row(xrows, grp, blk, d);
         }
+        if (a.epilogue.any()) {  // the whole row, in the buffer or just stored (s.c == 1)
+          a.epilogue.apply_row(buffered ? buffer.data() : a.out + row, buffered ? coutg : s.w, g.out_w, n, oh,
+                               grp * coutg, coutg);
+        }
         if (buffered) {
           write_out(buffer, 0, coutg, row);
         }
@@ -447,7 +462,7 @@ struct DirectConv {
   // row by row as the kernel reaches it (InputRows) where one group spans all channels and the
   // cached rows fit kInputRowCacheBytes, else converted to NHWC up front.
   static void run(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                  const ConvGeometry& g, const at::Tensor& out) {
+                  const ConvGeometry& g, const OutputEpilogue& epilogue, const at::Tensor& out) {
     const at::ScalarType in_type = kPairs ? at::kBFloat16 : at::kFloat;
     TORCH_CHECK(x.scalar_type() == in_type && packed.scalar_type() == in_type,
                 "direct conv: expected ", in_type, " operands, got ", x.scalar_type(), " and ", packed.scalar_type());
@@ -470,7 +485,7 @@ struct DirectConv {
     rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
               static_cast<const In*>(zeros.const_data_ptr()), out_bf16 ? nullptr : out.mutable_data_ptr<float>(),
-              out_bf16 ? out.mutable_data_ptr<c10::BFloat16>() : nullptr, strides_of(out), g, blocks});
+              out_bf16 ? out.mutable_data_ptr<c10::BFloat16>() : nullptr, strides_of(out), g, blocks, epilogue});
   }
 };
 

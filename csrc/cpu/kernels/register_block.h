@@ -36,6 +36,20 @@ inline void store_lanes(float* p, int64_t stride, typename Vec::Reg v, int n) {
   }
 }
 
+// Lanes [0, n) of a vector from p[0], p[stride], p[2 * stride], ... (the others zero): one vector
+// load when they are contiguous (stride 1), else one load per lane.
+template <typename Vec>
+inline typename Vec::Reg load_lanes(const float* p, int64_t stride, int n) {
+  if (stride == 1) {
+    return n == Vec::kLanes ? Vec::load(p) : Vec::load_partial(p, n);
+  }
+  alignas(64) float lanes[Vec::kLanes] = {};
+  for (int i = 0; i < n; ++i) {
+    lanes[i] = p[i * stride];
+  }
+  return Vec::load(lanes);
+}
+
 // One step of the reduction over float32 operands: a weight panel row of
 // kLanes floats per half, a row operand broadcast from one float, one FMA.
 template <typename Vec>

@@ -25,6 +25,7 @@ struct Avx2 {
   static void store_partial(float* p, Reg v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg relu(Reg a) { return _mm256_max_ps(zero(), a); }  // a NaN stays NaN (max returns its second operand)
   static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
   static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
 };

@@ -4,7 +4,7 @@
 //   Reg                     one vector register of kLanes floats
 //   kLanes, kMaxRows        lanes per register; rows per register block
 //   zero(), broadcast(f), load(p), load_partial(p, n), store(p, r),
-//   store_partial(p, r, n), fma(a, b, c) = a*b + c, add, sub, mul
+//   store_partial(p, r, n), fma(a, b, c) = a*b + c, add, sub, mul, relu (max with 0, NaN kept)
 // (n <= kLanes valid lanes; partial loads fill the other lanes with zeros).
 #pragma once
 
@@ -39,6 +39,7 @@ struct Portable {
   }
   static Reg fma(Reg a, Reg b, Reg c) { return a * b + c; }
   static Reg add(Reg a, Reg b) { return a + b; }
+  static Reg relu(Reg a) { return a < zero() ? zero() : a; }  // a NaN stays NaN
   static Reg sub(Reg a, Reg b) { return a - b; }
   static Reg mul(Reg a, Reg b) { return a * b; }
 };

@@ -63,6 +63,7 @@ struct WinogradConv {
     const ConvGeometry& g;
     int64_t blocks;     // output-channel blocks
     int64_t tiles_h, tiles_w;
+    const OutputEpilogue& epilogue;  // float32 residual only (Winograd's output is float32)
   };
 
   // (image, tile row, tile column) of tile number `tile`.
@@ -161,9 +162,19 @@ struct WinogradConv {
       Reg y[kOut];
       output_1d(t[i], y);
       const auto& s = a.out_strides;
-      float* dst = a.out + n * s.n + c0 * s.c + (th * kOut + i) * s.h + tw * kOut * s.w;
+      const int64_t oh = th * kOut + i;
+      float* dst = a.out + n * s.n + c0 * s.c + oh * s.h + tw * kOut * s.w;
+      const OutputEpilogue& e = a.epilogue;
       for (int j = 0; j < cols; ++j) {
-        store_lanes<Vec>(dst + j * s.w, s.c, Vec::add(y[j], b), lanes);
+        Reg v = Vec::add(y[j], b);
+        if (e.residual != nullptr) {  // + residual, in registers
+          const float* r = static_cast<const float*>(e.residual) + e.strides.at(n, c0, oh, tw * kOut + j);
+          v = Vec::add(v, load_lanes<Vec>(r, e.strides.c, lanes));
+        }
+        if (e.relu) {
+          v = Vec::relu(v);
+        }
+        store_lanes<Vec>(dst + j * s.w, s.c, v, lanes);
       }
     }
   }
@@ -237,7 +248,8 @@ struct WinogradConv {
   // (laid out row by row as tiles reach them, or converted up front when those rows exceed
   // kInputRowCacheBytes). Writes `out`, float32 [N, Cout, Ho, Wo] with any strides.
   static void run(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
-                  const ConvGeometry& g, const at::Tensor& out) {
+                  const ConvGeometry& g, const OutputEpilogue& epilogue, const at::Tensor& out) {
+    TORCH_CHECK(epilogue.residual == nullptr || !epilogue.residual_bf16, "Winograd: the residual must be float32");
     TORCH_CHECK(winograd_applies(g), "Winograd F(4x4,3x3) needs a 3x3, stride-1, dilation-1, one-group convolution");
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == at::IntArrayRef({g.batch, g.in_channels, g.in_h, g.in_w}),
                 "Winograd: expected a float32 input of size [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ",
@@ -251,7 +263,7 @@ struct WinogradConv {
       tile_blocks(Args{input.const_data_ptr<float>(), strides_of(input), u.const_data_ptr<float>(),
                        b.defined() ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
                        strides_of(out), g, blocks,
-                       (g.out_h + kOut - 1) / kOut, (g.out_w + kOut - 1) / kOut});
+                       (g.out_h + kOut - 1) / kOut, (g.out_w + kOut - 1) / kOut, epilogue});
     }
   }
 };

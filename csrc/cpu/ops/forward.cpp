@@ -1,5 +1,7 @@
-// The forward pass on the CPU: the plan's kernel (direct, Winograd, or a bfloat16 unit), else
-// im2col + GEMM (1x1 layers on an NCHW input: a GEMM of the sampled pixels in NCHW).
+// The forward pass on the CPU, plain (conv2d_forward) or with the inference epilogue
+// (conv2d_fused: + residual, ReLU): the plan's kernel (direct, Winograd, or a bfloat16 unit), which
+// applies the epilogue to its float32 sums before it writes them, else im2col + GEMM (1x1 layers
+// on an NCHW input: a GEMM of the sampled pixels in NCHW), after which the epilogue is one pass.
 #include "passes.h"
 
 #include "../gemm_columns.h"
@@ -64,39 +66,64 @@ at::Tensor forward_by_gemm(const at::Tensor& input, const at::Tensor& weight, co
   return nchw_from_nhwc(out, conv_output_memory_format(input));
 }
 
-} // namespace
-
-at::Tensor conv2d_forward(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    int64_t groups) {
+// The forward of both ops (below): the plain convolution when there is no residual and no ReLU.
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
+  const bool has_residual = residual.has_value() && residual->defined();
+  if (has_residual) {
+    check_residual(*residual, input, g);
+  }
   const at::ScalarType dtype = input.scalar_type();
   // Outside training the packed weight is kept for the next call (packed_weights.h).
   const ConvPlan plan = plan_convolution(cpu_options(), g, dtype, Pass::forward, weights_stay_packed(),
-                                         bias.has_value() && bias->defined());
+                                         Epilogue{bias.has_value() && bias->defined(), has_residual, relu});
   if (plan.algo != Algo::gemm) {
     // The bfloat16 units read bfloat16; every other kernel float32 (a bfloat16 or float16 input
-    // is widened as it is laid out NHWC).
+    // is widened as it is laid out NHWC, and so is a residual: the kernel adds it to its float32
+    // sums and the result is rounded once).
     const at::Tensor x = plan.input == InputStrategy::widened
         ? nhwc_pixels(input, 1, 1, at::kFloat).permute({0, 3, 1, 2})
         : input;
-    return run_convolution(plan, x, weight, float_or_none(bias), conv_output_memory_format(input)).to(dtype);
-  }
-  if (widened_to_float(dtype)) {
-    return conv2d_forward(input.to(at::kFloat), weight.to(at::kFloat), float_or_none(bias), stride, padding, dilation,
-                          groups)
+    const bool widened_residual = has_residual && plan.unit == Bf16Kernel::none && dtype != at::kFloat;
+    const c10::optional<at::Tensor> kernel_residual =
+        widened_residual ? c10::optional<at::Tensor>(residual->to(at::kFloat)) : residual;
+    return run_convolution(plan, x, weight, float_or_none(bias), conv_output_memory_format(input), kernel_residual)
         .to(dtype);
   }
-  if (g.samples_pixels() && g.groups == 1 && conv_output_memory_format(input) == at::MemoryFormat::Contiguous) {
-    return pointwise_nchw(input, weight, bias, g);
+  if (widened_to_float(dtype)) {  // in float32, the epilogue included, then one rounding
+    return forward(input.to(at::kFloat), weight.to(at::kFloat), float_or_none(bias), float_or_none(residual), relu,
+                   stride, padding, dilation, groups)
+        .to(dtype);
   }
-  return forward_by_gemm(input, weight, bias, g, plan.options.column_bytes);
+  at::Tensor out;
+  if (g.samples_pixels() && g.groups == 1 && conv_output_memory_format(input) == at::MemoryFormat::Contiguous) {
+    out = pointwise_nchw(input, weight, bias, g);
+  } else {
+    out = forward_by_gemm(input, weight, bias, g, plan.options.column_bytes);
+  }
+  if (has_residual) {  // the GEMM paths' epilogue: passes over the output
+    out.add_(*residual);
+  }
+  if (relu) {
+    out.relu_();
+  }
+  return out;
+}
+
+} // namespace
+
+at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return forward(input, weight, bias, c10::nullopt, false, stride, padding, dilation, groups);
+}
+
+at::Tensor conv2d_fused(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return forward(input, weight, bias, residual, relu, stride, padding, dilation, groups);
 }
 
 } // namespace miniplaces_ext::cpu

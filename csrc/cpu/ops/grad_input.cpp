@@ -98,7 +98,7 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
       // (With stride 1, a 1x1 layer's grad_input stays one GEMM: grad_input_by_gemm.)
       const bool strided = g.stride_h > 1 || g.stride_w > 1;
       ConvPlan plan =
-          plan_convolution(options, t, dy.scalar_type(), Pass::grad_input, false, false, /*gemm_form=*/!strided);
+          plan_convolution(options, t, dy.scalar_type(), Pass::grad_input, false, Epilogue{}, /*gemm_form=*/!strided);
       if (plan.algo == Algo::gemm || (bf16_tiles && plan.unit != Bf16Kernel::tiles)) {
         return std::nullopt;
       }
