@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from miniplaces_ext import _library as ext_library, models, nn as ext_nn
 
@@ -79,6 +79,33 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """--no-fuse and --dtype: how --use-custom-conv runs a network for inference (inference_network)."""
+    parser.add_argument("--no-fuse", action="store_true",
+                        help="with --use-custom-conv: run the network as swap_convs leaves it (BatchNorm, ReLU and "
+                             "residual adds as separate passes) instead of optimize_for_inference's fused network")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the fused network's weights and activations (default float32; bfloat16 needs "
+                             "--use-custom-conv without --no-fuse)")
+
+
+def check_inference_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One clear error for a --dtype that nothing would run in."""
+    if args.dtype != "float32" and (not args.use_custom_conv or args.no_fuse):
+        parser.error("--dtype bfloat16 runs our fused network: add --use-custom-conv (and drop --no-fuse)")
+
+
+def inference_network(model: nn.Module, args: argparse.Namespace, method: str = "forward") -> Callable[..., Tensor]:
+    """What a command runs for inference: with --use-custom-conv, optimize_for_inference's fused
+    network of `method` (BatchNorm folded, ReLU and residual adds in our kernels' epilogue, --dtype)
+    unless --no-fuse; else the model's own `method`."""
+    if getattr(args, "use_custom_conv", False) and not getattr(args, "no_fuse", True):
+        from miniplaces_ext.inference import optimize_for_inference
+
+        return optimize_for_inference(model, getattr(torch, args.dtype), method=method)
+    return getattr(model, method)
 
 
 def load_model(arch: str, args: argparse.Namespace, device: torch.device) -> nn.Module:

@@ -4,15 +4,16 @@
     python -m miniplaces_ext.evaluate --arch all --limit 500 --json results.json
     python -m miniplaces_ext.evaluate --use-custom-conv --compare-native --confusion confusion.png
     python -m miniplaces_ext.evaluate --split test --submission submission.txt   # challenge file (kit format)
-    python -m miniplaces_ext.evaluate --optimize --dtype bfloat16 --compare-native   # fused, bf16, vs torch
+    python -m miniplaces_ext.evaluate --use-custom-conv --dtype bfloat16 --compare-native   # bf16, vs torch
     torchrun --nproc_per_node=2 -m miniplaces_ext.evaluate --use-custom-conv     # split sharded over 2 processes
 
 Batched, with parallel decoding, a progress bar and images/s. With
---use-custom-conv every convolution runs on miniplaces_ext's kernels;
---compare-native also runs torch's convs on the same batches and reports how
-often the predictions agree and the largest logit difference. --optimize runs the
-network as miniplaces_ext.optimize_for_inference prepares it (BatchNorm folded, ReLU
-and residual adds fused into our convolutions, weights channels_last in --dtype). --submission writes
+--use-custom-conv every convolution runs on miniplaces_ext's kernels, in the network
+miniplaces_ext.optimize_for_inference prepares (BatchNorm folded, ReLU and residual
+adds in our kernels' epilogue, weights channels_last in --dtype); --no-fuse runs the
+network as swap_convs leaves it instead. --compare-native also runs torch's eager
+float32 network on the same batches and reports how often the predictions agree and
+the largest logit difference. --submission writes
 every image's top-5 class ids in the development kit's format (submission.py); on
 the test split (unlabelled) that is all it reports.
 """
@@ -172,16 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(one per arch)")
     parser.add_argument("--submission", metavar="TXT",
                         help="write every image's top-5 class ids in the challenge kit's format (one per arch)")
-    parser.add_argument("--optimize", action="store_true",
-                        help="run optimize_for_inference's network: BatchNorm folded, ReLU and residual adds fused "
-                             "into our convolutions (implies --use-custom-conv)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="with --optimize: the network's weights and activations (default float32)")
+    cli.add_inference_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.dtype != "float32" and not args.optimize:
-        parser.error("--dtype applies to the --optimize network: add --optimize")
-    args.use_custom_conv = args.use_custom_conv or args.optimize
+    cli.check_inference_args(parser, args)
     if args.split == "test" and not args.submission:
         parser.error("the test split has no labels: add --submission FILE to write the challenge file")
     if args.split == "test" and (args.confusion or args.per_class or args.report):
@@ -202,14 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: no {args.split} images under {dataset.root / 'images' / args.split}\n")
 
     say = cli.table_printer(args)
-    report = {"split": args.split, "custom_conv": args.use_custom_conv, "device": str(device), "results": {}}
+    report = {"split": args.split, "custom_conv": args.use_custom_conv,
+              "fused": args.use_custom_conv and not args.no_fuse, "dtype": args.dtype, "device": str(device),
+              "results": {}}
     for arch in models.ARCHS if args.arch == "all" else (args.arch,):
         model = cli.load_model(arch, args, device)
         native = ext_nn.restore_convs(copy.deepcopy(model)) if args.compare_native else None
-        if args.optimize:
-            from miniplaces_ext.inference import optimize_for_inference
-
-            model = optimize_for_inference(model, getattr(torch, args.dtype))
+        model = cli.inference_network(model, args)
         res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress,
                        rank, world)
         confusion = res.pop("confusion")
@@ -217,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         confidence = res.pop("confidence")
         if rank != 0:
             continue
-        kind = (f"fused, {args.dtype}" if args.optimize else "custom convs") if args.use_custom_conv else "torch convs"
+        fused = args.use_custom_conv and not args.no_fuse
+        kind = (f"our convs, fused, {args.dtype}" if fused else "our convs") if args.use_custom_conv else "torch convs"
         accuracy = f"top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  " if res["top1"] is not None else ""
         say(f"{arch} ({kind}) on {res['images']} {args.split} images: {accuracy}"
             f"{res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"

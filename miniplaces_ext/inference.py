@@ -8,7 +8,8 @@ inductor's freezing or ipex.optimize prepare one.
 The network is traced with torch.fx and every convolution becomes one ``conv2d_fused`` call
 (FusedConv2d): a BatchNorm that follows it is folded into its weight and bias (in float64,
 then cast), and a ReLU that follows it, or a residual add followed by a ReLU (a ResNet
-BasicBlock's tail), becomes the op's epilogue. Weights are stored channels_last (and in
+BasicBlock's tail), becomes the op's epilogue, which our CPU kernels apply to their float32 sums
+before they write them (one rounding for bfloat16, no pass over memory afterwards). Weights are stored channels_last (and in
 bfloat16 with dtype=torch.bfloat16) once, when the copy is built; the input is cast once on the
 way in and the logits once on the way out, so no autocast is needed around it. What cannot be
 fused (a BatchNorm after something other than a convolution, a non-zero padding mode) runs as
@@ -154,11 +155,24 @@ def _fuse(gm: torch.fx.GraphModule) -> dict[str, int]:
     return counts
 
 
+class _Method(nn.Module):
+    """A module whose forward is another method of `model` (get_features, say), to trace that."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.model, self.method)(x)
+
+
 def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
-                           channels_last: bool = True) -> nn.Module:
+                           channels_last: bool = True, method: str = "forward") -> nn.Module:
     """A copy of `model` (which is left untouched) for evaluation on our kernels: BatchNorm folded,
     ReLU and residual adds in the convolutions' epilogue, weights packed channels_last in `dtype`
     (float32 or bfloat16) once; takes what the model takes, returns float32. See the module doc.
+    `method` names what the copy computes: the model's forward, or another method taking one
+    tensor, e.g. ``"get_features"`` (the course networks' penultimate features, for retrieval).
 
     Raises ValueError for a model in training mode (folding needs BatchNorm's running statistics)
     or an unsupported dtype; the returned model raises for inputs that require grad."""
@@ -167,7 +181,9 @@ def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
                          "(BatchNorm is folded with its running statistics)")
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"optimize_for_inference: dtype must be torch.float32 or torch.bfloat16, got {dtype}")
-    root = copy.deepcopy(model)
+    if not callable(getattr(model, method, None)):
+        raise ValueError(f"optimize_for_inference: {type(model).__name__} has no method {method!r}")
+    root = copy.deepcopy(model) if method == "forward" else _Method(copy.deepcopy(model), method)
     gm = torch.fx.GraphModule(root, _ConvLeafTracer().trace(root), type(model).__name__)
     counts = _fuse(gm)
     log.debug("optimize_for_inference: %s", counts)

@@ -180,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
     parser.add_argument("--output", metavar="FILE", help="append rows to FILE.csv or FILE.jsonl; rerun to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_inference_args(parser)
     cli.add_json_arg(parser, "the predictions")
     args = parser.parse_args(argv)
+    cli.check_inference_args(parser, args)
     side_by_side = args.arch == "all"
     if side_by_side and args.weights:
         parser.error("--weights names one checkpoint: give it with --arch resnet18 or alexnet "
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"save it as {{'state_dict': ..., 'classes': [...]}} as train does\n")
         if args.topk > len(classes):
             parser.error(f"--topk {args.topk} is more than the {arch} model's {len(classes)} classes")
-        networks[arch] = (model, classes, indoor_outdoor.environment_labels(classes))
+        networks[arch] = (cli.inference_network(model, args), classes, indoor_outdoor.environment_labels(classes))
     writer = None
     if args.output:
         try:

@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Optional
 
@@ -30,10 +31,18 @@ FEATURE_VERSION = 1  # bump when feature extraction changes
 DEFAULT_CACHE_DIR = os.environ.get("MINIPLACES_CACHE", ".cache/miniplaces_ext")
 
 
-def cache_key(arch: str, weights: Path, dataset: data.MiniplacesDataset, custom_conv: bool) -> str:
-    """What the cached features depend on, hashed."""
+def conv_kind(use_custom_conv: bool, fused: bool = False, dtype: str = "float32") -> str:
+    """Which convolutions computed a gallery's features: "torch", "ours" (swap_convs) or
+    "ours, fused, <dtype>" (optimize_for_inference's network)."""
+    if not use_custom_conv:
+        return "torch"
+    return f"ours, fused, {dtype}" if fused else "ours"
+
+
+def cache_key(arch: str, weights: Path, dataset: data.MiniplacesDataset, convs: str) -> str:
+    """What the cached features depend on, hashed (`convs`: conv_kind's answer)."""
     items = hashlib.sha256("\n".join(f"{p} {l}" for p, l in dataset.items).encode()).hexdigest()
-    parts = [arch, data.sha256_of(weights), dataset.split, items, f"custom={custom_conv}", f"v{FEATURE_VERSION}"]
+    parts = [arch, data.sha256_of(weights), dataset.split, items, f"convs={convs}", f"v{FEATURE_VERSION}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -80,11 +89,11 @@ def extract_features(model: torch.nn.Module, dataset: data.MiniplacesDataset, ba
 
 
 def load_or_build_gallery(model: torch.nn.Module, arch: str, weights: Path, dataset: data.MiniplacesDataset,
-                          custom_conv: bool, cache_dir: str | Path, device: torch.device, batch_size: int = 100,
+                          convs: str, cache_dir: str | Path, device: torch.device, batch_size: int = 100,
                           workers: int = 2, progress: bool = True) -> tuple[dict, Path]:
     """The gallery's features from the cache in `cache_dir` when it is intact and current, else
     extracted (and cached atomically); with the cache file's path."""
-    key = cache_key(arch, weights, dataset, custom_conv)
+    key = cache_key(arch, weights, dataset, convs)
     cache_path = Path(cache_dir) / f"{arch}_{dataset.split}_{key}.pt"
     gallery = load_cache(cache_path, key)
     if gallery is None:
@@ -137,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="neighbours.png", help="montage PNG (default: neighbours.png)")
     cli.add_json_arg(parser, "the neighbours")
     parser.add_argument("--no-progress", action="store_true")
+    cli.add_inference_args(parser)
     args = parser.parse_args(argv)
+    cli.check_inference_args(parser, args)
     device = cli.setup(args)
     try:
         dataset = data.MiniplacesDataset(args.data_root, args.gallery, limit=args.limit)
@@ -147,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {exc}\n")
     args.weights = str(weights)
     model = cli.load_model(args.arch, args, device)
-
-    gallery, cache_path = load_or_build_gallery(model, args.arch, weights, dataset, args.use_custom_conv,
-                                                args.cache_dir, device, args.batch_size, args.workers,
-                                                not args.no_progress)
+    # The features of the fused network (optimize_for_inference) with --use-custom-conv, unless --no-fuse.
+    net = types.SimpleNamespace(get_features=cli.inference_network(model, args, method="get_features"))
+    convs = conv_kind(args.use_custom_conv, not args.no_fuse, args.dtype)
+    gallery, cache_path = load_or_build_gallery(net, args.arch, weights, dataset, convs, args.cache_dir, device,
+                                                args.batch_size, args.workers, not args.no_progress)
 
     with torch.inference_mode():
-        q = model.get_features(query[None].to(device, memory_format=torch.channels_last)).float().cpu()[0]
+        q = net.get_features(query[None].to(device, memory_format=torch.channels_last)).float().cpu()[0]
     query_path = Path(args.image).resolve()
     extra = 0 if args.keep_self else 1
     dist, idx = nearest(q, gallery["features"], args.k + extra)

@@ -31,6 +31,7 @@ from PIL import Image
 
 from miniplaces_ext import cam, data, dream, indoor_outdoor, models, retrieve
 from miniplaces_ext import nn as ext_nn
+from miniplaces_ext.inference import optimize_for_inference
 from miniplaces_ext.predict import describe
 
 log = logging.getLogger("miniplaces_ext.scene_service")
@@ -124,6 +125,9 @@ class SceneService:
             raise ServiceError(f"{self.weights} has no class names and is not a 100-class Miniplaces model")
         shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
         self.nets = {"torch": base, "custom": ext_nn.swap_convs(copy.deepcopy(base, memo=shared))}
+        # Predictions on our convs run optimize_for_inference's fused network (BatchNorm folded, ReLU and
+        # residual adds in the kernels' epilogue); CAMs, dreams and neighbours the swapped one.
+        self.predictors = {"torch": base, "custom": optimize_for_inference(self.nets["custom"])}
         self.environments = indoor_outdoor.environment_labels(self.classes)
         self.lock = threading.Lock()
         self.photos = photos if photos is not None else PhotoStore()
@@ -170,7 +174,7 @@ class SceneService:
         with self.lock, torch.inference_mode():
             for c in (conv, other):
                 start = time.perf_counter()
-                probs[c] = self.nets[c](x).float().softmax(1)
+                probs[c] = self.predictors[c](x).float().softmax(1)
                 seconds[c] = time.perf_counter() - start
         result = describe(probs[conv], self.classes, topk, self.environments)[0]
         result["other"] = describe(probs[other], self.classes, topk, self.environments)[0]["top"]
@@ -211,7 +215,8 @@ class SceneService:
 
         try:
             gallery, _ = retrieve.load_or_build_gallery(types.SimpleNamespace(get_features=features), self.arch,
-                                                        self.weights, self._dataset, True, self._cache_dir,
+                                                        self.weights, self._dataset, retrieve.conv_kind(True),
+                                                        self._cache_dir,
                                                         self.device, workers=0, progress=progress)
             self._gallery = gallery
             self.gallery_state.update(status="ready", done=len(gallery["paths"]),

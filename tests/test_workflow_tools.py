@@ -45,7 +45,8 @@ def test_retrieve_cli_caches_and_recovers(small_root, small_weights, tmp_path, c
     assert retrieve.main(args) == 0
     assert json.loads(capsys.readouterr().out)["neighbours"] == first["neighbours"]
     assert retrieve.load_cache(caches[0], retrieve.cache_key(
-        "resnet18", small_weights, data.MiniplacesDataset(small_root, "val"), True)) is not None
+        "resnet18", small_weights, data.MiniplacesDataset(small_root, "val"),
+        retrieve.conv_kind(True, fused=True))) is not None
 
     # Other weights -> another key -> another cache file.
     torch.manual_seed(1)
