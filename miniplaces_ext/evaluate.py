@@ -20,12 +20,14 @@ the test split (unlabelled) that is all it reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import sys
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission", metavar="TXT",
                         help="write every image's top-5 class ids in the challenge kit's format (one per arch)")
     cli.add_inference_args(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="run the network under torch.compile with inductor's freezing (what a user picks for "
+                             "speed with torch's convolutions; compiles on the first batch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     cli.check_inference_args(parser, args)
@@ -198,14 +203,18 @@ def main(argv: list[str] | None = None) -> int:
 
     say = cli.table_printer(args)
     report = {"split": args.split, "custom_conv": args.use_custom_conv,
-              "fused": args.use_custom_conv and not args.no_fuse, "dtype": args.dtype, "device": str(device),
+              "fused": args.use_custom_conv and not args.no_fuse, "dtype": args.dtype, "compiled": args.compile,
+              "device": str(device),
               "results": {}}
     for arch in models.ARCHS if args.arch == "all" else (args.arch,):
         model = cli.load_model(arch, args, device)
         native = ext_nn.restore_convs(copy.deepcopy(model)) if args.compare_native else None
         model = cli.inference_network(model, args)
-        res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress,
-                       rank, world)
+        if args.compile:
+            model = torch.compile(model)
+        with inductor_config.patch(freezing=True) if args.compile else contextlib.nullcontext():
+            res = evaluate(model, dataset, args.batch_size, args.workers, device, native, not args.no_progress,
+                           rank, world)
         confusion = res.pop("confusion")
         top5_ids = res.pop("top5_ids")
         confidence = res.pop("confidence")
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         fused = args.use_custom_conv and not args.no_fuse
         kind = (f"our convs, fused, {args.dtype}" if fused else "our convs") if args.use_custom_conv else "torch convs"
+        kind += ", torch.compile (freezing)" if args.compile else ""
         accuracy = f"top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  " if res["top1"] is not None else ""
         say(f"{arch} ({kind}) on {res['images']} {args.split} images: {accuracy}"
             f"{res['images_per_second']:.1f} img/s  {res['seconds']:.1f} s"

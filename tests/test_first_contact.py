@@ -103,6 +103,8 @@ def test_predict_batches_give_the_same_answers(tmp_path, capsys):
     (["--compare-native"], "add --use-custom-conv"),
     (["--limit", "-5"], "must be a positive integer"),
     (["--limit", "0"], "must be a positive integer"),
+    (["--dtype", "bfloat16"], "add --use-custom-conv"),
+    (["--use-custom-conv", "--no-fuse", "--dtype", "bfloat16"], "drop --no-fuse"),
 ])
 def test_evaluate_rejects_meaningless_options(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
