@@ -77,6 +77,13 @@ TORCH_LIBRARY(miniplaces_ext, m) {
   m.def(
       "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The inference op optimize_for_inference builds networks from: relu?(conv2d(input, weight, bias)
+  // + residual?), a BatchNorm already folded into weight and bias; the device kernels apply the
+  // epilogue to their float32 (op-math) sums and round once (csrc/cpu/ops/forward.cpp,
+  // csrc/cuda/conv_problems.cuh's ForwardProblem::store). No autograd: inference only.
+  m.def(
+      "conv2d_fused(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, bool relu, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def(
       "conv1d_forward(Tensor input, Tensor weight, Tensor? bias, int[1] stride, int[1] padding, "
       "int[1] dilation, int groups) -> Tensor");

@@ -366,3 +366,52 @@ def test_harness_checks_launch_settings():
         OPS.configure("forward", 0, "middle")
     with pytest.raises(RuntimeError, match="max_grid_z must be"):
         OPS.configure("forward", 0, "after", 0)
+
+
+# conv2d_fused on CUDA: bias, residual and ReLU in the implicit GEMM's store (ForwardProblem::store).
+RESIDUAL_LAYOUTS = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "strided": lambda t: torch.stack([t, t], dim=-1).flatten(-2)[..., ::2],  # neither layout
+}
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3], CASES[7]])
+@pytest.mark.parametrize("residual_layout", list(RESIDUAL_LAYOUTS))
+@pytest.mark.parametrize("relu", [True, False])
+def test_fused_epilogue_float32_is_conv_add_relu(case, residual_layout, relu):
+    """float32 (CUDA cores, TF32 off): the store adds the bias, then the residual, then ReLUs, as
+    the unfused ops do in float32: the same bits, under every thread order, NaN poison included."""
+    *_, stride, padding, dilation, groups = case
+    conf = (list(stride), list(padding), list(dilation), groups)
+    x, weight, bias, dy = _inputs(case, torch.float32, "contiguous")
+    residual = RESIDUAL_LAYOUTS[residual_layout](torch.randn(dy.shape, generator=torch.Generator().manual_seed(5)))
+    for order in ORDERS:
+        OPS.configure(order, 1234, "after")
+        OPS.launches()
+        fused = OPS.conv2d_fused(x, weight, bias, residual, relu, *conf)
+        assert OPS.launches() == ["implicit_gemm<forward,simt,cp.async>"]  # one kernel: no pass afterwards
+        expected = OPS.conv2d_forward(x, weight, bias, *conf) + residual
+        assert torch.equal(fused, expected.relu() if relu else expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("residual_layout", ["contiguous", "channels_last"])
+def test_fused_epilogue_rounds_once_on_tensor_cores(dtype, residual_layout):
+    """float16 / bfloat16 on tensor cores: small integer operands make the float32 accumulator
+    exact, so the output must be the exact conv + bias + residual, ReLU'd, rounded once (two
+    roundings, conv then add, would differ on some elements)."""
+    g = torch.Generator().manual_seed(7)
+    top = 32 if dtype == torch.float16 else 8  # sums beyond float16's 11 (bfloat16's 8) significant bits
+    x = torch.randint(-top, top + 1, (2, 32, 10, 10), generator=g).to(dtype)
+    weight = torch.randint(-top, top + 1, (32, 32, 3, 3), generator=g).to(dtype)
+    bias = torch.randint(-64, 65, (32,), generator=g).to(dtype)
+    conv = F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)
+    residual = RESIDUAL_LAYOUTS[residual_layout](torch.randint(-300, 301, conv.shape, generator=g).to(dtype))
+    exact = (conv + residual.double()).relu()
+    once = exact.float().to(dtype)
+    twice = (conv.float().to(dtype).float() + residual.float()).relu().to(dtype)
+    assert not torch.equal(once, twice)  # the case tells one rounding from two
+    fused = OPS.conv2d_fused(x, weight, bias, residual, True, [1, 1], [1, 1], [1, 1], 1)
+    assert "wmma" in OPS.launches()[0]
+    assert torch.equal(fused, once)

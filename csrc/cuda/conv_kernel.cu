@@ -46,6 +46,7 @@ class CudaLauncher {
 
 TORCH_LIBRARY_IMPL(miniplaces_ext, CUDA, m) {
   m.impl("conv2d_forward", &forward_op<CudaLauncher>);
+  m.impl("conv2d_fused", &fused_op<CudaLauncher>);
   m.impl("conv2d_backward", &backward_op<CudaLauncher>);
 }
 

@@ -98,12 +98,16 @@ bool channels_innermost_vectors(const at::Tensor& x, const at::Tensor& w, const 
   return geo.in_channels_per_group() % kPerThread == 0 && vector_ready(x) && vector_ready(w);
 }
 
+// relu?(conv2d + bias + residual?): the inference epilogue in the forward kernel's store (one
+// rounding); `residual` [N, Cout, Ho, Wo] in the input's dtype, any strides, or undefined.
 template <typename Launcher>
 at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at::Tensor& input,
-                          const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+                          const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          const at::Tensor& residual = at::Tensor(), bool relu = false) {
   const at::Tensor x = launcher.input(input);
   const at::Tensor w = launcher.input(weight);
   const at::Tensor b = bias.has_value() && bias->defined() ? launcher.input(*bias) : at::Tensor();
+  const at::Tensor r = residual.defined() ? launcher.input(residual) : at::Tensor();
   at::Tensor out = launcher.empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options(),
                                   conv_output_memory_format(input));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "miniplaces_conv2d_forward_cuda", [&] {
@@ -111,7 +115,8 @@ at::Tensor conv2d_forward(Launcher& launcher, const ConvGeometry& geo, const at:
       return ForwardProblem<scalar_t, decltype(channels_innermost)::value>{
           x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-          strides_of(x), strides_of(w), strides_of(out), geo, k_step};
+          strides_of(x), strides_of(w), strides_of(out), geo, k_step,
+          r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, r.defined() ? strides_of(r) : Strides4{}, relu};
     };
     if (channels_innermost_vectors<scalar_t>(x, w, geo)) {
       launch_gemm(launcher, "forward",
@@ -213,6 +218,20 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const c
   const ConvGeometry geo = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   Launcher launcher(input);
   return conv2d_forward(launcher, geo, input, weight, bias);
+}
+
+// The op conv2d_fused with kernels run by Launcher: the epilogue in the forward kernel.
+template <typename Launcher>
+at::Tensor fused_op(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                    const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
+                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const ConvGeometry geo = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  const bool has_residual = residual.has_value() && residual->defined();
+  if (has_residual) {
+    check_residual(*residual, input, geo);
+  }
+  Launcher launcher(input);
+  return conv2d_forward(launcher, geo, input, weight, bias, has_residual ? *residual : at::Tensor(), relu);
 }
 
 // The op conv2d_backward with kernels run by Launcher.

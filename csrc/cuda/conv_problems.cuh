@@ -90,6 +90,11 @@ struct ForwardProblem {
   ConvGeometry g;
   MixedRadixStep k_step;  // over k = (c, i, j): radices kernel_h, kernel_w; channels innermost:
                           // k = (i, j, c), radices kernel_w, in_channels_per_group
+  // The inference epilogue (conv2d_fused): + residual (or nullptr), then ReLU, on the accumulator,
+  // before the one rounding to scalar_t.
+  const scalar_t* residual = nullptr;
+  Strides4 rs{};
+  bool relu = false;
 
   struct Row {  // output pixel m = (n, oh, ow)
     const scalar_t* x;  // image n, first channel of the group
@@ -130,6 +135,8 @@ struct ForwardProblem {
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = m / g.out_pixels();
     const int64_t oc = z * g.out_channels_per_group() + co;
     if (bias != nullptr) v += static_cast<acc_t>(bias[oc]);
+    if (residual != nullptr) v += static_cast<acc_t>(residual[rs.at(n, oc, oh, ow)]);
+    if (relu && v < acc_t(0)) v = acc_t(0);  // a NaN stays NaN, as torch's ReLU keeps it
     out[os.at(n, oc, oh, ow)] = static_cast<scalar_t>(v);
   }
 };

@@ -4,7 +4,7 @@
 //
 // Ops (CPU tensors, same arguments as miniplaces_ext's conv2d_forward/backward), in their own
 // namespace of this test-only extension (never part of the shipped miniplaces_ext._C):
-//   cuda_on_cpu::conv2d_forward, cuda_on_cpu::conv2d_backward
+//   cuda_on_cpu::conv2d_forward, cuda_on_cpu::conv2d_backward, cuda_on_cpu::conv2d_fused
 //   cuda_on_cpu::configure(order, seed, guard, max_grid_z, compute_capability)  how the next launches run
 //   cuda_on_cpu::launches()                    kernels launched since the last call
 // tests/test_cuda_on_cpu.py builds the extension (tests/cuda_on_cpu_harness.py) and drives them.
@@ -110,6 +110,9 @@ TORCH_LIBRARY(cuda_on_cpu, m) {
   m.def(
       "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "conv2d_fused(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, bool relu, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def("configure(str order, int seed, str guard, int max_grid_z=65535, int compute_capability=90) -> ()",
         &configure);
   m.def("launches() -> str[]", &launches);
@@ -117,6 +120,7 @@ TORCH_LIBRARY(cuda_on_cpu, m) {
 
 TORCH_LIBRARY_IMPL(cuda_on_cpu, CPU, m) {
   m.impl("conv2d_forward", &cuda::forward_op<HostLauncher>);
+  m.impl("conv2d_fused", &cuda::fused_op<HostLauncher>);
   m.impl("conv2d_backward", &cuda::backward_op<HostLauncher>);
 }
 
