@@ -123,11 +123,21 @@ struct TileWeightGrad {
     uint16_t* xp = static_cast<uint16_t*>(planes.mutable_data_ptr());
     uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
     const Strides4 xst = strides_of(x), dst = strides_of(dy);
+    // The phases some tap reads (a 1x1/2 layer reads one of its four): the others stay zero.
+    std::vector<char> read(sh * sw, 0);
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        read[((i * g.dilation_h) % sh) * sw + (j * g.dilation_w) % sw] = 1;
+      }
+    }
     at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / g.in_h, ih = t % g.in_h, row = ih + top;
         for (int64_t iw = 0; iw < g.in_w; ++iw) {
           const int64_t column = iw + left;
+          if (!read[(row % sh) * sw + column % sw]) {
+            continue;
+          }
           uint16_t* to = xp + ((n * sh + row % sh) * sw + column % sw) * g.in_channels * plane +
               (row / sh) * wq + column / sw;
           const uint16_t* from = xs + n * xst.n + ih * xst.h + iw * xst.w;
