@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace miniplaces_ext::cpu {
@@ -40,9 +41,7 @@ void im2col(const scalar_t* x, scalar_t* col, const ConvGeometry& g, int64_t row
         const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
         if (row_is_one_run && ih >= 0 && ih < g.in_h) {
           const scalar_t* src = x + ((n * g.in_h + ih) * g.in_w + iw0) * g.in_channels;
-          for (int64_t e = 0; e < g.kernel_w * cg; ++e) {
-            dst[e] = src[e];
-          }
+          std::memcpy(dst, src, g.kernel_w * cg * sizeof(scalar_t));
           dst += g.kernel_w * cg;
           continue;
         }
