@@ -91,9 +91,14 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
                              "--use-custom-conv without --no-fuse)")
 
 
+def runs_fused(args: argparse.Namespace) -> bool:
+    """Whether the command runs optimize_for_inference's fused network: --use-custom-conv without --no-fuse."""
+    return getattr(args, "use_custom_conv", False) and not getattr(args, "no_fuse", True)
+
+
 def check_inference_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One clear error for a --dtype that nothing would run in."""
-    if args.dtype != "float32" and (not args.use_custom_conv or args.no_fuse):
+    if args.dtype != "float32" and not runs_fused(args):
         parser.error("--dtype bfloat16 runs our fused network: add --use-custom-conv (and drop --no-fuse)")
 
 
@@ -101,7 +106,7 @@ def inference_network(model: nn.Module, args: argparse.Namespace, method: str = 
     """What a command runs for inference: with --use-custom-conv, optimize_for_inference's fused
     network of `method` (BatchNorm folded, ReLU and residual adds in our kernels' epilogue, --dtype)
     unless --no-fuse; else the model's own `method`."""
-    if getattr(args, "use_custom_conv", False) and not getattr(args, "no_fuse", True):
+    if runs_fused(args):
         from miniplaces_ext.inference import optimize_for_inference
 
         return optimize_for_inference(model, getattr(torch, args.dtype), method=method)

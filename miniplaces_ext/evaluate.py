@@ -202,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: no {args.split} images under {dataset.root / 'images' / args.split}\n")
 
     say = cli.table_printer(args)
-    report = {"split": args.split, "custom_conv": args.use_custom_conv,
-              "fused": args.use_custom_conv and not args.no_fuse, "dtype": args.dtype, "compiled": args.compile,
-              "device": str(device),
-              "results": {}}
+    fused = cli.runs_fused(args)
+    report = {"split": args.split, "custom_conv": args.use_custom_conv, "fused": fused, "dtype": args.dtype,
+              "compiled": args.compile, "device": str(device), "results": {}}
     for arch in models.ARCHS if args.arch == "all" else (args.arch,):
         model = cli.load_model(arch, args, device)
         native = ext_nn.restore_convs(copy.deepcopy(model)) if args.compare_native else None
@@ -220,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         confidence = res.pop("confidence")
         if rank != 0:
             continue
-        fused = args.use_custom_conv and not args.no_fuse
         kind = (f"our convs, fused, {args.dtype}" if fused else "our convs") if args.use_custom_conv else "torch convs"
         kind += ", torch.compile (freezing)" if args.compile else ""
         accuracy = f"top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  " if res["top1"] is not None else ""

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     model = cli.load_model(args.arch, args, device)
     # The features of the fused network (optimize_for_inference) with --use-custom-conv, unless --no-fuse.
     net = types.SimpleNamespace(get_features=cli.inference_network(model, args, method="get_features"))
-    convs = conv_kind(args.use_custom_conv, not args.no_fuse, args.dtype)
+    convs = conv_kind(args.use_custom_conv, cli.runs_fused(args), args.dtype)
     gallery, cache_path = load_or_build_gallery(net, args.arch, weights, dataset, convs, args.cache_dir, device,
                                                 args.batch_size, args.workers, not args.no_progress)
 

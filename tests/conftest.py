@@ -14,6 +14,13 @@ from miniplaces_ext import models
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The layouts an operand is given in: NCHW, channels_last, and neither (read through its strides).
+LAYOUTS = {
+    "nchw": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "strided": lambda t: torch.stack([t, t], dim=-1).flatten(-2)[..., ::2],
+}
+
 # Our CUDA kernels, like cuDNN's convolutions, run float32 as TF32 on tensor cores when
 # torch.backends.cudnn.allow_tf32 is on (torch's default). The suite holds float32 results to
 # float32 arithmetic's bounds, so it runs with TF32 off; test_cuda_on_cpu's TF32 tests turn it on.

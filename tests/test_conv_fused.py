@@ -14,15 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import isa_params, use_cpu_kernel
+from conftest import LAYOUTS, isa_params, use_cpu_kernel
 
 OPS = torch.ops.miniplaces_ext
-
-LAYOUTS = {
-    "nchw": lambda t: t,
-    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
-    "strided": lambda t: torch.stack([t, t], dim=-1).flatten(-2)[..., ::2],  # neither layout
-}
 
 
 def unfused(x, w, b, residual, relu, stride, padding, groups=1):

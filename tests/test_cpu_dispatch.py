@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import miniplaces_ext as me
-from conftest import assert_within_accumulation_bound, conv_reference_with_bounds, isa_params, native_bf16_skip_reason, use_cpu_kernel
+from conftest import LAYOUTS, assert_within_accumulation_bound, conv_reference_with_bounds, isa_params, native_bf16_skip_reason, use_cpu_kernel
 
 SUPPORTED = me.cpu_capabilities()["supported"]
 
@@ -86,13 +86,6 @@ def test_direct_kernel_tails(isa, out_channels, width, monkeypatch):
     b = torch.randn(out_channels, generator=gen)
     ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
     torch.testing.assert_close(me.conv2d(x, w, b, padding=1).double(), ref, rtol=1e-5, atol=1e-5)
-
-
-LAYOUTS = {
-    "nchw": lambda t: t,
-    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
-    "strided": lambda t: torch.stack([t, t], dim=-1).flatten(-2)[..., ::2],  # neither layout: read through strides
-}
 
 
 @pytest.mark.parametrize("isa", isa_params())

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import miniplaces_ext  # noqa: F401  (loads the ops)
 from cuda_on_cpu_harness import load_harness
-from conftest import assert_within_accumulation_bound, conv_reference_with_bounds
+from conftest import LAYOUTS, assert_within_accumulation_bound, conv_reference_with_bounds
 
 OPS = load_harness()
 ORDERS = ["forward", "reverse", "random"]
@@ -369,15 +369,8 @@ def test_harness_checks_launch_settings():
 
 
 # conv2d_fused on CUDA: bias, residual and ReLU in the implicit GEMM's store (ForwardProblem::store).
-RESIDUAL_LAYOUTS = {
-    "contiguous": lambda t: t,
-    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
-    "strided": lambda t: torch.stack([t, t], dim=-1).flatten(-2)[..., ::2],  # neither layout
-}
-
-
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3], CASES[7]])
-@pytest.mark.parametrize("residual_layout", list(RESIDUAL_LAYOUTS))
+@pytest.mark.parametrize("residual_layout", list(LAYOUTS))
 @pytest.mark.parametrize("relu", [True, False])
 def test_fused_epilogue_float32_is_conv_add_relu(case, residual_layout, relu):
     """float32 (CUDA cores, TF32 off): the store adds the bias, then the residual, then ReLUs, as
@@ -385,7 +378,7 @@ def test_fused_epilogue_float32_is_conv_add_relu(case, residual_layout, relu):
     *_, stride, padding, dilation, groups = case
     conf = (list(stride), list(padding), list(dilation), groups)
     x, weight, bias, dy = _inputs(case, torch.float32, "contiguous")
-    residual = RESIDUAL_LAYOUTS[residual_layout](torch.randn(dy.shape, generator=torch.Generator().manual_seed(5)))
+    residual = LAYOUTS[residual_layout](torch.randn(dy.shape, generator=torch.Generator().manual_seed(5)))
     for order in ORDERS:
         OPS.configure(order, 1234, "after")
         OPS.launches()
@@ -396,7 +389,7 @@ def test_fused_epilogue_float32_is_conv_add_relu(case, residual_layout, relu):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("residual_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("residual_layout", ["nchw", "channels_last"])
 def test_fused_epilogue_rounds_once_on_tensor_cores(dtype, residual_layout):
     """float16 / bfloat16 on tensor cores: small integer operands make the float32 accumulator
     exact, so the output must be the exact conv + bias + residual, ReLU'd, rounded once (two
@@ -407,7 +400,7 @@ def test_fused_epilogue_rounds_once_on_tensor_cores(dtype, residual_layout):
     weight = torch.randint(-top, top + 1, (32, 32, 3, 3), generator=g).to(dtype)
     bias = torch.randint(-64, 65, (32,), generator=g).to(dtype)
     conv = F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)
-    residual = RESIDUAL_LAYOUTS[residual_layout](torch.randint(-300, 301, conv.shape, generator=g).to(dtype))
+    residual = LAYOUTS[residual_layout](torch.randint(-300, 301, conv.shape, generator=g).to(dtype))
     exact = (conv + residual.double()).relu()
     once = exact.float().to(dtype)
     twice = (conv.float().to(dtype).float() + residual.float()).relu().to(dtype)

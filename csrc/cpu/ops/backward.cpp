@@ -33,8 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const at::MemoryFormat format = conv_output_memory_format(input);
   // bfloat16 and float16 are computed in float32 (widened_to_float): grad_output and the input
   // are widened as they are laid out NHWC, the weight up front; each gradient is rounded once.
-  const std::optional<at::ScalarType> widen =
-      widened_to_float(input.scalar_type()) ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt;
+  const bool widen = widened_to_float(input.scalar_type());
   const at::Tensor w = widen ? weight.to(at::kFloat) : weight;
   at::Tensor grad_input, grad_weight_out, grad_bias_out;
   auto [need_input, need_weight, need_bias] = output_mask;
@@ -49,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   // grad_output [N, Cout, Ho, Wo] in the computation's dtype, in the layout it came in: the
   // kernels lay out its rows as they read them. Its NHWC pixels (a view when it is channels_last)
   // are made once, only for a path that needs them.
-  const at::Tensor dy = widen ? nhwc_pixels(grad_output, 1, 1, widen).permute({0, 3, 1, 2}) : grad_output;
+  const at::Tensor dy = widen ? widened_nhwc(grad_output) : grad_output;
   PixelRows dy_pixels(dy);
   if (need_input) {
     if (auto dx = grad_input_by_kernels(options, dy, w, g, format)) {

@@ -84,9 +84,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10:
     // The bfloat16 units read bfloat16; every other kernel float32 (a bfloat16 or float16 input
     // is widened as it is laid out NHWC, and so is a residual: the kernel adds it to its float32
     // sums and the result is rounded once).
-    const at::Tensor x = plan.input == InputStrategy::widened
-        ? nhwc_pixels(input, 1, 1, at::kFloat).permute({0, 3, 1, 2})
-        : input;
+    const at::Tensor x = plan.input == InputStrategy::widened ? widened_nhwc(input) : input;
     const bool widened_residual = has_residual && plan.unit == Bf16Kernel::none && dtype != at::kFloat;
     const c10::optional<at::Tensor> kernel_residual =
         widened_residual ? c10::optional<at::Tensor>(residual->to(at::kFloat)) : residual;

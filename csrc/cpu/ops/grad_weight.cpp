@@ -68,17 +68,17 @@ at::Tensor grad_weight_by_gemm(const at::Tensor& x, PixelRows& dy_pixels, const 
 
 at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, const at::Tensor& grad_output,
                        const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g,
-                       std::optional<at::ScalarType> widen) {
+                       bool widen) {
   const ConvPlan plan = plan_weight_grad(options, g, input.scalar_type());
   switch (plan.weight_grad) {
     case WeightGradMethod::tiles:
       return run_weight_grad(plan, input, grad_output);  // bfloat16 operands, float32 sums
     case WeightGradMethod::kernel:
-      return run_weight_grad(plan, widen ? nhwc_pixels(input, 1, 1, widen).permute({0, 3, 1, 2}) : input, dy);
+      return run_weight_grad(plan, widen ? widened_nhwc(input) : input, dy);
     case WeightGradMethod::gemm:
       break;
   }
-  return grad_weight_by_gemm(widen ? input.to(*widen) : input, dy_pixels, g, dy.scalar_type(),
+  return grad_weight_by_gemm(widen ? input.to(at::kFloat) : input, dy_pixels, g, dy.scalar_type(),
                              plan.options.column_bytes);
 }
 

@@ -10,6 +10,7 @@
 
 #include "../../conv.h"
 #include "../cpu_options.h"
+#include "../layout.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -60,7 +61,7 @@ at::Tensor grad_input_by_gemm(PixelRows& dy_pixels, const at::Tensor& weight, co
 // dtype (float32 for tiles), rounded by the caller.
 at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, const at::Tensor& grad_output,
                        const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g,
-                       std::optional<at::ScalarType> widen);
+                       bool widen);
 
 // The bias gradient: sums of dy over images and pixels, in dy's dtype (op-math accumulation).
 at::Tensor grad_bias(const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g);
@@ -68,6 +69,12 @@ at::Tensor grad_bias(const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeome
 // Whether `dtype` is computed by the float32 kernels (bfloat16, float16).
 inline bool widened_to_float(at::ScalarType dtype) {
   return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+// A bfloat16 / float16 [N, C, H, W] tensor in float32, laid out channels_last in the same pass
+// (the widened kernels' input, grad_output and weight-gradient operand).
+inline at::Tensor widened_nhwc(const at::Tensor& t) {
+  return nhwc_pixels(t, 1, 1, at::kFloat).permute({0, 3, 1, 2});
 }
 
 // The tensor in float32 (itself when it is float32), or none.
