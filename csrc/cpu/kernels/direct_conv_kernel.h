@@ -36,6 +36,7 @@
 #pragma once
 
 #include "../../conv.h"
+#include "aligned_vector.h"
 #include "input_rows.h"
 #include "../layout.h"
 #include "register_block.h"
@@ -295,7 +296,7 @@ struct DirectConv {
     const int64_t top = g.pad_h;
     const int64_t bottom = trailing_padding(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
     const int64_t hp = top + g.in_h + bottom, wp = left + g.in_w + right, C = g.in_channels;
-    std::vector<In> images(g.batch * hp * wp * C, In{0});
+    AlignedVector<In> images(g.batch * hp * wp * C, In{0});
     at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / g.in_h, ih = t % g.in_h;
@@ -309,7 +310,7 @@ struct DirectConv {
     const auto& s = a.out_strides;
     at::parallel_for(0, a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
-      std::vector<float> sums(pixels * kBlock);
+      AlignedVector<float> sums(pixels * kBlock);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t blk = t / g.batch, n = t % g.batch;
         const In* image = images.data() + n * hp * wp * C;
@@ -392,13 +393,13 @@ struct DirectConv {
     // stored channels innermost to a small float32 buffer (one row, in L1/L2) and then written
     // out transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
     const bool buffered = s.c != 1 || a.out_bf16 != nullptr;
-    const auto write_out = [&](const std::vector<float>& buffer, int64_t co0, int64_t columns, int64_t row) {
+    const auto write_out = [&](const AlignedVector<float>& buffer, int64_t co0, int64_t columns, int64_t row) {
       write_row(a, buffer.data() + co0, coutg, columns, row + co0 * s.c);
     };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
         [[maybe_unused]] const BlockRun<Vec> run;
-        std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
+        AlignedVector<float> buffer(buffered ? g.out_w * coutg : 0);
         InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
         for (int64_t n = 0; n < g.batch; ++n) {
@@ -433,7 +434,7 @@ struct DirectConv {
     // Blocks inner: a thread computes whole output rows.
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
-      std::vector<float> buffer(buffered ? g.out_w * coutg : 0);
+      AlignedVector<float> buffer(buffered ? g.out_w * coutg : 0);
       InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);

@@ -12,6 +12,7 @@
 
 #include "../../conv.h"
 #include "../layout.h"
+#include "aligned_vector.h"
 
 #include <cstdint>
 #include <vector>
@@ -33,7 +34,7 @@ class InputRows {
   // kernel may read columns [-pad_left, W + pad_right) of a row.
   InputRows(const In* x, const Strides4& s, const ConvGeometry& g, int64_t slots, int64_t max_rows,
             int64_t pad_left = 0, int64_t pad_right = 0)
-      : x_(x), s_(s), g_(g), slots_(slots), row_size_((pad_left + g.in_w + pad_right) * g.in_channels),
+      : x_(x), s_(s), g_(g), slots_(slots), row_size_(whole_lines<In>((pad_left + g.in_w + pad_right) * g.in_channels)),
         first_pixel_(pad_left * g.in_channels), cache_(slots * row_size_), tags_(slots, -1), rows_(max_rows) {}
 
   // Whether an input with strides s can be read in place.
@@ -85,8 +86,8 @@ class InputRows {
   Strides4 s_;
   const ConvGeometry& g_;
   int64_t slots_;
-  int64_t row_size_, first_pixel_;  // elements per laid-out row, and before its first pixel
-  std::vector<In> cache_;           // zero-initialised: the padding stays zero
+  int64_t row_size_, first_pixel_;  // elements per laid-out row (whole cache lines), and before its first pixel
+  AlignedVector<In> cache_;  // zero-initialised: the padding stays zero; rows start on cache lines
   std::vector<int64_t> tags_;
   std::vector<const In*> rows_;
 };
