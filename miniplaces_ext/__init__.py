@@ -17,6 +17,7 @@ from miniplaces_ext._library import (  # noqa: E402
 from miniplaces_ext.nn import Conv1d, Conv2d, restore_convs, swap_convs  # noqa: E402
 from miniplaces_ext.ops import Conv1dFunction, Conv2dFunction, conv1d, conv2d  # noqa: E402
 from miniplaces_ext.inference import optimize_for_inference  # noqa: E402
+from miniplaces_ext.allocator import reuse_freed_memory  # noqa: E402
 
 __all__ = [
     "Conv1d",
@@ -34,6 +35,7 @@ __all__ = [
     "get_cpu_options",
     "optimize_for_inference",
     "restore_convs",
+    "reuse_freed_memory",
     "set_cpu_options",
     "swap_convs",
     "weight_cache_size",

@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="with --models: also torch.compile with inductor freezing, and the fused network "
                              "under torch.compile (minutes: each is compiled first)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (default: reuse_freed_memory(), as the commands do, "
+                             "for every path alike)")
     parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the ratios to PNG")
     parser.add_argument("--no-peak", action="store_true", help="skip measuring the CPU's FMA peak (~1 s)")
     cli.add_json_arg(parser, "all rows and totals")
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
     if args.threads:
         torch.set_num_threads(args.threads)
+    reused = not args.default_malloc and miniplaces_ext.reuse_freed_memory()
     batches = args.batch_size or ([32] if device.type == "cpu" else [64, 256])
     layers = [l for l in LAYERS if args.net in ("all", l.net)]
 
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
               "commit": cli.git_commit(), "device": str(device), "dtypes": args.dtype,
               "threads": torch.get_num_threads(), "cpu": miniplaces_ext.cpu_capabilities(),
               "cpu_model": cli.cpu_model(), "fma_peak_gflops": peak, "torch": torch.__version__,
-              "channels_last": args.channels_last, "runs": []}
+              "channels_last": args.channels_last, "reuse_freed_memory": reused, "runs": []}
     for dtype_name, batch in [(d, b) for d in args.dtype for b in batches]:
         dtype = getattr(torch, dtype_name)
         rows = []

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from miniplaces_ext import _library as ext_library, models, nn as ext_nn
+from miniplaces_ext.allocator import reuse_freed_memory
 
 
 def add_common_args(parser: argparse.ArgumentParser, archs: tuple[str, ...] = models.ARCHS,
@@ -57,6 +58,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # no page faults on each batch's activations (allocator.py)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but no CUDA GPU is available")

@@ -3,8 +3,11 @@ conv2d_fused, the same answers as the original network (fp32 to rounding, bf16 b
 images), what cannot be fused left as it was, refusals, and torch.compile(fullgraph=True)."""
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
+import platform
+import sys
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from torch import nn
 
 import miniplaces_ext as me
 from conftest import PROVIDED_WEIGHTS, miniplaces_root, requires_data, requires_weights
-from miniplaces_ext import data, models
+from miniplaces_ext import cli, data, models
 from miniplaces_ext.inference import FusedConv2d, fold_batch_norm
 
 
@@ -140,3 +143,14 @@ def test_a_swapped_net_is_fused_too():
     with torch.no_grad():
         ref = net(x)
         torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="reuse_freed_memory sets glibc's malloc thresholds; this C library is not glibc")
+def test_reuse_freed_memory_sets_glibc_thresholds_and_the_commands_call_it(monkeypatch):
+    """The commands keep freed memory for the next batch (allocator.py): mallopt accepts both thresholds."""
+    assert me.reuse_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(cli, "reuse_freed_memory", lambda: calls.append(1) or True)
+    cli.setup(argparse.Namespace(verbose=False, threads=None, device="cpu"))
+    assert calls == [1]
