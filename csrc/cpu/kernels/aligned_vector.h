@@ -3,7 +3,9 @@
 // every 64-byte row of an AMX tile loaded from such a buffer straddles two lines, and a straddling
 // TILELOADD is ~6.5x slower than an aligned one (2.2 vs 14.2 ns per 16 x 64-byte tile on the
 // Intel Xeon with AMX this was measured on; the direct kernel's 3x3 layers ran at 1/3 of their
-// aligned speed). Vector loads and stores of whole lines gain the same way, less.
+// aligned speed). Vector loads and stores of whole lines gain the same way, less. In an unnamed
+// namespace, like every helper the per-ISA kernel files include: each file's vector code (zero
+// fills compiled for its target) stays its own instead of being merged by the linker.
 #pragma once
 
 #include <cstddef>
@@ -11,8 +13,9 @@
 #include <vector>
 
 namespace miniplaces_ext::cpu {
+namespace {
 
-inline constexpr std::size_t kCacheLineBytes = 64;
+constexpr std::size_t kCacheLineBytes = 64;
 
 template <typename T>
 struct CacheLineAllocator {
@@ -46,4 +49,5 @@ constexpr std::ptrdiff_t whole_lines(std::ptrdiff_t n) {
   return (n + per_line - 1) / per_line * per_line;
 }
 
+} // namespace
 } // namespace miniplaces_ext::cpu

@@ -217,13 +217,18 @@ struct DirectConv {
   }
 
   // Writes one output row from float32 sums src[ow * src_pixel_stride + j] (j < columns, bias
-  // added) to the output's elements from offset `first` on, through its strides: rounded once to
-  // bfloat16 for a bfloat16 output.
+  // added, epilogue applied) to the output's elements from offset `first` on, through its strides:
+  // rounded once to bfloat16 for a bfloat16 output.
   static void write_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t first) {
     const Strides4& s = a.out_strides;
     if (a.out_bf16 != nullptr && s.c == 1) {
+      uint16_t* out = reinterpret_cast<uint16_t*>(a.out_bf16) + first;
       for (int64_t ow = 0; ow < a.g.out_w; ++ow) {
-        round_to_bf16(src + ow * src_pixel_stride, columns, a.out_bf16 + first + ow * s.w);
+        const float* v = src + ow * src_pixel_stride;
+        uint16_t* o = out + ow * s.w;
+        for (int64_t j = 0; j < columns; ++j) {
+          o[j] = bf16_bits(v[j]);
+        }
       }
     } else if (a.out_bf16 != nullptr) {
       copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out_bf16 + first, s.c, s.w);
@@ -232,17 +237,94 @@ struct DirectConv {
     }
   }
 
-  // dst[j] = src[j] rounded to bfloat16 (to nearest even; a NaN as c10's 0x7FC0) for j < n:
-  // branch-free, so that the compiler vectorizes it for this file's target.
-  static void round_to_bf16(const float* src, int64_t n, c10::BFloat16* dst) {
-    uint16_t* bits_out = reinterpret_cast<uint16_t*>(dst);
-    for (int64_t j = 0; j < n; ++j) {
-      uint32_t bits;
-      std::memcpy(&bits, src + j, sizeof(bits));
-      const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-      const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-      bits_out[j] = static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
+  // `value` rounded to bfloat16 bits (to nearest even; a NaN as c10's 0x7FC0): branch-free, so
+  // that the loops calling it vectorize for this file's target.
+  static uint16_t bf16_bits(float value) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+    return static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
+  }
+
+  // The float32 value of bfloat16 bits.
+  static float widen_bf16(uint16_t bits) {
+    const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &wide, sizeof(value));
+    return value;
+  }
+
+  // The epilogue (+ residual, then ReLU, which keeps NaN as torch's does) on `columns` output
+  // channels from co of output row (n, oh), in place on its float32 values at
+  // row[ow * pixel_stride + j].
+  static void apply_epilogue(const OutputEpilogue& e, float* row, int64_t pixel_stride, int64_t out_w, int64_t n,
+                             int64_t oh, int64_t co, int64_t columns) {
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      float* v = row + ow * pixel_stride;
+      if (e.residual != nullptr) {
+        const int64_t first = e.strides.at(n, co, oh, ow);
+        for (int64_t j = 0; j < columns; ++j) {
+          const int64_t at = first + j * e.strides.c;
+          v[j] += e.residual_bf16 ? widen_bf16(static_cast<const uint16_t*>(e.residual)[at])
+                                  : static_cast<const float*>(e.residual)[at];
+        }
+      }
+      if (e.relu) {
+        for (int64_t j = 0; j < columns; ++j) {
+          v[j] = v[j] < 0.0f ? 0.0f : v[j];
+        }
+      }
     }
+  }
+
+  // A bfloat16 NHWC output row finished in one pass over its float32 sums: + residual (none,
+  // float32 or bfloat16 channels innermost: kResidual 0, 1, 2), ReLU, one rounding, stored.
+  template <int kResidual, bool kRelu>
+  static void finish_bf16_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t n,
+                              int64_t oh, int64_t co, int64_t first) {
+    const OutputEpilogue& e = a.epilogue;
+    uint16_t* out = reinterpret_cast<uint16_t*>(a.out_bf16) + first;
+    for (int64_t ow = 0; ow < a.g.out_w; ++ow) {
+      const float* v = src + ow * src_pixel_stride;
+      uint16_t* o = out + ow * a.out_strides.w;
+      [[maybe_unused]] const int64_t r = kResidual != 0 ? e.strides.at(n, co, oh, ow) : 0;
+      for (int64_t j = 0; j < columns; ++j) {
+        float t = v[j];
+        if constexpr (kResidual == 1) {
+          t += static_cast<const float*>(e.residual)[r + j];
+        } else if constexpr (kResidual == 2) {
+          t += widen_bf16(static_cast<const uint16_t*>(e.residual)[r + j]);
+        }
+        if constexpr (kRelu) {
+          t = t < 0.0f ? 0.0f : t;
+        }
+        o[j] = bf16_bits(t);
+      }
+    }
+  }
+
+  // Output row (n, oh), channels [co, co + columns), from its float32 sums src[ow * src_pixel_stride
+  // + j] (bias added): the epilogue applied and the row written (write_row), in one pass where the
+  // output is bfloat16 NHWC and the residual, if any, has its channels innermost. `first`: the
+  // offset of the row's first element in the output. src may be overwritten.
+  static void finish_row(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n, int64_t oh,
+                         int64_t co, int64_t first) {
+    const OutputEpilogue& e = a.epilogue;
+    if (a.out_bf16 != nullptr && a.out_strides.c == 1 && (e.residual == nullptr || e.strides.c == 1)) {
+      const int residual = e.residual == nullptr ? 0 : (e.residual_bf16 ? 2 : 1);
+      using Finish = void (*)(const Args&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+      static constexpr Finish kFinish[3][2] = {
+          {&finish_bf16_row<0, false>, &finish_bf16_row<0, true>},
+          {&finish_bf16_row<1, false>, &finish_bf16_row<1, true>},
+          {&finish_bf16_row<2, false>, &finish_bf16_row<2, true>}};
+      kFinish[residual][e.relu](a, src, src_pixel_stride, columns, n, oh, co, first);
+      return;
+    }
+    if (e.any()) {
+      apply_epilogue(e, src, src_pixel_stride, a.g.out_w, n, oh, co, columns);
+    }
+    write_row(a, src, src_pixel_stride, columns, first);
   }
 
   // Short rows on tiles, one flat run per image: with stride 1, the zero-padded image
@@ -322,10 +404,7 @@ struct DirectConv {
         }
         const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          if (a.epilogue.any()) {
-            a.epilogue.apply_row(sums.data() + oh * wp * kBlock, kBlock, g.out_w, n, oh, co0, columns);
-          }
-          write_row(a, sums.data() + oh * wp * kBlock, kBlock, columns, n * s.n + co0 * s.c + oh * s.h);
+          finish_row(a, sums.data() + oh * wp * kBlock, kBlock, columns, n, oh, co0, n * s.n + co0 * s.c + oh * s.h);
         }
       }
     });
@@ -393,9 +472,6 @@ struct DirectConv {
     // stored channels innermost to a small float32 buffer (one row, in L1/L2) and then written
     // out transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
     const bool buffered = s.c != 1 || a.out_bf16 != nullptr;
-    const auto write_out = [&](const AlignedVector<float>& buffer, int64_t co0, int64_t columns, int64_t row) {
-      write_row(a, buffer.data() + co0, coutg, columns, row + co0 * s.c);
-    };
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
         [[maybe_unused]] const BlockRun<Vec> run;
@@ -416,15 +492,12 @@ struct DirectConv {
               if (!buffered) {
                 one_row(xrows, grp, blk, RowDestination{a.out + row, s.w, s.c});
                 if (a.epilogue.any()) {  // the panel's columns of the row, just stored (s.c == 1)
-                  a.epilogue.apply_row(a.out + row + co0, s.w, g.out_w, n, oh, grp * coutg + co0, columns);
+                  apply_epilogue(a.epilogue, a.out + row + co0, s.w, g.out_w, n, oh, grp * coutg + co0, columns);
                 }
                 continue;
               }
               one_row(xrows, grp, blk, RowDestination{buffer.data(), coutg, 1});
-              if (a.epilogue.any()) {
-                a.epilogue.apply_row(buffer.data() + co0, coutg, g.out_w, n, oh, grp * coutg + co0, columns);
-              }
-              write_out(buffer, co0, columns, row);
+              finish_row(a, buffer.data() + co0, coutg, columns, n, oh, grp * coutg + co0, row + co0 * s.c);
             }
           }
         }
@@ -445,12 +518,10 @@ struct DirectConv {
         for (int64_t blk = 0; blk < a.blocks; ++blk) {
           one_row(xrows, grp, blk, d);
         }
-        if (a.epilogue.any()) {  // the whole row, in the buffer or just stored (s.c == 1)
-          a.epilogue.apply_row(buffered ? buffer.data() : a.out + row, buffered ? coutg : s.w, g.out_w, n, oh,
-                               grp * coutg, coutg);
-        }
         if (buffered) {
-          write_out(buffer, 0, coutg, row);
+          finish_row(a, buffer.data(), coutg, coutg, n, oh, grp * coutg, row);
+        } else if (a.epilogue.any()) {  // the whole row, just stored (s.c == 1)
+          apply_epilogue(a.epilogue, a.out + row, s.w, g.out_w, n, oh, grp * coutg, coutg);
         }
       }
     });
