@@ -404,6 +404,44 @@ def test_bf16_output_rounded_once_to_nearest_even(isa, mode, in_channels, kernel
 
 
 @pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("in_channels, kernel, stride, padding, dilation, width", [
+    (3, 7, 2, 3, 1, 75),    # the stem: 21-value runs, 7 rows + a zero tail per pixel; runs of 38 -> 19 + 19
+    (3, 11, 4, 2, 1, 131),  # AlexNet's 11x11/4: 33-value runs span two cache lines
+    (1, 5, 1, 2, 2, 70),    # one channel, rows 2 apart (dilated rows), 3 runs of 24 / 23 pixels
+    (5, 3, 1, 0, 1, 9),     # no padding: every row read from the input's own rows
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_lowered_few_channel_layers_on_tiles_are_exact(isa, in_channels, kernel, stride, padding, dilation, width,
+                                                       layout):
+    """Few-channel layers on tiles lay out each pixel's receptive field in cache (DirectConv::
+    lower_pixels: whole 64-byte lines per kernel row, the excess overwritten or zeroed). With small
+    integer operands every float32 sum is exact, so the output (bias, + residual, ReLU, rounded
+    once to bfloat16) must hold the bits of the exact result: a line copied to the wrong place, or
+    a stale value left in a pixel's zero tail, changes them."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16="tiles")
+    gen = torch.Generator().manual_seed(kernel * 10 + in_channels)
+    x = LAYOUTS[layout](torch.randint(-8, 9, (2, in_channels, 13, width), generator=gen).bfloat16())
+    w = torch.randint(-8, 9, (40, in_channels, kernel, kernel), generator=gen).bfloat16()
+    b = torch.randint(-64, 65, (40,), generator=gen).bfloat16()
+    args = ([stride, stride], [padding, padding], [dilation, 1], 1)
+    assert me.cpu_conv_plan(x, w, args[0], args[1], args[2])["input"] == "lowered"
+    exact = F.conv2d(x.double(), w.double(), b.double(), *args)
+    residual = LAYOUTS[layout](torch.randint(-512, 513, exact.shape, generator=gen).bfloat16())
+    out = torch.ops.miniplaces_ext.conv2d_fused(x, w, b, residual, True, *args)
+    expected = torch.relu(exact + residual.double())
+    assert expected.abs().max() < 2 ** 24 and (expected.float().bfloat16().double() != expected).any()
+    assert torch.equal(out, expected.float().bfloat16()), "not the exact result rounded once"
+    # An infinite input reaches exactly the outputs whose receptive field holds it: the values a
+    # line copies past a run (the pixels next to it) must never meet a weight, not even a zero one.
+    x_inf = x.clone()
+    x_inf[1, 0, 6, width // 2] = float("inf")
+    out = me.conv2d(x_inf, w, None, *args)
+    ref = F.conv2d(x_inf.double(), w.double(), None, *args)
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("in_channels, out_channels, kernel, stride, width", [
     (48, 64, 3, 1, 37),   # one phase: the transposed 3x3 convolution, 2 x 2 blocks and staged borders
     (32, 16, 3, 2, 23),   # four stride phases (2x2, 2x1, 1x2, 1x1 taps) written into strided views of dx

@@ -14,18 +14,11 @@ const IsaKernels& KernelTable::level(Isa isa) const {
 const KernelTable& kernel_table() {
 #if defined(__x86_64__)
   static const KernelTable table{{&portable_kernels(), &avx2_kernels(), &avx512_kernels()},
-                                 amx_bf16_tiles_direct(),
-                                 bf16_tiles_emulated_direct(),
-                                 avx512_bf16_pairs_direct(),
-                                 amx_bf16_tiles_weight_grad(),
-                                 bf16_tiles_emulated_weight_grad()};
+                                 amx_tile_kernels(),
+                                 emulated_tile_kernels(),
+                                 avx512_bf16_pairs_direct()};
 #else
-  static const KernelTable table{{&portable_kernels(), nullptr, nullptr},
-                                 nullptr,
-                                 bf16_tiles_emulated_direct(),
-                                 nullptr,
-                                 nullptr,
-                                 bf16_tiles_emulated_weight_grad()};
+  static const KernelTable table{{&portable_kernels(), nullptr, nullptr}, {}, emulated_tile_kernels(), nullptr};
 #endif
   return table;
 }

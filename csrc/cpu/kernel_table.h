@@ -35,13 +35,22 @@ struct IsaKernels {
 // on tiles (weight_grad_tiles.h), from its input and grad_output (bfloat16, any strides).
 using TileWeightGradFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g);
 
-// Every entry. The bfloat16 units' native entries are null where the build has no x86 code; the
+// The kernels of one tile unit (AMX, or its emulation in plain C++) on bfloat16 operands.
+struct TileKernels {
+  IsaKernels::NhwcConv direct;  // packed_weight from pack_direct_weight_pairs
+  // Few-channel layers reduced over (kh, kw, c) together, each pixel's receptive field laid out in
+  // cache as the kernel reaches it (direct_conv_kernel.h, lowered_conv.cpp); packed_weight is the
+  // [Cout, depth] weight of lowered_conv.cpp packed as a 1x1 convolution's.
+  IsaKernels::NhwcConv lowered;
+  TileWeightGradFn weight_grad;
+};
+
+// Every entry. The native tile and pair entries are null where the build has no x86 code; the
 // plan takes them only where the CPU has the instructions (cpu_info.h).
 struct KernelTable {
   const IsaKernels* levels[3];  // indexed by Isa; the x86 levels null in a non-x86 build
-  IsaKernels::NhwcConv bf16_tiles_native, bf16_tiles_emulated;  // the direct kernel on tiles
-  IsaKernels::NhwcConv bf16_pairs_native;                       // ... on vdpbf16ps pairs
-  TileWeightGradFn tiles_weight_grad_native, tiles_weight_grad_emulated;
+  TileKernels tiles_native, tiles_emulated;
+  IsaKernels::NhwcConv bf16_pairs_native;  // the direct kernel on vdpbf16ps pairs
 
   // The kernels of level `isa` (which this CPU must have).
   const IsaKernels& level(Isa isa) const;
@@ -56,14 +65,11 @@ const IsaKernels& avx2_kernels();
 const IsaKernels& avx512_kernels();
 // The direct kernel on bfloat16 pairs with vdpbf16ps: only on CPUs with AVX512-BF16.
 IsaKernels::NhwcConv avx512_bf16_pairs_direct();
-// The direct kernel on AMX tiles: only where has_amx_bf16().
-IsaKernels::NhwcConv amx_bf16_tiles_direct();
-TileWeightGradFn amx_bf16_tiles_weight_grad();  // only where has_amx_bf16()
+// The kernels on AMX tiles: only where has_amx_bf16().
+TileKernels amx_tile_kernels();
 #endif
-// The direct kernel and the weight gradient on emulated tiles (tiles_emulated.h), for any CPU:
-// slow, for tests.
-IsaKernels::NhwcConv bf16_tiles_emulated_direct();
-TileWeightGradFn bf16_tiles_emulated_weight_grad();
+// The kernels on emulated tiles (tiles_emulated.h), for any CPU: slow, for tests.
+TileKernels emulated_tile_kernels();
 
 // Checks that `out` can take the result of g: float32 (or, with `bf16_allowed`, bfloat16)
 // [N, Cout, Ho, Wo], any strides.

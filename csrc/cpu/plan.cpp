@@ -196,8 +196,9 @@ ConvPlan plan_convolution(const CpuOptions& options, const ConvGeometry& g, at::
   const IsaKernels& level = table.level(p.options.isa);
   switch (p.unit) {
     case Bf16Kernel::tiles:
-      p.kernel = p.unit_native ? table.bf16_tiles_native : table.bf16_tiles_emulated;
       p.input = lowered_applies(g) ? InputStrategy::lowered : InputStrategy::as_is;
+      p.kernel = (p.unit_native ? table.tiles_native : table.tiles_emulated).*
+          (p.input == InputStrategy::lowered ? &TileKernels::lowered : &TileKernels::direct);
       break;
     case Bf16Kernel::pairs:
       p.kernel = p.unit_native ? table.bf16_pairs_native : level.direct_bf16_pairs_emulated;

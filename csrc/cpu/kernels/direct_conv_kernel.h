@@ -410,6 +410,83 @@ struct DirectConv {
     });
   }
 
+  // acc = the R lowered rows at `rows` (`depth` elements apart) times panel `blk` of the lowered
+  // weight, stored with the bias to dst[r * dst_stride + j] for the panel's columns j.
+  template <int R>
+  static void lowered_kernel(const Args& a, const In* rows, int64_t depth, int64_t blk, float* dst, int64_t dst_stride) {
+    Block<R> acc;
+    reduce(acc, StridedRows<In>{rows, depth}, a.weight + blk * depth * kBlock, depth);
+    const int64_t co0 = blk * kBlock;
+    const int columns = static_cast<int>(std::min<int64_t>(kBlock, a.g.out_channels - co0));
+    acc.store(dst + co0, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
+  }
+
+  using LoweredKernel = void (*)(const Args&, const In*, int64_t, int64_t, float*, int64_t);
+  template <size_t... R>
+  static constexpr std::array<LoweredKernel, kMaxRows + 1> lowered_table(std::index_sequence<R...>) {
+    return {nullptr, &lowered_kernel<static_cast<int>(R) + 1>...};
+  }
+
+  // Lays out the receptive fields of output pixels ow0 .. ow0 + count - 1 of the output row whose
+  // kernel rows' input rows are xrows (zero-padded: InputRows with row_padding; nullptr for a row
+  // of zeros) as rows of `depth` elements, (i, j, c) order, zeros from patch_size() on. Each kernel
+  // row is one run of kw * C inputs (one group, undilated columns), copied in whole 64-byte lines:
+  // what a line copies past its run is overwritten by the next run or the next pixel's row, or
+  // zeroed with the tail, so `rows` needs a line of room past its last row.
+  static void lower_pixels(const ConvGeometry& g, const In* const* xrows, int64_t ow0, int64_t count, int64_t depth,
+                           In* rows) {
+    constexpr int64_t kLine = static_cast<int64_t>(kCacheLineBytes / sizeof(In));
+    const int64_t run = g.kernel_w * g.in_channels, patch = g.kernel_h * run;
+    for (int64_t r = 0; r < count; ++r) {
+      In* dst = rows + r * depth;
+      const int64_t first = ((ow0 + r) * g.stride_w - g.pad_w) * g.in_channels;  // in the padded row
+      for (int64_t i = 0; i < g.kernel_h; ++i, dst += run) {
+        const In* src = xrows[i];
+        for (int64_t k = 0; k < run; k += kLine) {
+          if (src == nullptr) {
+            std::memset(dst + k, 0, kCacheLineBytes);
+          } else {
+            std::memcpy(dst + k, src + first + k, kCacheLineBytes);
+          }
+        }
+      }
+      std::memset(rows + r * depth + patch, 0, static_cast<size_t>(depth - patch) * sizeof(In));
+    }
+  }
+
+  // The convolution of a few-channel layer on tiles, reduced over (kh, kw, c) together
+  // (lowered_conv.cpp): a thread takes whole output rows; each run of up to 32 pixels is laid
+  // out (lower_pixels) in a per-thread buffer that stays in L1, then multiplied by every panel of
+  // the lowered weight ([blocks][depth / 2][32][2]), so nothing is lowered to memory.
+  static void lowered_rows(const Args& a, int64_t depth) {
+    static constexpr auto kLowered = lowered_table(std::make_index_sequence<kMaxRows>{});
+    const ConvGeometry& g = a.g;
+    const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
+    const int64_t run_len = g.out_w / runs, longer_runs = g.out_w % runs;
+    const auto [left, right] = row_padding(g);
+    const auto& s = a.out_strides;
+    at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+      [[maybe_unused]] const BlockRun<Vec> run;
+      AlignedVector<float> buffer(g.out_w * g.out_channels);
+      AlignedVector<In> rows(kMaxRows * depth + kCacheLineBytes / sizeof(In));
+      InputRows<In> input(a.x, a.x_strides, g, cached_input_rows(g, a.blocks), g.kernel_h, left, right);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.out_h, oh = t % g.out_h;
+        const In* const* xrows = input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, 0);
+        int64_t ow0 = 0;
+        for (int64_t r = 0; r < runs; ++r) {
+          const int64_t len = run_len + (r < longer_runs ? 1 : 0);
+          lower_pixels(g, xrows, ow0, len, depth, rows.data());
+          for (int64_t blk = 0; blk < a.blocks; ++blk) {
+            kLowered[len](a, rows.data(), depth, blk, buffer.data() + ow0 * g.out_channels, g.out_channels);
+          }
+          ow0 += len;
+        }
+        finish_row(a, buffer.data(), g.out_channels, g.out_channels, n, oh, 0, n * s.n + oh * s.h);
+      }
+    });
+  }
+
   using PixelKernel = void (*)(const Args&, const In* const*, int64_t, int64_t, int64_t, const RowDestination&);
   using KernelTable = std::array<PixelKernel, kMaxRows + 1>;
 
@@ -558,6 +635,36 @@ struct DirectConv {
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
               static_cast<const In*>(zeros.const_data_ptr()), out_bf16 ? nullptr : out.mutable_data_ptr<float>(),
               out_bf16 ? out.mutable_data_ptr<c10::BFloat16>() : nullptr, strides_of(out), g, blocks, epilogue});
+  }
+
+  // A few-channel layer on tiles (lowered_conv.cpp): `packed` is the [Cout, depth] lowered weight
+  // (depth = patch_size() rounded up to a whole product, (kh, kw, c) order) packed by
+  // pack_direct_weight_pairs as a 1x1 convolution's; x bfloat16 [N, C, H, W] with any strides,
+  // one group, undilated columns; `out` as for run.
+  static void run_lowered(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                          const ConvGeometry& g, const OutputEpilogue& epilogue, const at::Tensor& out) {
+    static_assert(kTiles, "the lowered layout feeds whole tile products");
+    constexpr int64_t kProductDepth = 2 * TileBlock<typename Vec::Tiles, 1>::kPairsPerProduct;
+    const int64_t depth = (g.patch_size() + kProductDepth - 1) / kProductDepth * kProductDepth;
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && packed.scalar_type() == at::kBFloat16,
+                "lowered tile conv: expected bfloat16 operands, got ", x.scalar_type(), " and ", packed.scalar_type());
+    TORCH_CHECK(g.groups == 1 && g.dilation_w == 1, "lowered tile conv: one group and undilated columns");
+    TORCH_CHECK(x.sizes() == at::IntArrayRef({g.batch, g.in_channels, g.in_h, g.in_w}),
+                "lowered tile conv: expected an input of size [", g.batch, ", ", g.in_channels, ", ", g.in_h, ", ",
+                g.in_w, "], got ", x.sizes());
+    const int64_t blocks = (g.out_channels + kBlock - 1) / kBlock;
+    TORCH_CHECK(packed.numel() == blocks * kBlock * depth, "lowered tile conv: packed weight of the wrong size");
+    const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    check_output(out, g, true);
+    if (out.numel() == 0) {
+      return;
+    }
+    const bool out_bf16 = out.scalar_type() == at::kBFloat16;
+    lowered_rows(Args{static_cast<const In*>(x.const_data_ptr()), strides_of(x),
+                      static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
+                      nullptr, out_bf16 ? nullptr : out.mutable_data_ptr<float>(),
+                      out_bf16 ? out.mutable_data_ptr<c10::BFloat16>() : nullptr, strides_of(out), g, blocks, epilogue},
+                 depth);
   }
 };
 

@@ -35,7 +35,12 @@ class InputRows {
   InputRows(const In* x, const Strides4& s, const ConvGeometry& g, int64_t slots, int64_t max_rows,
             int64_t pad_left = 0, int64_t pad_right = 0)
       : x_(x), s_(s), g_(g), slots_(slots), row_size_(whole_lines<In>((pad_left + g.in_w + pad_right) * g.in_channels)),
-        first_pixel_(pad_left * g.in_channels), cache_(slots * row_size_), tags_(slots, -1), rows_(max_rows) {}
+        first_pixel_(pad_left * g.in_channels), cache_(slots * row_size_ + kOverread), tags_(slots, -1),
+        rows_(max_rows) {}
+
+  // Elements a kernel may read past the end of a laid-out row (and of the last one): one cache
+  // line's worth, so that a copy of whole lines from within a row stays inside the cache.
+  static constexpr int64_t kOverread = static_cast<int64_t>(kCacheLineBytes / sizeof(In));
 
   // Whether an input with strides s can be read in place.
   static bool in_place(const Strides4& s, const ConvGeometry& g) {

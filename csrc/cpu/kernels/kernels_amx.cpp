@@ -29,12 +29,9 @@
 
 namespace miniplaces_ext::cpu {
 
-IsaKernels::NhwcConv amx_bf16_tiles_direct() {
-  return &DirectConv<TileTraits<AmxTiles>, uint16_t>::run;
-}
-
-TileWeightGradFn amx_bf16_tiles_weight_grad() {
-  return &TileWeightGrad<AmxTiles>::run;
+TileKernels amx_tile_kernels() {
+  using Conv = DirectConv<TileTraits<AmxTiles>, uint16_t>;
+  return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<AmxTiles>::run};
 }
 
 } // namespace miniplaces_ext::cpu

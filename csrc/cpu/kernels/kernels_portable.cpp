@@ -34,12 +34,9 @@ const IsaKernels& portable_kernels() {
   return kKernels;
 }
 
-IsaKernels::NhwcConv bf16_tiles_emulated_direct() {
-  return &DirectConv<TileTraits<EmulatedTiles>, uint16_t>::run;
-}
-
-TileWeightGradFn bf16_tiles_emulated_weight_grad() {
-  return &TileWeightGrad<EmulatedTiles>::run;
+TileKernels emulated_tile_kernels() {
+  using Conv = DirectConv<TileTraits<EmulatedTiles>, uint16_t>;
+  return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<EmulatedTiles>::run};
 }
 
 } // namespace miniplaces_ext::cpu
