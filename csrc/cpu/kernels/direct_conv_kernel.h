@@ -516,12 +516,16 @@ struct DirectConv {
     const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
     const bool padded =  // borders read the rows' zero padding
         padded_rows(g, a.blocks, !InputRows<In>::in_place(a.x_strides, g));
-    const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk, const RowDestination& d) {
+    // Blocks [blk0, blk1) of one output row, all blocks of a run of pixels before the next run, so
+    // that the run's input rows stay in L1 while the weight panels stream past.
+    const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk0, int64_t blk1, const RowDestination& d) {
       int64_t ow0 = 0;
       for (int64_t run = 0; run < runs; ++run) {
         const int64_t len = run_len + (run < longer_runs ? 1 : 0);
         const bool border = !padded && (ow0 < lo || ow0 + len > hi);
-        (border ? kBorder : kInterior)[len](a, xrows, grp, blk, ow0, d);
+        for (int64_t blk = blk0; blk < blk1; ++blk) {
+          (border ? kBorder : kInterior)[len](a, xrows, grp, blk, ow0, d);
+        }
         ow0 += len;
       }
     };
@@ -567,13 +571,13 @@ struct DirectConv {
               const int64_t row = output_row(grp, n, oh);
               const In* const* xrows = input_rows(input, grp, n, oh);
               if (!buffered) {
-                one_row(xrows, grp, blk, RowDestination{a.out + row, s.w, s.c});
+                one_row(xrows, grp, blk, blk + 1, RowDestination{a.out + row, s.w, s.c});
                 if (a.epilogue.any()) {  // the panel's columns of the row, just stored (s.c == 1)
                   apply_epilogue(a.epilogue, a.out + row + co0, s.w, g.out_w, n, oh, grp * coutg + co0, columns);
                 }
                 continue;
               }
-              one_row(xrows, grp, blk, RowDestination{buffer.data(), coutg, 1});
+              one_row(xrows, grp, blk, blk + 1, RowDestination{buffer.data(), coutg, 1});
               finish_row(a, buffer.data() + co0, coutg, columns, n, oh, grp * coutg + co0, row + co0 * s.c);
             }
           }
@@ -592,9 +596,7 @@ struct DirectConv {
         const RowDestination d =
             buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{a.out + row, s.w, s.c};
         const In* const* xrows = input_rows(input, grp, n, oh);
-        for (int64_t blk = 0; blk < a.blocks; ++blk) {
-          one_row(xrows, grp, blk, d);
-        }
+        one_row(xrows, grp, 0, a.blocks, d);
         if (buffered) {
           finish_row(a, buffer.data(), coutg, coutg, n, oh, grp * coutg, row);
         } else if (a.epilogue.any()) {  // the whole row, just stored (s.c == 1)
