@@ -10,11 +10,21 @@
 
 namespace miniplaces_ext::cpu {
 
-const at::Tensor& PixelRows::get() {
-  if (!made_) {
-    made_ = nhwc_pixels(t_).reshape({-1, t_.size(1)});
+const at::Tensor& GradOutput::computed() {
+  if (!widen_) {
+    return given_;
   }
-  return *made_;
+  if (!computed_) {
+    computed_ = widened_nhwc(given_);
+  }
+  return *computed_;
+}
+
+const at::Tensor& GradOutput::pixels() {
+  if (!pixels_) {
+    pixels_ = nhwc_pixels(computed()).reshape({-1, given_.size(1)});
+  }
+  return *pixels_;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
@@ -45,25 +55,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       need_input = false;
     }
   }
-  // grad_output [N, Cout, Ho, Wo] in the computation's dtype, in the layout it came in: the
-  // kernels lay out its rows as they read them. Its NHWC pixels (a view when it is channels_last)
-  // are made once, only for a path that needs them.
-  const at::Tensor dy = widen ? widened_nhwc(grad_output) : grad_output;
-  PixelRows dy_pixels(dy);
+  // grad_output [N, Cout, Ho, Wo] in the computation's dtype, in the layout it came in (the
+  // kernels lay out its rows as they read them), widened and as pixel rows only for a pass that
+  // reads it so.
+  GradOutput dy(grad_output, widen);
   if (need_input) {
-    if (auto dx = grad_input_by_kernels(options, dy, w, g, format)) {
+    if (auto dx = grad_input_by_kernels(options, dy.computed(), w, g, format)) {
       grad_input = std::move(*dx);
       need_input = false;
     }
   }
   if (need_bias) {
-    grad_bias_out = grad_bias(dy, dy_pixels, g);
+    grad_bias_out = grad_bias(dy, g);
   }
   if (need_weight) {
-    grad_weight_out = grad_weight(options, input, grad_output, dy, dy_pixels, g, widen);
+    grad_weight_out = grad_weight(options, input, dy, g, widen);
   }
   if (need_input) {
-    grad_input = grad_input_by_gemm(dy_pixels, w, g, dy.options(), format, options.column_bytes);
+    grad_input = grad_input_by_gemm(dy, w, g, dy.computed().options(), format, options.column_bytes);
   }
   const auto rounded = [](const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; };
   return std::make_tuple(rounded(grad_input, input.scalar_type()), rounded(grad_weight_out, weight.scalar_type()),

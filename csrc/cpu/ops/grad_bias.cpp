@@ -86,7 +86,8 @@ void plane_sums(const scalar_t* dy, int64_t image_stride, int64_t channel_stride
 
 } // namespace
 
-at::Tensor grad_bias(const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g) {
+at::Tensor grad_bias(GradOutput& grad_output, const ConvGeometry& g) {
+  const at::Tensor& dy = grad_output.computed();
   at::Tensor out = at::empty({g.out_channels}, dy.options());
   const bool planes = dy.stride(3) == 1 && dy.stride(2) == g.out_w;  // NCHW: each (n, c) one contiguous run
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "miniplaces_bias_grad", [&] {
@@ -94,8 +95,9 @@ at::Tensor grad_bias(const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeome
       plane_sums<scalar_t>(dy.const_data_ptr<scalar_t>(), dy.stride(0), dy.stride(1), out.mutable_data_ptr<scalar_t>(),
                            g.batch, g.out_channels, g.out_pixels());
     } else {
-      column_sums<scalar_t>(dy_pixels.get().const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                            dy_pixels.get().size(0), g.out_channels);
+      const at::Tensor& rows = grad_output.pixels();
+      column_sums<scalar_t>(rows.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), rows.size(0),
+                            g.out_channels);
     }
   });
   return out;

@@ -118,7 +118,7 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
   return dx;
 }
 
-at::Tensor grad_input_by_gemm(PixelRows& dy_pixels, const at::Tensor& weight, const ConvGeometry& g,
+at::Tensor grad_input_by_gemm(GradOutput& dy, const at::Tensor& weight, const ConvGeometry& g,
                               const at::TensorOptions& options, at::MemoryFormat out_format, int64_t column_bytes) {
   // dx = col2im(dy @ W) in chunks of whole images (col2im gathers every tap of a pixel).
   const int64_t coutg = g.out_channels_per_group();
@@ -133,7 +133,7 @@ at::Tensor grad_input_by_gemm(PixelRows& dy_pixels, const at::Tensor& weight, co
     const int64_t count = std::min(chunk, g.batch - n0);
     const int64_t rows = count * pixels;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const at::Tensor dy_g = dy_pixels.get().narrow(0, n0 * pixels, rows).narrow(1, grp * coutg, coutg);
+      const at::Tensor dy_g = dy.pixels().narrow(0, n0 * pixels, rows).narrow(1, grp * coutg, coutg);
       const at::Tensor w_g = w_matrix.narrow(0, grp * coutg, coutg);
       if (g.is_pointwise()) {
         at::Tensor dx_g = dx_pixels.narrow(0, n0 * pixels, rows).narrow(1, grp * cg, cg);

@@ -42,7 +42,7 @@ void add_transposed_product(at::Tensor& dw, const at::Tensor& a, const at::Tenso
 
 // dW[group] += dy[rows, group]^T @ col[rows, group], in runs of rows small enough to stay in
 // cache, in tiles independent of the thread count; the sum is accumulated in the op-math type.
-at::Tensor grad_weight_by_gemm(const at::Tensor& x, PixelRows& dy_pixels, const ConvGeometry& g,
+at::Tensor grad_weight_by_gemm(const at::Tensor& x, GradOutput& dy, const ConvGeometry& g,
                                at::ScalarType dtype, int64_t column_bytes) {
   const int64_t coutg = g.out_channels_per_group();
   const int64_t cg = g.in_channels_per_group();
@@ -50,12 +50,12 @@ at::Tensor grad_weight_by_gemm(const at::Tensor& x, PixelRows& dy_pixels, const 
   at::Tensor dw = at::zeros({g.out_channels, g.patch_size()}, x.options().dtype(acc_type));
   const int64_t total = g.batch * g.out_pixels();
   const int64_t chunk_rows = g.samples_pixels() ? std::max<int64_t>(total, 1)
-                                                : weight_grad_rows(g, dy_pixels.get().element_size(), column_bytes);
+                                                : weight_grad_rows(g, dy.pixels().element_size(), column_bytes);
   ColumnSource source(x, g, chunk_rows);
   for (int64_t row0 = 0; row0 < total; row0 += chunk_rows) {
     const int64_t rows = std::min(chunk_rows, total - row0);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const at::Tensor dy_g = dy_pixels.get().narrow(0, row0, rows).narrow(1, grp * coutg, coutg);
+      const at::Tensor dy_g = dy.pixels().narrow(0, row0, rows).narrow(1, grp * coutg, coutg);
       const at::Tensor col = source.columns(row0, rows, grp);
       at::Tensor dw_g = dw.narrow(0, grp * coutg, coutg);
       add_transposed_product(dw_g, dy_g, col);
@@ -66,19 +66,18 @@ at::Tensor grad_weight_by_gemm(const at::Tensor& x, PixelRows& dy_pixels, const 
 
 } // namespace
 
-at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, const at::Tensor& grad_output,
-                       const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g,
+at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, GradOutput& dy, const ConvGeometry& g,
                        bool widen) {
   const ConvPlan plan = plan_weight_grad(options, g, input.scalar_type());
   switch (plan.weight_grad) {
     case WeightGradMethod::tiles:
-      return run_weight_grad(plan, input, grad_output);  // bfloat16 operands, float32 sums
+      return run_weight_grad(plan, input, dy.given());  // bfloat16 operands, float32 sums
     case WeightGradMethod::kernel:
-      return run_weight_grad(plan, widen ? widened_nhwc(input) : input, dy);
+      return run_weight_grad(plan, widen ? widened_nhwc(input) : input, dy.computed());
     case WeightGradMethod::gemm:
       break;
   }
-  return grad_weight_by_gemm(widen ? input.to(at::kFloat) : input, dy_pixels, g, dy.scalar_type(),
+  return grad_weight_by_gemm(widen ? input.to(at::kFloat) : input, dy, g, dy.computed().scalar_type(),
                              plan.options.column_bytes);
 }
 

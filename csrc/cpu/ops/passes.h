@@ -32,16 +32,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor&
                                                                at::IntArrayRef padding, at::IntArrayRef dilation,
                                                                int64_t groups, std::array<bool, 3> output_mask);
 
-// The NHWC pixels [N*H*W, C] of a tensor [N, C, H, W], made on first use (a view when it is
-// channels_last): the GEMM paths need them, the kernels do not.
-class PixelRows {
+// grad_output as the backward passes read it, each form made on first use: as given (the bfloat16
+// tile passes read it so); in the computation's dtype (float32, laid out NHWC, for a widened
+// bfloat16/float16 call; else as given); and that as NHWC pixel rows [N*Ho*Wo, Cout] (a view when
+// it is channels_last) for the GEMM paths.
+class GradOutput {
  public:
-  explicit PixelRows(const at::Tensor& t) : t_(t) {}
-  const at::Tensor& get();
+  GradOutput(const at::Tensor& given, bool widen) : given_(given), widen_(widen) {}
+  const at::Tensor& given() const { return given_; }
+  const at::Tensor& computed();
+  const at::Tensor& pixels();
 
  private:
-  const at::Tensor& t_;
-  std::optional<at::Tensor> made_;
+  const at::Tensor& given_;
+  bool widen_;
+  std::optional<at::Tensor> computed_, pixels_;
 };
 
 // grad_input by the direct / Winograd kernels, one forward convolution of grad_output per stride
@@ -53,18 +58,17 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
                                                 at::MemoryFormat out_format, bool bf16_tiles = false);
 
 // grad_input by dcol = dy @ W and col2im, in chunks of whole images (dy in the computation's dtype).
-at::Tensor grad_input_by_gemm(PixelRows& dy_pixels, const at::Tensor& weight, const ConvGeometry& g,
+at::Tensor grad_input_by_gemm(GradOutput& dy, const at::Tensor& weight, const ConvGeometry& g,
                               const at::TensorOptions& options, at::MemoryFormat out_format, int64_t column_bytes);
 
 // The weight gradient: on tiles from the bfloat16 input and grad_output, else from the input and
-// dy (grad_output in the computation's dtype: float32 for a widened bfloat16/float16 call); in that
-// dtype (float32 for tiles), rounded by the caller.
-at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, const at::Tensor& grad_output,
-                       const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g,
+// grad_output in the computation's dtype; in that dtype (float32 for tiles), rounded by the caller.
+at::Tensor grad_weight(const CpuOptions& options, const at::Tensor& input, GradOutput& dy, const ConvGeometry& g,
                        bool widen);
 
-// The bias gradient: sums of dy over images and pixels, in dy's dtype (op-math accumulation).
-at::Tensor grad_bias(const at::Tensor& dy, PixelRows& dy_pixels, const ConvGeometry& g);
+// The bias gradient: sums of grad_output over images and pixels, in the computation's dtype
+// (op-math accumulation).
+at::Tensor grad_bias(GradOutput& dy, const ConvGeometry& g);
 
 // Whether `dtype` is computed by the float32 kernels (bfloat16, float16).
 inline bool widened_to_float(at::ScalarType dtype) {
