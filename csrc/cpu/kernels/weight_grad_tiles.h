@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -99,6 +100,35 @@ struct TileWeightGrad {
     return {nullptr, &block<static_cast<int>(R) + 1>...};
   }
 
+  // `count` pixels of `channels` channels (pixel k's channel c at src[k * pixel_stride + c *
+  // channel_stride]) written channel-major: channel c's pixels to dst + c * plane, consecutive.
+  static void transpose_pixels(const uint16_t* src, int64_t pixel_stride, int64_t channel_stride, int64_t count,
+                               int64_t channels, uint16_t* dst, int64_t plane) {
+    for (int64_t k = 0; k < count; ++k) {
+      for (int64_t c = 0; c < channels; ++c) {
+        dst[c * plane + k] = src[k * pixel_stride + c * channel_stride];
+      }
+    }
+  }
+
+  // One pair of grad_output pixels as B reads it: to[2 * c + k] = pixel k's channel c (c <
+  // channels, channel_stride apart), zero for a missing pixel (null) and for c up to `padded`.
+  static void interleave_pair(const uint16_t* first, const uint16_t* second, int64_t channel_stride, int64_t channels,
+                              int64_t padded, uint16_t* to) {
+    if (first != nullptr && second != nullptr && channel_stride == 1) {
+      for (int64_t c = 0; c < channels; ++c) {
+        to[2 * c] = first[c];
+        to[2 * c + 1] = second[c];
+      }
+    } else {
+      for (int64_t c = 0; c < channels; ++c) {
+        to[2 * c] = first != nullptr ? first[c * channel_stride] : uint16_t{0};
+        to[2 * c + 1] = second != nullptr ? second[c * channel_stride] : uint16_t{0};
+      }
+    }
+    std::memset(to + 2 * channels, 0, static_cast<size_t>(padded - channels) * 2 * sizeof(uint16_t));
+  }
+
   // dW, float32 [Cout, Cin, kh, kw], of a one-group convolution from its bfloat16 input
   // x [N, Cin, H, W] and grad_output dy [N, Cout, Ho, Wo] (any strides).
   static at::Tensor run(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
@@ -117,7 +147,7 @@ struct TileWeightGrad {
     const int64_t cout_padded = (g.out_channels + kBlock - 1) / kBlock * kBlock;
     // Both operands laid out in one pass each, read through their strides (any layout).
     at::Tensor planes = at::zeros({g.batch, sh * sw, g.in_channels, plane}, x.options());
-    at::Tensor dy_pairs = at::zeros({g.batch, pairs, cout_padded, 2}, dy.options());
+    at::Tensor dy_pairs = at::empty({g.batch, pairs, cout_padded, 2}, dy.options());
     const uint16_t* xs = static_cast<const uint16_t*>(x.const_data_ptr());
     const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
     uint16_t* xp = static_cast<uint16_t*>(planes.mutable_data_ptr());
@@ -130,34 +160,33 @@ struct TileWeightGrad {
         read[((i * g.dilation_h) % sh) * sw + (j * g.dilation_w) % sw] = 1;
       }
     }
+    // Each input row's pixels of one column phase land at consecutive positions of its phase
+    // planes: one transposed block copy per (row, phase).
     at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / g.in_h, ih = t % g.in_h, row = ih + top;
-        for (int64_t iw = 0; iw < g.in_w; ++iw) {
-          const int64_t column = iw + left;
-          if (!read[(row % sh) * sw + column % sw]) {
+        for (int64_t v = 0; v < sw; ++v) {
+          const int64_t iw0 = ((v - left) % sw + sw) % sw;  // the first input column of phase v
+          if (!read[(row % sh) * sw + v] || iw0 >= g.in_w) {
             continue;
           }
-          uint16_t* to = xp + ((n * sh + row % sh) * sw + column % sw) * g.in_channels * plane +
-              (row / sh) * wq + column / sw;
-          const uint16_t* from = xs + n * xst.n + ih * xst.h + iw * xst.w;
-          for (int64_t c = 0; c < g.in_channels; ++c) {
-            to[c * plane] = from[c * xst.c];
-          }
+          transpose_pixels(xs + n * xst.n + ih * xst.h + iw0 * xst.w, sw * xst.w, xst.c, (g.in_w - 1 - iw0) / sw + 1,
+                           g.in_channels,
+                           xp + ((n * sh + row % sh) * sw + v) * g.in_channels * plane + (row / sh) * wq + (iw0 + left) / sw,
+                           plane);
         }
       }
     });
-    at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
+    at::parallel_for(0, g.batch * pairs, 64, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / g.out_h, oh = t % g.out_h;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          const int64_t q = oh * wq + ow;
-          uint16_t* to = dyp + ((n * pairs + q / 2) * cout_padded) * 2 + q % 2;
-          const uint16_t* from = dys + n * dst.n + oh * dst.h + ow * dst.w;
-          for (int64_t c = 0; c < g.out_channels; ++c) {
-            to[2 * c] = from[c * dst.c];
-          }
+        const int64_t n = t / pairs, pair = t % pairs;
+        const uint16_t* from[2];
+        for (int64_t k = 0; k < 2; ++k) {
+          const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
+          from[k] = oh < g.out_h && ow < g.out_w ? dys + n * dst.n + oh * dst.h + ow * dst.w : nullptr;
         }
+        interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, dyp + t * cout_padded * 2);
       }
     });
     at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, x.options().dtype(at::kFloat));
