@@ -130,6 +130,9 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
     return row
 
 
+MODEL_ROUNDS = 3  # bench_models: interleaved rounds per path
+
+
 def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float,
                  compiled: bool = False) -> list[dict]:
     """Whole-network eval throughput (images/s, inference_mode, channels_last): torch's convs, ours
@@ -150,18 +153,23 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
         nets = {"torch": (model, x)}
         if compiled:
             nets["torch_compile"] = (torch.compile(copy.deepcopy(model)), x)
-        nets["ours"] = (model, x)
         if dtype in (torch.float32, torch.bfloat16):
             fused = miniplaces_ext.optimize_for_inference(base.to(device), dtype)
             nets["fused"] = (fused, x.float())
             if compiled:
                 nets["fused_compile"] = (torch.compile(fused, fullgraph=True), x.float())
-        for label, (net, inputs) in nets.items():
-            if label == "ours":
-                miniplaces_ext.swap_convs(model)
-            log.info("%s eval, %s: %s ...", arch, dtype, label)
-            with torch.inference_mode(), inductor_config.patch(freezing=True):
-                ms = time_ms(lambda: net(inputs), device, min_time)
+        # "ours" runs the same model after swap_convs: a copy keeps torch's convs for "torch".
+        nets["ours"] = (miniplaces_ext.swap_convs(copy.deepcopy(model)), x)
+        # Rounds over all paths in turn, each path's best round kept: a transient slowdown of this
+        # shared VM (one path's median once read 30 % low) then costs no path its figure.
+        best: dict[str, float] = {}
+        for round_ in range(MODEL_ROUNDS):
+            for label, (net, inputs) in nets.items():
+                log.info("%s eval, %s: %s (round %d of %d) ...", arch, dtype, label, round_ + 1, MODEL_ROUNDS)
+                with torch.inference_mode(), inductor_config.patch(freezing=True):
+                    ms = time_ms(lambda: net(inputs), device, min_time / MODEL_ROUNDS)
+                best[label] = min(best.get(label, math.inf), ms)
+        for label, ms in best.items():
             row[f"{label}_images_per_s"] = batch / ms * 1e3
         row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
         rows.append(row)

@@ -46,6 +46,9 @@ def describe(report: dict) -> str:
              f"commit {report.get('commit') or 'not recorded'}"]
     if peak:
         parts.append(f"float32 FMA peak {peak:.0f} GFLOP/s")
+    # From run 06 on, bench calls reuse_freed_memory() for every path; before, glibc's defaults made
+    # torch's eager calls on large activations pay page faults (allocator.py).
+    parts.append("malloc: reuse_freed_memory()" if report.get("reuse_freed_memory") else "malloc: glibc defaults")
     return ", ".join(parts)
 
 
