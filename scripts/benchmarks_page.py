@@ -7,7 +7,7 @@
 
 Every figure on the page comes from a file in docs/bench/, written by
 `python -m miniplaces_ext.bench ... --json docs/bench/NN-<label>.json`; nothing is copied by hand.
-The files are listed in name order (oldest first); the README shows the newest.
+The files are listed in name order (oldest first); the README shows the newest with whole-network rows.
 """
 from __future__ import annotations
 
@@ -143,8 +143,10 @@ def page(reports: list[tuple[str, dict]]) -> str:
 
 
 def readme_block(reports: list[tuple[str, dict]]) -> str:
-    """The README's summary: the newest measurement's geomeans and whole-network images/s."""
-    stem, report = reports[-1]
+    """The README's summary: the newest full measurement's (one with whole-network rows) geomeans and
+    images/s."""
+    full = [r for r in reports if any(run.get("models") for run in r[1]["runs"])]
+    stem, report = (full or reports)[-1]
     lines = [BEGIN, f"Newest measurement ({describe(report)}):", "",
              "| dtype | ResNet-18 layers, geomean fwd / f+b | AlexNet layers | ResNet-18 eval img/s: "
              "torch eager / torch.compile / ours fused |", "| --- | --- | --- | --- |"]
