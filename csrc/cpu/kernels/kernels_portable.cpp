@@ -13,6 +13,9 @@
 #include <cstring>
 #include <utility>
 #include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>  // weight_grad_tiles.h's 8 x 8 transposes: x86-64's baseline
+#endif
 
 #include "../plan.h"
 #include "../layout.h"

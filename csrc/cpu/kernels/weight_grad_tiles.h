@@ -17,7 +17,8 @@
 // chunk are added to its float32 sums in chunk order, so the bits do not depend on the thread
 // count; the caller rounds dW to bfloat16 once.
 //
-// Include after tile_block.h and register_block.h, inside the tile unit's target pragma.
+// Include after tile_block.h and register_block.h, inside the tile unit's target pragma; on x86-64
+// after <emmintrin.h> (SSE2, included before the pragma).
 #pragma once
 
 #include "../../conv.h"
@@ -102,14 +103,54 @@ struct TileWeightGrad {
 
   // `count` pixels of `channels` channels (pixel k's channel c at src[k * pixel_stride + c *
   // channel_stride]) written channel-major: channel c's pixels to dst + c * plane, consecutive.
+  // Pixels with their channels innermost go 8 x 8 at a time through SSE2 registers (x86-64's
+  // baseline); the rest an element at a time.
   static void transpose_pixels(const uint16_t* src, int64_t pixel_stride, int64_t channel_stride, int64_t count,
                                int64_t channels, uint16_t* dst, int64_t plane) {
-    for (int64_t k = 0; k < count; ++k) {
-      for (int64_t c = 0; c < channels; ++c) {
+    int64_t k0 = 0, c8 = 0;
+#if defined(__SSE2__)
+    if (channel_stride == 1) {
+      c8 = channels / 8 * 8;
+      for (; k0 + 8 <= count; k0 += 8) {
+        for (int64_t c = 0; c < c8; c += 8) {
+          transpose_8x8(src + k0 * pixel_stride + c, pixel_stride, dst + c * plane + k0, plane);
+        }
+      }
+    }
+#endif
+    for (int64_t c = 0; c < channels; ++c) {  // what the blocks left: pixels from k0 on, channels from c8 on
+      for (int64_t k = c < c8 ? k0 : 0; k < count; ++k) {
         dst[c * plane + k] = src[k * pixel_stride + c * channel_stride];
       }
     }
   }
+
+#if defined(__SSE2__)
+  // dst[c * dst_stride + k] = src[k * src_stride + c] for k, c < 8: three rounds of interleaves.
+  static void transpose_8x8(const uint16_t* src, int64_t src_stride, uint16_t* dst, int64_t dst_stride) {
+    __m128i r[8], t[8];
+    for (int k = 0; k < 8; ++k) {
+      r[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k * src_stride));
+    }
+    for (int k = 0; k < 4; ++k) {  // pixel pairs: (2k, 2k+1) interleaved, channels 0-3 and 4-7
+      t[k] = _mm_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
+      t[k + 4] = _mm_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // quads of pixels: channels 4h .. 4h + 3, two per register
+      r[4 * h] = _mm_unpacklo_epi32(t[4 * h], t[4 * h + 1]);
+      r[4 * h + 1] = _mm_unpackhi_epi32(t[4 * h], t[4 * h + 1]);
+      r[4 * h + 2] = _mm_unpacklo_epi32(t[4 * h + 2], t[4 * h + 3]);
+      r[4 * h + 3] = _mm_unpackhi_epi32(t[4 * h + 2], t[4 * h + 3]);
+    }
+    for (int h = 0; h < 2; ++h) {  // all 8 pixels of channels 4h + j
+      for (int j = 0; j < 2; ++j) {
+        const __m128i lo = r[4 * h + j], hi = r[4 * h + 2 + j];
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * h + 2 * j) * dst_stride), _mm_unpacklo_epi64(lo, hi));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * h + 2 * j + 1) * dst_stride), _mm_unpackhi_epi64(lo, hi));
+      }
+    }
+  }
+#endif
 
   // One pair of grad_output pixels as B reads it: to[2 * c + k] = pixel k's channel c (c <
   // channels, channel_stride apart), zero for a missing pixel (null) and for c up to `padded`.
