@@ -342,7 +342,8 @@ struct DirectConv {
   // acc += the block of R virtual pixels from q0 against panel `blk`; stored to sums[r][j]
   // (32 columns per virtual pixel) with the bias.
   template <int R>
-  static void flat_kernel(const Args& a, const In* image, int64_t wp, int64_t blk, int64_t q0, float* sums) {
+  static void flat_kernel(const Args& a, const In* image, int64_t wp, int64_t blk, int64_t q0, float* dst,
+                          int64_t dst_stride) {
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels;
     Block<R> acc;
@@ -360,10 +361,10 @@ struct DirectConv {
     }
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
-    acc.store(sums, kBlock, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
+    acc.store(dst, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
   }
 
-  using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*);
+  using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*, int64_t);
   template <size_t... R>
   static constexpr std::array<FlatKernel, kMaxRows + 1> flat_table(std::index_sequence<R...>) {
     return {nullptr, &flat_kernel<static_cast<int>(R) + 1>...};
@@ -390,6 +391,32 @@ struct DirectConv {
     const int64_t runs = (pixels + kMaxRows - 1) / kMaxRows;
     const int64_t run_len = pixels / runs, longer_runs = pixels % runs;
     const auto& s = a.out_strides;
+    if (!weight_is_large(g, a.blocks)) {
+      // Image by image, every panel of a block of virtual pixels before the next block, so that the
+      // block's input stays in L1 while the panels (within kWeightInCacheBytes) stream from L2.
+      const int64_t cout = g.out_channels;
+      at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+        [[maybe_unused]] const BlockRun<Vec> run;
+        AlignedVector<float> sums(pixels * cout);
+        for (int64_t n = begin; n < end; ++n) {
+          const In* image = images.data() + n * hp * wp * C;
+          int64_t q0 = 0;
+          for (int64_t r = 0; r < runs; ++r) {
+            const int64_t len = run_len + (r < longer_runs ? 1 : 0);
+            for (int64_t blk = 0; blk < a.blocks; ++blk) {
+              kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * cout + blk * kBlock, cout);
+            }
+            q0 += len;
+          }
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            finish_row(a, sums.data() + oh * wp * cout, cout, cout, n, oh, 0, n * s.n + oh * s.h);
+          }
+        }
+      });
+      return;
+    }
+    // A large weight: (panel, image) tasks, panel-major, so that a thread's panels stay in cache
+    // over its images.
     at::parallel_for(0, a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
       AlignedVector<float> sums(pixels * kBlock);
@@ -399,7 +426,7 @@ struct DirectConv {
         int64_t q0 = 0;
         for (int64_t r = 0; r < runs; ++r) {
           const int64_t len = run_len + (r < longer_runs ? 1 : 0);
-          kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock);
+          kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock, kBlock);
           q0 += len;
         }
         const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
