@@ -28,11 +28,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 import miniplaces_ext
 from miniplaces_ext import cli
 
 log = logging.getLogger("miniplaces_ext.bench")
+LAYER_ROUNDS = 2  # bench_layer: interleaved rounds of torch's and ours
+MODEL_ROUNDS = 3  # bench_models: interleaved rounds per path
 
 
 @dataclass(frozen=True)
@@ -113,24 +116,24 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
     row = {**asdict(layer), "batch": batch, "gflop": layer.flops(batch) / 1e9,
            "algo": miniplaces_ext.cpu_conv_algorithm(x, w, layer.stride, layer.padding)
            if device.type == "cpu" else "implicit-gemm"}
-    for label, conv in (("torch", F.conv2d), ("ours", miniplaces_ext.conv2d)):
-        with torch.no_grad():
-            row[f"{label}_fwd_ms"] = time_ms(lambda: conv(x, w, *args), device, min_time)
+    def fwd_bwd(conv: Callable[..., Tensor]) -> tuple[Tensor, ...]:
+        out = conv(x, w, *args)
+        return torch.autograd.grad(out, (x, w), torch.ones_like(out))
 
-        def fwd_bwd():
-            out = conv(x, w, *args)
-            grads = torch.autograd.grad(out, (x, w), torch.ones_like(out))
-            return grads
-
-        row[f"{label}_fwdbwd_ms"] = time_ms(fwd_bwd, device, min_time)
+    # Interleaved rounds, each measurement's best round kept, as in bench_models: a transient
+    # slowdown of a shared machine during one median then costs neither side its figure.
+    for round_ in range(LAYER_ROUNDS):
+        for label, conv in (("torch", F.conv2d), ("ours", miniplaces_ext.conv2d)):
+            with torch.no_grad():
+                ms = time_ms(lambda: conv(x, w, *args), device, min_time / LAYER_ROUNDS)
+            row[f"{label}_fwd_ms"] = min(row.get(f"{label}_fwd_ms", math.inf), ms)
+            ms = time_ms(lambda: fwd_bwd(conv), device, min_time / LAYER_ROUNDS)
+            row[f"{label}_fwdbwd_ms"] = min(row.get(f"{label}_fwdbwd_ms", math.inf), ms)
     row["fwd_ratio"] = row["ours_fwd_ms"] / row["torch_fwd_ms"]
     row["fwdbwd_ratio"] = row["ours_fwdbwd_ms"] / row["torch_fwdbwd_ms"]
     for label in ("torch", "ours"):
         row[f"{label}_fwd_gflops"] = row["gflop"] / row[f"{label}_fwd_ms"] * 1e3
     return row
-
-
-MODEL_ROUNDS = 3  # bench_models: interleaved rounds per path
 
 
 def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float,
