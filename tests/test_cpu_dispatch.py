@@ -441,6 +441,24 @@ def test_lowered_few_channel_layers_on_tiles_are_exact(isa, in_channels, kernel,
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
 
 
+def test_lowered_weight_is_packed_once_and_follows_in_place_changes():
+    """A few-channel bf16 layer's lowered weight is kept packed outside training like every
+    other layout, and an in-place change of the weight is never answered from the stale entry."""
+    me.set_cpu_options(bf16="tiles")
+    me.clear_weight_cache()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(-8, 9, (2, 3, 20, 33), generator=gen).bfloat16()
+    w = torch.randint(-8, 9, (40, 3, 7, 7), generator=gen).bfloat16()
+    assert me.cpu_conv_plan(x, w, 2, 3)["input"] == "lowered"
+    with torch.no_grad():
+        first = me.conv2d(x, w, None, 2, 3)
+        assert me.weight_cache_size() == 1
+        assert torch.equal(me.conv2d(x, w, None, 2, 3), first) and me.weight_cache_size() == 1
+        w.mul_(-1)
+        assert torch.equal(me.conv2d(x, w, None, 2, 3), -first)
+    me.clear_weight_cache()
+
+
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("in_channels, out_channels, kernel, stride, width", [
     (48, 64, 3, 1, 37),   # one phase: the transposed 3x3 convolution, 2 x 2 blocks and staged borders

@@ -31,15 +31,7 @@ void lowered_convolution(const ConvPlan& p, const at::Tensor& x, const at::Tenso
   constexpr int64_t kProductDepth = 32;  // bfloat16 elements per row of an A tile
   const int64_t patch = g.patch_size();
   const int64_t depth = (patch + kProductDepth - 1) / kProductDepth * kProductDepth;
-  // [Cout, C, kh, kw] -> [Cout, (kh, kw, c) + zeros, 1, 1], the order of the lowered rows, packed
-  // as the 1x1 convolution of `depth` channels that the kernel computes.
-  ConvGeometry lowered = g;
-  lowered.in_channels = depth;
-  lowered.kernel_h = lowered.kernel_w = 1;
-  const at::Tensor w = at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, patch}),
-                                           {0, depth - patch})
-                           .view({g.out_channels, depth, 1, 1});
-  p.kernel(x, pack_direct_weight_pairs(w, lowered, p.block), bias, g, epilogue, out);
+  p.kernel(x, packed_lowered_weight(weight, g, depth, p.block, p.weight_cached), bias, g, epilogue, out);
 }
 
 } // namespace miniplaces_ext::cpu

@@ -248,6 +248,21 @@ at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, 
                           [&] { return pack_direct_weight_pairs(weight, g, block_width); });
 }
 
+at::Tensor packed_lowered_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t depth, int64_t block_width,
+                                 bool cacheable) {
+  constexpr int64_t kLoweredLayout = int64_t{1} << 57;  // apart from the layouts above
+  const auto pack = [&] {
+    const int64_t patch = g.patch_size();
+    ConvGeometry lowered = g;
+    lowered.in_channels = depth;
+    lowered.kernel_h = lowered.kernel_w = 1;
+    const at::Tensor rows = at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, patch}),
+                                                {0, depth - patch});
+    return pack_direct_weight_pairs(rows.view({g.out_channels, depth, 1, 1}), lowered, block_width);
+  };
+  return packed_or_cached(weight, kLoweredLayout | (depth << 40) | (block_width << 32) | g.groups, cacheable, pack);
+}
+
 TORCH_LIBRARY_FRAGMENT(miniplaces_ext, m) {
   m.def("weight_cache_size() -> int", [] { return weight_cache().size(); });
   m.def("clear_weight_cache() -> ()", [] { weight_cache().clear(); });

@@ -50,4 +50,11 @@ at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry
 // pack_direct_weight_pairs(weight, g, block_width), cached like packed_weight.
 at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width, bool cacheable);
 
+// The bfloat16 weight of a few-channel layer reduced over (kh, kw, c) together (lowered_conv.cpp):
+// [Cout, C, kh, kw] as [Cout, depth] in (kh, kw, c) order, zeros from patch_size() to `depth`,
+// packed by pack_direct_weight_pairs as a 1x1 convolution of `depth` channels; cached like
+// packed_weight.
+at::Tensor packed_lowered_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t depth, int64_t block_width,
+                                 bool cacheable);
+
 } // namespace miniplaces_ext::cpu
