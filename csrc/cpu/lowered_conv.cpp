@@ -21,6 +21,11 @@ bool lowered_applies(const ConvGeometry& g) {
   return g.groups == 1 && g.in_channels < kFewChannels && g.taps() > 1 && g.dilation_w == 1;
 }
 
+int64_t lowered_depth(const ConvGeometry& g) {
+  constexpr int64_t kProductDepth = 32;  // bfloat16 elements per row of an A tile
+  return (g.patch_size() + kProductDepth - 1) / kProductDepth * kProductDepth;
+}
+
 void lowered_convolution(const ConvPlan& p, const at::Tensor& x, const at::Tensor& weight,
                          const c10::optional<at::Tensor>& bias, const OutputEpilogue& epilogue,
                          const at::Tensor& out) {
@@ -28,10 +33,7 @@ void lowered_convolution(const ConvPlan& p, const at::Tensor& x, const at::Tenso
   TORCH_CHECK(p.unit == Bf16Kernel::tiles && lowered_applies(g), "lowered tile conv: expected one group of fewer than 16 channels and a kernel > 1x1");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
               "lowered tile conv: expected bfloat16 operands, got ", x.scalar_type(), " and ", weight.scalar_type());
-  constexpr int64_t kProductDepth = 32;  // bfloat16 elements per row of an A tile
-  const int64_t patch = g.patch_size();
-  const int64_t depth = (patch + kProductDepth - 1) / kProductDepth * kProductDepth;
-  p.kernel(x, packed_lowered_weight(weight, g, depth, p.block, p.weight_cached), bias, g, epilogue, out);
+  p.kernel(x, packed_lowered_weight(weight, g, lowered_depth(g), p.block, p.weight_cached), bias, g, epilogue, out);
 }
 
 } // namespace miniplaces_ext::cpu

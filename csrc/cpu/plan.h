@@ -92,7 +92,11 @@ ConvPlan plan_weight_grad(const CpuOptions& options, const ConvGeometry& g, at::
 bool winograd_applies(const ConvGeometry& g);
 
 // True when a bfloat16 layer on tiles is lowered (lowered_conv.cpp): one group of fewer than 16
-// input channels, a kernel larger than 1x1.
+// input channels, a kernel larger than 1x1, undilated columns.
 bool lowered_applies(const ConvGeometry& g);
+
+// The reduction depth of a lowered layer: patch_size() rounded up to whole tile products (32
+// bfloat16 values), the length of each pixel's lowered row and of each lowered weight row.
+int64_t lowered_depth(const ConvGeometry& g);
 
 } // namespace miniplaces_ext::cpu

@@ -148,6 +148,17 @@ struct DirectConv {
   template <int R>
   using Block = typename AccumulatorBlock<Vec, R>::type;
 
+  // `pixels` in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5 where kMaxRows is 6), so
+  // that every run is one accumulator block and no tail needs masking.
+  struct PixelRuns {
+    int64_t count, base, longer;  // runs; the first `longer` have base + 1 pixels, the rest base
+    explicit PixelRuns(int64_t pixels)
+        : count((pixels + kMaxRows - 1) / kMaxRows),
+          base(count > 0 ? pixels / count : 0),
+          longer(count > 0 ? pixels % count : 0) {}
+    int64_t length(int64_t run) const { return base + (run < longer ? 1 : 0); }
+  };
+
   // How one step of the reduction multiplies (float32 FMAs or bfloat16 pairs), and how many
   // reduction elements it takes.
   using Steps = std::conditional_t<kPairs, Bf16PairSteps<Vec>, Float32Steps<Vec>>;
@@ -222,14 +233,7 @@ struct DirectConv {
   static void write_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t first) {
     const Strides4& s = a.out_strides;
     if (a.out_bf16 != nullptr && s.c == 1) {
-      uint16_t* out = reinterpret_cast<uint16_t*>(a.out_bf16) + first;
-      for (int64_t ow = 0; ow < a.g.out_w; ++ow) {
-        const float* v = src + ow * src_pixel_stride;
-        uint16_t* o = out + ow * s.w;
-        for (int64_t j = 0; j < columns; ++j) {
-          o[j] = bf16_bits(v[j]);
-        }
-      }
+      finish_bf16_row<0, false>(a, src, src_pixel_stride, columns, 0, 0, 0, first);  // rounding alone
     } else if (a.out_bf16 != nullptr) {
       copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out_bf16 + first, s.c, s.w);
     } else {
@@ -388,8 +392,7 @@ struct DirectConv {
       }
     });
     const int64_t pixels = (g.out_h - 1) * wp + g.out_w;  // virtual pixels up to the last real one
-    const int64_t runs = (pixels + kMaxRows - 1) / kMaxRows;
-    const int64_t run_len = pixels / runs, longer_runs = pixels % runs;
+    const PixelRuns runs(pixels);
     const auto& s = a.out_strides;
     if (!weight_is_large(g, a.blocks)) {
       // Image by image, every panel of a block of virtual pixels before the next block, so that the
@@ -401,8 +404,8 @@ struct DirectConv {
         for (int64_t n = begin; n < end; ++n) {
           const In* image = images.data() + n * hp * wp * C;
           int64_t q0 = 0;
-          for (int64_t r = 0; r < runs; ++r) {
-            const int64_t len = run_len + (r < longer_runs ? 1 : 0);
+          for (int64_t r = 0; r < runs.count; ++r) {
+            const int64_t len = runs.length(r);
             for (int64_t blk = 0; blk < a.blocks; ++blk) {
               kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * cout + blk * kBlock, cout);
             }
@@ -424,8 +427,8 @@ struct DirectConv {
         const int64_t blk = t / g.batch, n = t % g.batch;
         const In* image = images.data() + n * hp * wp * C;
         int64_t q0 = 0;
-        for (int64_t r = 0; r < runs; ++r) {
-          const int64_t len = run_len + (r < longer_runs ? 1 : 0);
+        for (int64_t r = 0; r < runs.count; ++r) {
+          const int64_t len = runs.length(r);
           kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock, kBlock);
           q0 += len;
         }
@@ -488,8 +491,7 @@ struct DirectConv {
   static void lowered_rows(const Args& a, int64_t depth) {
     static constexpr auto kLowered = lowered_table(std::make_index_sequence<kMaxRows>{});
     const ConvGeometry& g = a.g;
-    const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
-    const int64_t run_len = g.out_w / runs, longer_runs = g.out_w % runs;
+    const PixelRuns runs(g.out_w);
     const auto [left, right] = row_padding(g);
     const auto& s = a.out_strides;
     at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
@@ -501,8 +503,8 @@ struct DirectConv {
         const int64_t n = t / g.out_h, oh = t % g.out_h;
         const In* const* xrows = input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, 0);
         int64_t ow0 = 0;
-        for (int64_t r = 0; r < runs; ++r) {
-          const int64_t len = run_len + (r < longer_runs ? 1 : 0);
+        for (int64_t r = 0; r < runs.count; ++r) {
+          const int64_t len = runs.length(r);
           lower_pixels(g, xrows, ow0, len, depth, rows.data());
           for (int64_t blk = 0; blk < a.blocks; ++blk) {
             kLowered[len](a, rows.data(), depth, blk, buffer.data() + ow0 * g.out_channels, g.out_channels);
@@ -538,17 +540,15 @@ struct DirectConv {
     const int64_t lo = std::min(g.out_w, (g.pad_w + g.stride_w - 1) / g.stride_w);
     const int64_t last_ok = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;  // ow * sw must not exceed this
     const int64_t hi = std::max(lo, std::min(g.out_w, last_ok < 0 ? int64_t{0} : last_ok / g.stride_w + 1));
-    // A row of output pixels in runs of near-equal length <= kMaxRows (16 -> 6, 5, 5).
-    const int64_t runs = (g.out_w + kMaxRows - 1) / kMaxRows;
-    const int64_t run_len = g.out_w / std::max<int64_t>(runs, 1), longer_runs = g.out_w % std::max<int64_t>(runs, 1);
+    const PixelRuns runs(g.out_w);  // a row of output pixels
     const bool padded =  // borders read the rows' zero padding
         padded_rows(g, a.blocks, !InputRows<In>::in_place(a.x_strides, g));
     // Blocks [blk0, blk1) of one output row, all blocks of a run of pixels before the next run, so
     // that the run's input rows stay in L1 while the weight panels stream past.
     const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk0, int64_t blk1, const RowDestination& d) {
       int64_t ow0 = 0;
-      for (int64_t run = 0; run < runs; ++run) {
-        const int64_t len = run_len + (run < longer_runs ? 1 : 0);
+      for (int64_t run = 0; run < runs.count; ++run) {
+        const int64_t len = runs.length(run);
         const bool border = !padded && (ow0 < lo || ow0 + len > hi);
         for (int64_t blk = blk0; blk < blk1; ++blk) {
           (border ? kBorder : kInterior)[len](a, xrows, grp, blk, ow0, d);
@@ -673,8 +673,7 @@ struct DirectConv {
   static void run_lowered(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                           const ConvGeometry& g, const OutputEpilogue& epilogue, const at::Tensor& out) {
     static_assert(kTiles, "the lowered layout feeds whole tile products");
-    constexpr int64_t kProductDepth = 2 * TileBlock<typename Vec::Tiles, 1>::kPairsPerProduct;
-    const int64_t depth = (g.patch_size() + kProductDepth - 1) / kProductDepth * kProductDepth;
+    const int64_t depth = lowered_depth(g);
     TORCH_CHECK(x.scalar_type() == at::kBFloat16 && packed.scalar_type() == at::kBFloat16,
                 "lowered tile conv: expected bfloat16 operands, got ", x.scalar_type(), " and ", packed.scalar_type());
     TORCH_CHECK(g.groups == 1 && g.dilation_w == 1, "lowered tile conv: one group and undilated columns");

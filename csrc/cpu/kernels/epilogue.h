@@ -20,15 +20,6 @@ struct OutputEpilogue {
   bool relu = false;
 
   bool any() const { return residual != nullptr || relu; }
-
-  // The same epilogue for the images from n0 on (a kernel run over part of the batch).
-  OutputEpilogue from_image(int64_t n0) const {
-    OutputEpilogue e = *this;
-    if (residual != nullptr) {
-      e.residual = static_cast<const char*>(residual) + n0 * strides.n * (residual_bf16 ? 2 : 4);
-    }
-    return e;
-  }
 };
 
 } // namespace miniplaces_ext::cpu
