@@ -60,20 +60,21 @@ def test_float32_epilogue_is_the_unfused_bits(isa, algo, in_channels, out_channe
 
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("mode", ["pairs", "tiles"])
-@pytest.mark.parametrize("in_channels, kernel, width", [
-    (64, 3, 37),   # a 3x3 layer: blocks of whole rows
-    (3, 7, 37),    # the stem's shape: lowered on tiles, in chunks of images
-    (64, 3, 8),    # 8-pixel rows: one flat run of virtual pixels per image on tiles
+@pytest.mark.parametrize("in_channels, kernel, height, width", [
+    (64, 3, 20, 37),   # a 3x3 layer: blocks of whole rows (on tiles finished block by block, a block late)
+    (3, 7, 20, 37),    # the stem's shape: lowered on tiles
+    (64, 3, 20, 8),    # 8-pixel rows: one flat run of virtual pixels per image on tiles
+    (64, 3, 21, 16),   # 16-pixel rows, an odd count: on tiles two rows per block, the last row alone
 ])
 @pytest.mark.parametrize("residual_layout", ["nchw", "channels_last", "strided"])
-def test_bfloat16_epilogue_rounds_once(isa, mode, in_channels, kernel, width, residual_layout):
+def test_bfloat16_epilogue_rounds_once(isa, mode, in_channels, kernel, height, width, residual_layout):
     """Small integer operands make every float32 sum exact, so the fused output must be the exact
     conv + bias + residual, ReLU'd, rounded once to bfloat16 — which differs from the unfused path's
     two roundings (conv, then add) on some elements."""
     use_cpu_kernel((isa, "direct"))
     me.set_cpu_options(bf16=mode)
     gen = torch.Generator().manual_seed(kernel + width)
-    x = torch.randint(-8, 9, (2, in_channels, 20, width), generator=gen).bfloat16()
+    x = torch.randint(-8, 9, (2, in_channels, height, width), generator=gen).bfloat16()
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randint(-8, 9, (48, in_channels, kernel, kernel), generator=gen).bfloat16()
     b = torch.randint(-64, 65, (48,), generator=gen).bfloat16()

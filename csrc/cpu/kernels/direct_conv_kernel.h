@@ -89,7 +89,8 @@ struct DirectConv {
     Strides4 x_strides;
     const In* weight;     // packed [groups][blocks][kh][kw][Cg][kBlock] (pairs: [..][Cg/2][kBlock][2])
     const float* bias;    // [Cout] or nullptr
-    const In* zeros;      // Cg zeros: what a pixel left or right of the input reads
+    const In* zeros;      // zeros: what a pixel left or right of the input reads (Cg), and a whole
+                          // zero-padded input row (paired_kernel)
     float* out;           // [N, Cout, Ho, Wo] in any layout, addressed through out_strides; or
     c10::BFloat16* out_bf16;  // the output in bfloat16 (one of the two is null)
     Strides4 out_strides;
@@ -98,11 +99,105 @@ struct DirectConv {
     const OutputEpilogue& epilogue;  // + residual, ReLU: applied to each row before it is written
   };
 
+  // Finishes output pixels [ow0, ow0 + count) of row (n, oh), channels [co, co + columns), from
+  // their float32 sums src[(ow - ow0) * src_pixel_stride + j] (+ bias[j] where bias is given): a
+  // bfloat16 NHWC output (finish_bf16_pixels); `first` is the offset of the row's element (0, co)
+  // in the output.
+  using FinishPixels = void (*)(const Args& a, const float* src, int64_t src_pixel_stride, const float* bias,
+                                int64_t columns, int64_t n, int64_t oh, int64_t co, int64_t ow0, int64_t count,
+                                int64_t first);
+
+  // A thread's blocks finished one block late, where the output is bfloat16 NHWC (one_pass_finish):
+  // each block's sums are stored to a scratch in L1 and finished (bias, residual, ReLU, one
+  // rounding, stored) a slice of pixels after each tile product of the next block, so that the
+  // vector unit finishes one block while the tile unit multiplies the next (as oneDNN's AMX
+  // brgemm kernels interleave their tile stores), and no load waits on sums the tiles have only
+  // just stored. The rows' sums never make a second pass through a row buffer.
+  class BlockFinisher {
+   public:
+    BlockFinisher(const Args& a, FinishPixels finish) : a_(a), finish_(finish) {}
+    ~BlockFinisher() { flush(); }
+    BlockFinisher(const BlockFinisher&) = delete;
+    BlockFinisher& operator=(const BlockFinisher&) = delete;
+
+    // Before a block of `products` tile products: the pending block's pixels are spread over them.
+    void pace(int64_t products) {
+      const int64_t left = pending_.count - done_;
+      slice_ = products > 0 ? (left + products - 1) / products : left;
+    }
+
+    // After one tile product: the next slice of the pending block.
+    void step() {
+      if (done_ < pending_.count) {
+        finish_pixels(std::min(slice_, pending_.count - done_));
+      }
+    }
+
+    // Finishes what is left of the pending block, then stores `acc` (R pixels from ow0 of row
+    // (n, oh), `columns` channels from col; `first`: the offset of the row's element (0, col)) as
+    // the pending one. A block of two output rows (paired_kernel) has `split` pixels in row oh and
+    // the rest from ow0 of row oh + 1, whose element (0, col) is at `second_first`.
+    template <int R, typename Acc>
+    void push(const Acc& acc, int64_t n, int64_t oh, int64_t col, int64_t ow0, int columns, int64_t first,
+              int64_t split = R, int64_t second_first = 0) {
+      flush();
+      float* sums = sums_[next_];
+      acc.store(sums, kBlock, 1, nullptr, columns);
+      pending_ = Pending{sums, n, oh, col, ow0, R, columns, first, split, second_first};
+      next_ ^= 1;
+    }
+
+    // Finishes what is left of the pending block.
+    void flush() {
+      if (done_ < pending_.count) {
+        finish_pixels(pending_.count - done_);
+      }
+      pending_.count = 0;
+      done_ = 0;
+    }
+
+   private:
+    // Finishes the pending block's next `count` pixels (in one output row or two).
+    void finish_pixels(int64_t count) {
+      static constexpr float kNoBias[kBlock] = {};  // one loop for both: see one_pass_finish
+      const Pending& p = pending_;
+      const float* bias = a_.bias != nullptr ? a_.bias + p.col : kNoBias;
+      while (count > 0) {
+        const bool second = done_ >= p.split;
+        const int64_t part = second ? count : std::min(count, p.split - done_);
+        finish_(a_, p.sums + done_ * kBlock, kBlock, bias, p.columns, p.n, p.oh + (second ? 1 : 0), p.col,
+                p.ow0 + done_ - (second ? p.split : 0), part, second ? p.second_first : p.first);
+        done_ += part;
+        count -= part;
+      }
+    }
+
+    struct Pending {
+      const float* sums = nullptr;
+      int64_t n = 0, oh = 0, col = 0, ow0 = 0, count = 0, columns = 0, first = 0, split = 0, second_first = 0;
+    };
+    const Args& a_;
+    FinishPixels finish_;
+    Pending pending_;
+    int64_t done_ = 0, slice_ = 0;  // pixels of the pending block finished; pixels per product
+    int next_ = 0;
+    alignas(64) float sums_[2][kMaxRows * kBlock];
+  };
+
   // Where one output row of one group goes: element (ow, co) of the row,
-  // co counted within the group, at row[ow * pixel_stride + co * channel_stride].
+  // co counted within the group, at row[ow * pixel_stride + co * channel_stride]; or, where
+  // `finisher` is set, to the thread's BlockFinisher block by block, with `first` the offset of
+  // the row's first element in the output.
   struct RowDestination {
     float* row;
     int64_t pixel_stride, channel_stride;
+    BlockFinisher* finisher = nullptr;
+    int64_t n = 0, oh = 0, first = 0;
+
+    // The destination of output row (n, oh) whose blocks go to `finisher`.
+    static RowDestination finished(BlockFinisher& finisher, int64_t n, int64_t oh, int64_t first) {
+      return RowDestination{nullptr, 0, 0, &finisher, n, oh, first};
+    }
   };
 
   // Whether a group's packed weight is too large to stay in cache across output rows.
@@ -166,9 +261,20 @@ struct DirectConv {
 
   // acc (a Block) += the rank-`depth` product of its R input rows (StridedRows
   // or PointerRows) and a packed weight panel; depth is even for pairs.
+  // Tile products in `runs` reductions of `depth` elements each (TileBlock: 16 pairs a product).
+  static int64_t tile_products(int64_t runs, int64_t depth) {
+    constexpr int64_t kDepth = 32;
+    return runs * ((depth + kDepth - 1) / kDepth);
+  }
+
+  // Tile blocks call `finisher`'s step after each product (BlockFinisher).
   template <typename Acc, typename Rows>
-  static void reduce(Acc& acc, const Rows& rows, const In* b, int64_t depth) {
-    acc.template accumulate<Steps>(rows, b, kStepWidth * kBlock, depth / kStepWidth);
+  static void reduce(Acc& acc, const Rows& rows, const In* b, int64_t depth, BlockFinisher* finisher = nullptr) {
+    if constexpr (kTiles) {
+      acc.template accumulate<Steps>(rows, b, kStepWidth * kBlock, depth / kStepWidth, finisher);
+    } else {
+      acc.template accumulate<Steps>(rows, b, kStepWidth * kBlock, depth / kStepWidth);
+    }
   }
 
   // R output pixels starting at ow0. With kCheckColumns, taps left or right of
@@ -190,6 +296,10 @@ struct DirectConv {
     const int64_t first_iw = ow0 * g.stride_w - g.pad_w;  // input column of the first pixel's first tap
     const bool row_inside = !kCheckColumns ||
         (first_iw >= 0 && first_iw + (g.kernel_w - 1) + (R - 1) * g.stride_w < g.in_w);
+    if (d.finisher != nullptr) {
+      d.finisher->pace(row_is_one_run ? tile_products(g.kernel_h, g.kernel_w * cg)
+                                      : tile_products(g.kernel_h * g.kernel_w, cg));
+    }
     for (int64_t i = 0; i < g.kernel_h; ++i) {
       const In* xrow = xrows[i];
       if (xrow == nullptr) {
@@ -197,14 +307,14 @@ struct DirectConv {
       }
       if (row_is_one_run && row_inside) {
         reduce(acc, StridedRows<In>{xrow + first_iw * g.in_channels, pixel_step},
-               wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg);
+               wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg, d.finisher);
         continue;
       }
       for (int64_t j = 0; j < g.kernel_w; ++j) {
         const int64_t iw0 = first_iw + j * g.dilation_w;  // input column of the first pixel
         const In* wtap = wblock + (i * g.kernel_w + j) * cg * kBlock;
         if (!kCheckColumns || (iw0 >= 0 && iw0 + (R - 1) * g.stride_w < g.in_w)) {
-          reduce(acc, StridedRows<In>{xrow + iw0 * g.in_channels, pixel_step}, wtap, cg);
+          reduce(acc, StridedRows<In>{xrow + iw0 * g.in_channels, pixel_step}, wtap, cg, d.finisher);
           continue;
         }
         const In* pixels[R];
@@ -216,15 +326,76 @@ struct DirectConv {
           any_inside = any_inside || inside;
         }
         if (any_inside) {
-          reduce(acc, PointerRows<In, R>{pixels}, wtap, cg);
+          reduce(acc, PointerRows<In, R>{pixels}, wtap, cg, d.finisher);
         }
       }
     }
     const int64_t co0 = blk * kBlock;  // first output channel of the block within the group
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels_per_group() - co0));
-    const int64_t col = grp * g.out_channels_per_group() + co0;
+    store_block<R>(a, acc, d, ow0, co0, grp * g.out_channels_per_group() + co0, columns);
+  }
+
+  // Stores block `acc` (R pixels from ow0, `columns` channels from co0 of the destination's group,
+  // col in the whole output): with the bias to the destination row, or to its BlockFinisher.
+  template <int R, typename Acc>
+  static void store_block(const Args& a, const Acc& acc, const RowDestination& d, int64_t ow0, int64_t co0,
+                          int64_t col, int columns) {
+    if (d.finisher != nullptr) {
+      d.finisher->template push<R>(acc, d.n, d.oh, col, ow0, columns, d.first + co0 * a.out_strides.c);
+      return;
+    }
     acc.store(d.row + ow0 * d.pixel_stride + co0 * d.channel_stride, d.pixel_stride, d.channel_stride,
               a.bias != nullptr ? a.bias + col : nullptr, columns);
+  }
+
+  // Whether output rows are computed in pairs (paired_kernel): rows of 16 pixels on tiles, read
+  // from zero-padded rows, finished block by block.
+  static bool paired_rows(const ConvGeometry& g, bool padded, bool finished) {
+    return kTiles && padded && finished && g.groups == 1 && g.dilation_w == 1 && g.out_w == 16 && g.out_h > 1;
+  }
+
+  // Output rows oh and oh + 1 of 16 pixels each as one block of 32 pixels against panel blk: A0
+  // from row oh's kernel-row inputs x0, A1 from row oh + 1's x1 (zero-padded rows, nullptr for a
+  // row of zeros), so that each pair of B tiles feeds four products instead of two (a block of
+  // 16 pixels has one A tile). `first0` / `first1`: the offsets of the two output rows.
+  static void paired_kernel(const Args& a, const In* const* x0, const In* const* x1, int64_t blk,
+                            BlockFinisher& finisher, int64_t n, int64_t oh, int64_t first0, int64_t first1) {
+    const ConvGeometry& g = a.g;
+    const int64_t run = g.kernel_w * g.in_channels, lead = g.pad_w * g.in_channels;
+    const In* zero_row = a.zeros + lead;
+    const In* wblock = a.weight + blk * g.kernel_h * run * kBlock;
+    Block<32> acc;
+    finisher.pace(tile_products(g.kernel_h, run));
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      if (x0[i] == nullptr && x1[i] == nullptr) {
+        continue;
+      }
+      const In* r0 = (x0[i] != nullptr ? x0[i] : zero_row) - lead;
+      const In* r1 = (x1[i] != nullptr ? x1[i] : zero_row) - lead;
+      reduce(acc, SplitRows<In>{r0, r1, g.stride_w * g.in_channels}, wblock + i * run * kBlock, run, &finisher);
+    }
+    const int64_t co0 = blk * kBlock;
+    const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
+    const int64_t c = co0 * a.out_strides.c;
+    finisher.template push<32>(acc, n, oh, co0, 0, columns, first0 + c, g.out_w, first1 + c);
+  }
+
+  // The one-pass finish of this call's output, its sums with (`bias`) or without the bias: for a
+  // bfloat16 NHWC output whose residual, if any, has its channels innermost; else nullptr (rows
+  // are finished by apply_epilogue and write_row).
+  static FinishPixels one_pass_finish(const Args& a, bool bias) {
+    const OutputEpilogue& e = a.epilogue;
+    if (a.out_bf16 == nullptr || a.out_strides.c != 1 || (e.residual != nullptr && e.strides.c != 1)) {
+      return nullptr;
+    }
+    static constexpr FinishPixels kFinish[3][2][2] = {
+        {{&finish_bf16_pixels<0, false, false>, &finish_bf16_pixels<0, false, true>},
+         {&finish_bf16_pixels<0, true, false>, &finish_bf16_pixels<0, true, true>}},
+        {{&finish_bf16_pixels<1, false, false>, &finish_bf16_pixels<1, false, true>},
+         {&finish_bf16_pixels<1, true, false>, &finish_bf16_pixels<1, true, true>}},
+        {{&finish_bf16_pixels<2, false, false>, &finish_bf16_pixels<2, false, true>},
+         {&finish_bf16_pixels<2, true, false>, &finish_bf16_pixels<2, true, true>}}};
+    return kFinish[e.residual == nullptr ? 0 : (e.residual_bf16 ? 2 : 1)][e.relu][bias];
   }
 
   // Writes one output row from float32 sums src[ow * src_pixel_stride + j] (j < columns, bias
@@ -233,7 +404,8 @@ struct DirectConv {
   static void write_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t first) {
     const Strides4& s = a.out_strides;
     if (a.out_bf16 != nullptr && s.c == 1) {
-      finish_bf16_row<0, false>(a, src, src_pixel_stride, columns, 0, 0, 0, first);  // rounding alone
+      finish_bf16_pixels<0, false, false>(a, src, src_pixel_stride, nullptr, columns, 0, 0, 0, 0, a.g.out_w,
+                                          first);  // rounding alone
     } else if (a.out_bf16 != nullptr) {
       copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out_bf16 + first, s.c, s.w);
     } else {
@@ -282,29 +454,47 @@ struct DirectConv {
     }
   }
 
-  // A bfloat16 NHWC output row finished in one pass over its float32 sums: + residual (none,
-  // float32 or bfloat16 channels innermost: kResidual 0, 1, 2), ReLU, one rounding, stored.
-  template <int kResidual, bool kRelu>
-  static void finish_bf16_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t n,
-                              int64_t oh, int64_t co, int64_t first) {
+  // Pixels [ow0, ow0 + count) of a bfloat16 NHWC output row finished in one pass over their
+  // float32 sums (a FinishPixels): + bias (kBias), + residual (none, float32 or bfloat16 channels
+  // innermost: kResidual 0, 1, 2), ReLU, one rounding, stored.
+  template <int kResidual, bool kRelu, bool kBias>
+  static void finish_bf16_pixels(const Args& a, const float* src, int64_t src_pixel_stride, const float* bias,
+                                 int64_t columns, int64_t n, int64_t oh, int64_t co, int64_t ow0, int64_t count,
+                                 int64_t first) {
     const OutputEpilogue& e = a.epilogue;
     uint16_t* out = reinterpret_cast<uint16_t*>(a.out_bf16) + first;
-    for (int64_t ow = 0; ow < a.g.out_w; ++ow) {
-      const float* v = src + ow * src_pixel_stride;
+    for (int64_t ow = ow0; ow < ow0 + count; ++ow) {
+      const float* v = src + (ow - ow0) * src_pixel_stride;
       uint16_t* o = out + ow * a.out_strides.w;
-      [[maybe_unused]] const int64_t r = kResidual != 0 ? e.strides.at(n, co, oh, ow) : 0;
-      for (int64_t j = 0; j < columns; ++j) {
-        float t = v[j];
-        if constexpr (kResidual == 1) {
-          t += static_cast<const float*>(e.residual)[r + j];
-        } else if constexpr (kResidual == 2) {
-          t += widen_bf16(static_cast<const uint16_t*>(e.residual)[r + j]);
-        }
-        if constexpr (kRelu) {
-          t = t < 0.0f ? 0.0f : t;
-        }
-        o[j] = bf16_bits(t);
+      const int64_t r = kResidual != 0 ? e.strides.at(n, co, oh, ow) : 0;
+      if (columns == kBlock) {  // a whole block: a loop of known length, unrolled
+        finish_bf16_pixel<kResidual, kRelu, kBias>(e, v, bias, r, o, kBlock);
+      } else {
+        finish_bf16_pixel<kResidual, kRelu, kBias>(e, v, bias, r, o, columns);
       }
+    }
+  }
+
+  // One pixel of finish_bf16_pixels: o[j] = bfloat16(relu(v[j] + bias[j] + residual[r + j])), j < columns.
+  template <int kResidual, bool kRelu, bool kBias>
+  static inline __attribute__((always_inline)) void finish_bf16_pixel(const OutputEpilogue& e, const float* v,
+                                                                      [[maybe_unused]] const float* bias,
+                                                                      [[maybe_unused]] int64_t r, uint16_t* o,
+                                                                      int64_t columns) {
+    for (int64_t j = 0; j < columns; ++j) {
+      float t = v[j];
+      if constexpr (kBias) {
+        t += bias[j];
+      }
+      if constexpr (kResidual == 1) {
+        t += static_cast<const float*>(e.residual)[r + j];
+      } else if constexpr (kResidual == 2) {
+        t += widen_bf16(static_cast<const uint16_t*>(e.residual)[r + j]);
+      }
+      if constexpr (kRelu) {
+        t = t < 0.0f ? 0.0f : t;
+      }
+      o[j] = bf16_bits(t);
     }
   }
 
@@ -315,14 +505,8 @@ struct DirectConv {
   static void finish_row(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n, int64_t oh,
                          int64_t co, int64_t first) {
     const OutputEpilogue& e = a.epilogue;
-    if (a.out_bf16 != nullptr && a.out_strides.c == 1 && (e.residual == nullptr || e.strides.c == 1)) {
-      const int residual = e.residual == nullptr ? 0 : (e.residual_bf16 ? 2 : 1);
-      using Finish = void (*)(const Args&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-      static constexpr Finish kFinish[3][2] = {
-          {&finish_bf16_row<0, false>, &finish_bf16_row<0, true>},
-          {&finish_bf16_row<1, false>, &finish_bf16_row<1, true>},
-          {&finish_bf16_row<2, false>, &finish_bf16_row<2, true>}};
-      kFinish[residual][e.relu](a, src, src_pixel_stride, columns, n, oh, co, first);
+    if (const FinishPixels finish = one_pass_finish(a, false)) {
+      finish(a, src, src_pixel_stride, nullptr, columns, n, oh, co, 0, a.g.out_w, first);
       return;
     }
     if (e.any()) {
@@ -440,18 +624,22 @@ struct DirectConv {
     });
   }
 
-  // acc = the R lowered rows at `rows` (`depth` elements apart) times panel `blk` of the lowered
-  // weight, stored with the bias to dst[r * dst_stride + j] for the panel's columns j.
+  // acc = the R lowered rows at `rows` (`depth` elements apart) of output pixels ow0.. times panel
+  // `blk` of the lowered weight, stored with the bias to destination d (store_block).
   template <int R>
-  static void lowered_kernel(const Args& a, const In* rows, int64_t depth, int64_t blk, float* dst, int64_t dst_stride) {
+  static void lowered_kernel(const Args& a, const In* rows, int64_t depth, int64_t blk, int64_t ow0,
+                             const RowDestination& d) {
     Block<R> acc;
-    reduce(acc, StridedRows<In>{rows, depth}, a.weight + blk * depth * kBlock, depth);
+    if (d.finisher != nullptr) {
+      d.finisher->pace(tile_products(1, depth));
+    }
+    reduce(acc, StridedRows<In>{rows, depth}, a.weight + blk * depth * kBlock, depth, d.finisher);
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, a.g.out_channels - co0));
-    acc.store(dst + co0, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
+    store_block<R>(a, acc, d, ow0, co0, co0, columns);
   }
 
-  using LoweredKernel = void (*)(const Args&, const In*, int64_t, int64_t, float*, int64_t);
+  using LoweredKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, const RowDestination&);
   template <size_t... R>
   static constexpr std::array<LoweredKernel, kMaxRows + 1> lowered_table(std::index_sequence<R...>) {
     return {nullptr, &lowered_kernel<static_cast<int>(R) + 1>...};
@@ -494,24 +682,31 @@ struct DirectConv {
     const PixelRuns runs(g.out_w);
     const auto [left, right] = row_padding(g);
     const auto& s = a.out_strides;
+    const FinishPixels finish = one_pass_finish(a, true);
     at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
-      AlignedVector<float> buffer(g.out_w * g.out_channels);
+      BlockFinisher finisher(a, finish);
+      AlignedVector<float> buffer(finish != nullptr ? 0 : g.out_w * g.out_channels);
       AlignedVector<In> rows(kMaxRows * depth + kCacheLineBytes / sizeof(In));
       InputRows<In> input(a.x, a.x_strides, g, cached_input_rows(g, a.blocks), g.kernel_h, left, right);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / g.out_h, oh = t % g.out_h;
         const In* const* xrows = input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, 0);
+        const int64_t row = n * s.n + oh * s.h;
+        const RowDestination d = finish != nullptr ? RowDestination::finished(finisher, n, oh, row)
+                                                   : RowDestination{buffer.data(), g.out_channels, 1};
         int64_t ow0 = 0;
         for (int64_t r = 0; r < runs.count; ++r) {
           const int64_t len = runs.length(r);
           lower_pixels(g, xrows, ow0, len, depth, rows.data());
           for (int64_t blk = 0; blk < a.blocks; ++blk) {
-            kLowered[len](a, rows.data(), depth, blk, buffer.data() + ow0 * g.out_channels, g.out_channels);
+            kLowered[len](a, rows.data(), depth, blk, ow0, d);
           }
           ow0 += len;
         }
-        finish_row(a, buffer.data(), g.out_channels, g.out_channels, n, oh, 0, n * s.n + oh * s.h);
+        if (finish == nullptr) {
+          finish_row(a, buffer.data(), g.out_channels, g.out_channels, n, oh, 0, row);
+        }
       }
     });
   }
@@ -576,13 +771,16 @@ struct DirectConv {
     const auto input_rows = [&](InputRows<In>& input, int64_t grp, int64_t n, int64_t oh) {
       return input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, grp * g.in_channels_per_group());
     };
-    // When the output's channels are not innermost (NCHW), or it is bfloat16, a row is first
-    // stored channels innermost to a small float32 buffer (one row, in L1/L2) and then written
-    // out transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
-    const bool buffered = s.c != 1 || a.out_bf16 != nullptr;
+    // A bfloat16 NHWC output is finished block by block (BlockFinisher). Otherwise, when the
+    // output's channels are not innermost (NCHW), or it is bfloat16, a row is first stored
+    // channels innermost to a small float32 buffer (one row, in L1/L2) and then written out
+    // transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
+    const FinishPixels finish = one_pass_finish(a, true);
+    const bool buffered = finish == nullptr && (s.c != 1 || a.out_bf16 != nullptr);
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
         [[maybe_unused]] const BlockRun<Vec> run;
+        BlockFinisher finisher(a, finish);
         AlignedVector<float> buffer(buffered ? g.out_w * coutg : 0);
         InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
         const int64_t first_panel = begin / g.batch, last_panel = (end - 1) / g.batch;
@@ -597,6 +795,10 @@ struct DirectConv {
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
               const int64_t row = output_row(grp, n, oh);
               const In* const* xrows = input_rows(input, grp, n, oh);
+              if (finish != nullptr) {
+                one_row(xrows, grp, blk, blk + 1, RowDestination::finished(finisher, n, oh, row));
+                continue;
+              }
               if (!buffered) {
                 one_row(xrows, grp, blk, blk + 1, RowDestination{a.out + row, s.w, s.c});
                 if (a.epilogue.any()) {  // the panel's columns of the row, just stored (s.c == 1)
@@ -612,21 +814,48 @@ struct DirectConv {
       });
       return;
     }
+    if (paired_rows(g, padded, finish != nullptr)) {
+      // Output rows in pairs (the last alone where out_h is odd), blocks inner.
+      const int64_t pairs = (g.out_h + 1) / 2;
+      at::parallel_for(0, g.batch * pairs, 1, [&](int64_t begin, int64_t end) {
+        [[maybe_unused]] const BlockRun<Vec> run;
+        BlockFinisher finisher(a, finish);
+        InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
+        std::vector<const In*> upper(g.kernel_h);
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t n = t / pairs, oh = 2 * (t % pairs);
+          const int64_t row = output_row(0, n, oh);
+          const In* const* x0 = input_rows(input, 0, n, oh);
+          if (oh + 1 == g.out_h) {
+            one_row(x0, 0, 0, a.blocks, RowDestination::finished(finisher, n, oh, row));
+            continue;
+          }
+          std::copy(x0, x0 + g.kernel_h, upper.begin());  // the next call reuses the array
+          const In* const* x1 = input_rows(input, 0, n, oh + 1);
+          for (int64_t blk = 0; blk < a.blocks; ++blk) {
+            paired_kernel(a, upper.data(), x1, blk, finisher, n, oh, row, row + s.h);
+          }
+        }
+      });
+      return;
+    }
     // Blocks inner: a thread computes whole output rows.
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
+      BlockFinisher finisher(a, finish);
       AlignedVector<float> buffer(buffered ? g.out_w * coutg : 0);
       InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
         const int64_t row = output_row(grp, n, oh);
-        const RowDestination d =
-            buffered ? RowDestination{buffer.data(), coutg, 1} : RowDestination{a.out + row, s.w, s.c};
+        const RowDestination d = finish != nullptr ? RowDestination::finished(finisher, n, oh, row)
+            : buffered                            ? RowDestination{buffer.data(), coutg, 1}
+                                                  : RowDestination{a.out + row, s.w, s.c};
         const In* const* xrows = input_rows(input, grp, n, oh);
         one_row(xrows, grp, 0, a.blocks, d);
         if (buffered) {
           finish_row(a, buffer.data(), coutg, coutg, n, oh, grp * coutg, row);
-        } else if (a.epilogue.any()) {  // the whole row, just stored (s.c == 1)
+        } else if (finish == nullptr && a.epilogue.any()) {  // the whole row, just stored (s.c == 1)
           apply_epilogue(a.epilogue, a.out + row, s.w, g.out_w, n, oh, grp * coutg, coutg);
         }
       }
@@ -659,7 +888,9 @@ struct DirectConv {
     // Rows are laid out per thread only when one group spans all channels (else each group's
     // pass would lay out every channel again).
     const at::Tensor input = InputRows<In>::readable(x, g, cached_input_rows(g, blocks), g.groups == 1);
-    const at::Tensor zeros = at::zeros({g.in_channels_per_group()}, x.options());
+    const auto [left, right] = row_padding(g);
+    const at::Tensor zeros = at::zeros({std::max(g.in_channels_per_group(), (left + g.in_w + right) * g.in_channels)},
+                                       x.options());
     rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
               static_cast<const In*>(zeros.const_data_ptr()), out_bf16 ? nullptr : out.mutable_data_ptr<float>(),

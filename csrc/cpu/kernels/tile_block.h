@@ -19,9 +19,11 @@
 //                                   again only when R changes; end_run releases the tiles
 //   configure<R>()                  A and the accumulators hold R rows (16 + R - 16 when R > 16)
 //   zero_accumulators<R>()
-//   multiply<R>(a, a_stride, b, b_stride)  A = R rows of 64 bytes a_stride bytes apart,
-//                                   B0 / B1 = 16 rows of 64 bytes from b / b + 32 elements,
-//                                   b_stride bytes apart; C0 += A B0, C1 += A B1 (per A tile)
+//   multiply<R>(a0, a1, a_stride, b, b_stride)  A = R rows of 64 bytes a_stride bytes apart,
+//                                   rows 0-15 from a0 and 16 to R - 1 from a1 (a second output
+//                                   row's pixels: SplitRows); B0 / B1 = 16 rows of 64 bytes from
+//                                   b / b + 32 elements, b_stride bytes apart; C0 += A B0,
+//                                   C1 += A B1 (per A tile)
 //   store_accumulators<R>(c, c_stride)  c[r * c_stride + j], r < R, j < 32
 //
 // A depth that is not a multiple of 16 pairs, and pixels that are not a fixed
@@ -53,6 +55,21 @@ struct TileRun {
   TileRun& operator=(const TileRun&) = delete;
 };
 
+// R <= 32 operand rows a fixed stride apart in two runs: rows 0-15 from `first`, the rest from
+// `second` (two output rows of 16 pixels as one block: each A tile a strided load of its own).
+template <typename In>
+struct SplitRows {
+  const In* first;
+  const In* second;
+  int64_t stride;
+  const In* at(int r, int64_t k) const { return r < 16 ? first + r * stride + k : second + (r - 16) * stride + k; }
+};
+
+// No work between tile products.
+struct NoInterleave {
+  void step() {}
+};
+
 template <typename Tiles, int R>
 struct TileBlock {
   static_assert(R >= 1 && R <= 32, "a block holds at most two tiles of 16 rows");
@@ -67,17 +84,22 @@ struct TileBlock {
   // acc[r][j] += sum_{k < 2 * steps} rows.at(r, k) * b[(k / 2) * b_step + 2 * j + k % 2]: `rows` are R
   // rows of bfloat16 bits (StridedRows or PointerRows), `b` a panel of [steps][32][2] (b_step
   // elements per pair). Steps, the register block's step policy, is unused: tiles take pairs.
-  template <typename Steps, typename Rows>
-  void accumulate(const Rows& rows, const uint16_t* b, int64_t b_step, int64_t steps) {
+  // After each tile product, `between->step()` where given: vector work interleaved with the
+  // products (DirectConv's BlockFinisher finishes the previous block).
+  template <typename Steps, typename Rows, typename Between = NoInterleave>
+  void accumulate(const Rows& rows, const uint16_t* b, int64_t b_step, int64_t steps, Between* between = nullptr) {
     const int64_t b_stride = b_step * static_cast<int64_t>(sizeof(uint16_t));
     int64_t k = 0;
     for (; k + kPairsPerProduct <= steps; k += kPairsPerProduct) {
       if constexpr (kStrided<Rows>) {
-        Tiles::template multiply<R>(rows.at(0, 2 * k), rows.stride * static_cast<int64_t>(sizeof(uint16_t)),
-                                    b + k * b_step, b_stride);
+        Tiles::template multiply<R>(rows.at(0, 2 * k), rows.at(std::min(R - 1, 16), 2 * k),
+                                    rows.stride * static_cast<int64_t>(sizeof(uint16_t)), b + k * b_step, b_stride);
       } else {
         stage_rows(rows, k, kPairsPerProduct);
-        Tiles::template multiply<R>(a_stage_[0], sizeof(a_stage_[0]), b + k * b_step, b_stride);
+        multiply_staged(b + k * b_step, b_stride);
+      }
+      if (between != nullptr) {
+        between->step();
       }
     }
     if (k < steps) {  // the last < 16 pairs: both operands zero-padded to a whole product
@@ -87,7 +109,7 @@ struct TileBlock {
       for (int64_t p = 0; p < tail; ++p) {
         std::memcpy(b_stage_[p], b + (k + p) * b_step, sizeof(b_stage_[p]));
       }
-      Tiles::template multiply<R>(a_stage_[0], sizeof(a_stage_[0]), b_stage_[0], sizeof(b_stage_[0]));
+      multiply_staged(b_stage_[0], sizeof(b_stage_[0]));
     }
   }
 
@@ -119,6 +141,11 @@ struct TileBlock {
  private:
   template <typename Rows>
   static constexpr bool kStrided = requires(const Rows& rows) { rows.stride; };
+
+  // acc += the staged A rows times B.
+  void multiply_staged(const uint16_t* b, int64_t b_stride) {
+    Tiles::template multiply<R>(a_stage_[0], a_stage_[std::min(R - 1, 16)], sizeof(a_stage_[0]), b, b_stride);
+  }
 
   // Pairs [k, k + count) of each row into the staging tile, the rest of its 16 pairs zero.
   template <typename Rows>

@@ -61,15 +61,15 @@ struct AmxTiles {
     }
   }
   template <int R>
-  static void multiply(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
+  static void multiply(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
     // Each operand tile is loaded right before its first product and is free for the next step's
     // load right after its last: tiles are not renamed, so a load waits for the products still
     // reading the tile it overwrites.
-    _tile_loadd(4, a, a_stride);
+    _tile_loadd(4, a0, a_stride);
     _tile_loadd(6, b, b_stride);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (R > 16) {
-      _tile_loadd(5, reinterpret_cast<const char*>(a) + 16 * a_stride, a_stride);
+      _tile_loadd(5, a1, a_stride);
       _tile_dpbf16ps(2, 5, 6);
     }
     _tile_loadd(7, b + 32, b_stride);

@@ -24,14 +24,14 @@ struct EmulatedTiles {
   static void zero_accumulators() {
     std::memset(state().c, 0, sizeof(state().c));
   }
-  // Rows [0, R) of A against B: the rows of both A tiles (16 and R - 16) in one loop, each row
-  // into the accumulators of its tile.
+  // Rows [0, R) of A against B: the rows of both A tiles (16 from a0 and R - 16 from a1) in one
+  // loop, each row into the accumulators of its tile.
   template <int R>
-  static void multiply(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
+  static void multiply(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
     State& s = state();
     for (int half = 0; half < 2; ++half) {
       for (int m = 0; m < R; ++m) {
-        const uint16_t* a_row = element(a, m * a_stride);
+        const uint16_t* a_row = m < 16 ? element(a0, m * a_stride) : element(a1, (m - 16) * a_stride);
         for (int n = 0; n < 16; ++n) {
           float even = 0.0f, odd = 0.0f;
           for (int k = 0; k < 16; ++k) {
