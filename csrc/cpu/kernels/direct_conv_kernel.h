@@ -135,15 +135,16 @@ struct DirectConv {
 
     // Finishes what is left of the pending block, then stores `acc` (R pixels from ow0 of row
     // (n, oh), `columns` channels from col; `first`: the offset of the row's element (0, col)) as
-    // the pending one. A block of two output rows (paired_kernel) has `split` pixels in row oh and
-    // the rest from ow0 of row oh + 1, whose element (0, col) is at `second_first`.
+    // the pending one. A block may span rows (paired_kernel, flat_kernel): its pixels are then
+    // virtual pixels v = ow0 + r of rows `row_pixels` long, v at (oh + v / row_pixels,
+    // v % row_pixels), those at or past out_w dropped.
     template <int R, typename Acc>
     void push(const Acc& acc, int64_t n, int64_t oh, int64_t col, int64_t ow0, int columns, int64_t first,
-              int64_t split = R, int64_t second_first = 0) {
+              int64_t row_pixels) {
       flush();
       float* sums = sums_[next_];
       acc.store(sums, kBlock, 1, nullptr, columns);
-      pending_ = Pending{sums, n, oh, col, ow0, R, columns, first, split, second_first};
+      pending_ = Pending{sums, n, oh, col, ow0, R, columns, first, row_pixels};
       next_ ^= 1;
     }
 
@@ -157,16 +158,19 @@ struct DirectConv {
     }
 
    private:
-    // Finishes the pending block's next `count` pixels (in one output row or two).
+    // Finishes the pending block's next `count` pixels, row by row.
     void finish_pixels(int64_t count) {
       static constexpr float kNoBias[kBlock] = {};  // one loop for both: see one_pass_finish
       const Pending& p = pending_;
       const float* bias = a_.bias != nullptr ? a_.bias + p.col : kNoBias;
       while (count > 0) {
-        const bool second = done_ >= p.split;
-        const int64_t part = second ? count : std::min(count, p.split - done_);
-        finish_(a_, p.sums + done_ * kBlock, kBlock, bias, p.columns, p.n, p.oh + (second ? 1 : 0), p.col,
-                p.ow0 + done_ - (second ? p.split : 0), part, second ? p.second_first : p.first);
+        const int64_t v = p.ow0 + done_, row = v / p.row_pixels, ow = v % p.row_pixels;
+        const int64_t part = std::min(count, p.row_pixels - ow);
+        const int64_t kept = std::min(part, a_.g.out_w - ow);  // <= 0: virtual pixels past the row
+        if (kept > 0) {
+          finish_(a_, p.sums + done_ * kBlock, kBlock, bias, p.columns, p.n, p.oh + row, p.col, ow, kept,
+                  p.first + row * a_.out_strides.h);
+        }
         done_ += part;
         count -= part;
       }
@@ -174,7 +178,7 @@ struct DirectConv {
 
     struct Pending {
       const float* sums = nullptr;
-      int64_t n = 0, oh = 0, col = 0, ow0 = 0, count = 0, columns = 0, first = 0, split = 0, second_first = 0;
+      int64_t n = 0, oh = 0, col = 0, ow0 = 0, count = 0, columns = 0, first = 0, row_pixels = 1;
     };
     const Args& a_;
     FinishPixels finish_;
@@ -341,7 +345,7 @@ struct DirectConv {
   static void store_block(const Args& a, const Acc& acc, const RowDestination& d, int64_t ow0, int64_t co0,
                           int64_t col, int columns) {
     if (d.finisher != nullptr) {
-      d.finisher->template push<R>(acc, d.n, d.oh, col, ow0, columns, d.first + co0 * a.out_strides.c);
+      d.finisher->template push<R>(acc, d.n, d.oh, col, ow0, columns, d.first + co0 * a.out_strides.c, a.g.out_w);
       return;
     }
     acc.store(d.row + ow0 * d.pixel_stride + co0 * d.channel_stride, d.pixel_stride, d.channel_stride,
@@ -357,9 +361,9 @@ struct DirectConv {
   // Output rows oh and oh + 1 of 16 pixels each as one block of 32 pixels against panel blk: A0
   // from row oh's kernel-row inputs x0, A1 from row oh + 1's x1 (zero-padded rows, nullptr for a
   // row of zeros), so that each pair of B tiles feeds four products instead of two (a block of
-  // 16 pixels has one A tile). `first0` / `first1`: the offsets of the two output rows.
+  // 16 pixels has one A tile). `first`: the offset of output row oh.
   static void paired_kernel(const Args& a, const In* const* x0, const In* const* x1, int64_t blk,
-                            BlockFinisher& finisher, int64_t n, int64_t oh, int64_t first0, int64_t first1) {
+                            BlockFinisher& finisher, int64_t n, int64_t oh, int64_t first) {
     const ConvGeometry& g = a.g;
     const int64_t run = g.kernel_w * g.in_channels, lead = g.pad_w * g.in_channels;
     const In* zero_row = a.zeros + lead;
@@ -376,8 +380,7 @@ struct DirectConv {
     }
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
-    const int64_t c = co0 * a.out_strides.c;
-    finisher.template push<32>(acc, n, oh, co0, 0, columns, first0 + c, g.out_w, first1 + c);
+    finisher.template push<32>(acc, n, oh, co0, 0, columns, first + co0 * a.out_strides.c, g.out_w);
   }
 
   // The one-pass finish of this call's output, its sums with (`bias`) or without the bias: for a
@@ -527,32 +530,42 @@ struct DirectConv {
         g.out_h > 1;
   }
 
-  // acc += the block of R virtual pixels from q0 against panel `blk`; stored to sums[r][j]
-  // (32 columns per virtual pixel) with the bias.
+  // acc += the block of R virtual pixels from q0 of image n against panel `blk`; stored to
+  // dst[r * dst_stride + j] with the bias, or pushed to `finisher` where one is given.
   template <int R>
   static void flat_kernel(const Args& a, const In* image, int64_t wp, int64_t blk, int64_t q0, float* dst,
-                          int64_t dst_stride) {
+                          int64_t dst_stride, BlockFinisher* finisher, int64_t n) {
     const ConvGeometry& g = a.g;
     const int64_t cg = g.in_channels;
     Block<R> acc;
     const In* wblock = a.weight + blk * g.kernel_h * g.kernel_w * cg * kBlock;
+    if (finisher != nullptr) {
+      finisher->pace(g.dilation_w == 1 ? tile_products(g.kernel_h, g.kernel_w * cg)
+                                       : tile_products(g.kernel_h * g.kernel_w, cg));
+    }
     for (int64_t i = 0; i < g.kernel_h; ++i) {
       const In* first = image + (q0 + i * g.dilation_h * wp) * cg;
       if (g.dilation_w == 1) {  // the kw taps of a kernel row: one run of kw * C per pixel
-        reduce(acc, StridedRows<In>{first, cg}, wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg);
+        reduce(acc, StridedRows<In>{first, cg}, wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg, finisher);
         continue;
       }
       for (int64_t j = 0; j < g.kernel_w; ++j) {
         reduce(acc, StridedRows<In>{first + j * g.dilation_w * cg, cg}, wblock + (i * g.kernel_w + j) * cg * kBlock,
-               cg);
+               cg, finisher);
       }
     }
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
+    if (finisher != nullptr) {
+      const Strides4& s = a.out_strides;
+      finisher->template push<R>(acc, n, 0, co0, q0, columns, n * s.n + co0 * s.c, wp);
+      return;
+    }
     acc.store(dst, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
   }
 
-  using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*, int64_t);
+  using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*, int64_t, BlockFinisher*,
+                              int64_t);
   template <size_t... R>
   static constexpr std::array<FlatKernel, kMaxRows + 1> flat_table(std::index_sequence<R...>) {
     return {nullptr, &flat_kernel<static_cast<int>(R) + 1>...};
@@ -578,24 +591,29 @@ struct DirectConv {
     const int64_t pixels = (g.out_h - 1) * wp + g.out_w;  // virtual pixels up to the last real one
     const PixelRuns runs(pixels);
     const auto& s = a.out_strides;
+    // Blocks are finished as they are summed (BlockFinisher) where one_pass_finish serves the
+    // output; else they are stored to a buffer of the image's virtual pixels, finished row by row.
+    const FinishPixels finish = one_pass_finish(a, true);
     if (!weight_is_large(g, a.blocks)) {
       // Image by image, every panel of a block of virtual pixels before the next block, so that the
       // block's input stays in L1 while the panels (within kWeightInCacheBytes) stream from L2.
       const int64_t cout = g.out_channels;
       at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
         [[maybe_unused]] const BlockRun<Vec> run;
-        AlignedVector<float> sums(pixels * cout);
+        BlockFinisher finisher(a, finish);
+        BlockFinisher* const to = finish != nullptr ? &finisher : nullptr;
+        AlignedVector<float> sums(to != nullptr ? 0 : pixels * cout);
         for (int64_t n = begin; n < end; ++n) {
           const In* image = images.data() + n * hp * wp * C;
           int64_t q0 = 0;
           for (int64_t r = 0; r < runs.count; ++r) {
             const int64_t len = runs.length(r);
             for (int64_t blk = 0; blk < a.blocks; ++blk) {
-              kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * cout + blk * kBlock, cout);
+              kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * cout + blk * kBlock, cout, to, n);
             }
             q0 += len;
           }
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          for (int64_t oh = 0; to == nullptr && oh < g.out_h; ++oh) {
             finish_row(a, sums.data() + oh * wp * cout, cout, cout, n, oh, 0, n * s.n + oh * s.h);
           }
         }
@@ -606,18 +624,20 @@ struct DirectConv {
     // over its images.
     at::parallel_for(0, a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
-      AlignedVector<float> sums(pixels * kBlock);
+      BlockFinisher finisher(a, finish);
+      BlockFinisher* const to = finish != nullptr ? &finisher : nullptr;
+      AlignedVector<float> sums(to != nullptr ? 0 : pixels * kBlock);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t blk = t / g.batch, n = t % g.batch;
         const In* image = images.data() + n * hp * wp * C;
         int64_t q0 = 0;
         for (int64_t r = 0; r < runs.count; ++r) {
           const int64_t len = runs.length(r);
-          kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock, kBlock);
+          kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock, kBlock, to, n);
           q0 += len;
         }
         const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t oh = 0; to == nullptr && oh < g.out_h; ++oh) {
           finish_row(a, sums.data() + oh * wp * kBlock, kBlock, columns, n, oh, co0, n * s.n + co0 * s.c + oh * s.h);
         }
       }
@@ -833,7 +853,7 @@ struct DirectConv {
           std::copy(x0, x0 + g.kernel_h, upper.begin());  // the next call reuses the array
           const In* const* x1 = input_rows(input, 0, n, oh + 1);
           for (int64_t blk = 0; blk < a.blocks; ++blk) {
-            paired_kernel(a, upper.data(), x1, blk, finisher, n, oh, row, row + s.h);
+            paired_kernel(a, upper.data(), x1, blk, finisher, n, oh, row);
           }
         }
       });
