@@ -90,6 +90,30 @@ def test_bfloat16_epilogue_rounds_once(isa, mode, in_channels, kernel, height, w
     assert torch.equal(fused, once), "not the exact result rounded once to nearest even"
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("mode", ["pairs", "tiles"])
+def test_bfloat16_rounding_keeps_denormals_and_writes_torchs_nan(isa, mode):
+    """Where the vector unit rounds a block's sums (VCVTNE2PS2BF16 on AVX512-BF16 and AMX CPUs), it
+    flushes denormal results to zero and keeps a NaN's payload: those lanes must still get c10's
+    rounding, the denormal itself and 0x7FC0, as every other kernel writes them."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16=mode)
+    x = torch.zeros(1, 64, 6, 37, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(64, 64, 3, 3, dtype=torch.bfloat16)
+    bias = torch.full((64,), 3e-39).bfloat16()  # a bfloat16 denormal (the smallest normal is 1.2e-38)
+    bias[1::2] = -bias[1::2]
+    residual = torch.zeros(1, 64, 6, 37, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    residual[0, 5, 2, 7] = float("nan")
+    residual[0, 40, 3, 30] = -float("nan")
+    with torch.inference_mode():
+        out = OPS.conv2d_fused(x, w, bias, residual, False, [1, 1], [1, 1], [1, 1], 1)
+    bits = out.contiguous().view(torch.int16)
+    expected = bias.view(torch.int16)[None, :, None, None].expand_as(bits).clone()
+    expected[0, 5, 2, 7] = expected[0, 40, 3, 30] = 0x7FC0
+    assert bias.float()[0] != 0 and bias.float()[0].abs() < torch.finfo(torch.float32).tiny
+    assert torch.equal(bits, expected), f"{(bits != expected).sum()} elements differ"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_widened_types_round_once(dtype):
     """float16 (and bfloat16 without a bfloat16 unit) are computed by the float32 kernels: the

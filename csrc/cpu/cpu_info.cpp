@@ -28,7 +28,10 @@ Isa read_cpuid() {
 bool read_avx512_bf16() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  // With AVX512DQ and AVX512BW, which every AVX512-BF16 CPU has (the finish of a bfloat16 block
+  // classifies and packs with them: vec_avx512_bf16.h).
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
 #else
   return false;
 #endif
@@ -38,7 +41,8 @@ bool read_avx512_bf16() {
 bool read_amx_bf16() {
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) {
+  // The tile kernel finishes its blocks with AVX512-BF16, which every AMX-BF16 CPU has.
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") || !read_avx512_bf16()) {
     return false;
   }
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, the XTILEDATA state

@@ -74,6 +74,21 @@ struct BlockRun<Vec, std::void_t<typename Vec::Tiles>> {
   TileRun<typename Vec::Tiles> run;
 };
 
+// The vector traits that finish a block's 32 bfloat16 outputs per pixel (load_bf16, store_bf16:
+// vec_avx512_bf16.h): Vec itself, or a tile trait's Vector; void where there are none.
+template <typename Vec, typename = void>
+struct FinishVector {
+  using type = void;
+};
+template <typename Vec>
+struct FinishVector<Vec, std::void_t<decltype(&Vec::store_bf16)>> {
+  using type = Vec;
+};
+template <typename Vec>
+struct FinishVector<Vec, std::void_t<typename Vec::Vector>> {
+  using type = typename Vec::Vector;
+};
+
 template <typename Vec, typename In = float>
 struct DirectConv {
   static_assert(std::is_same_v<In, float> || std::is_same_v<In, uint16_t>, "float32 or bfloat16 bits");
@@ -126,11 +141,24 @@ struct DirectConv {
       slice_ = products > 0 ? (left + products - 1) / products : left;
     }
 
-    // After one tile product: the next slice of the pending block.
+    // After one tile product: the next slice of the pending block, and a few lines asked for ahead.
     void step() {
       if (done_ < pending_.count) {
         finish_pixels(std::min(slice_, pending_.count - done_));
       }
+      constexpr int kAheadLines = 4;
+      for (int i = 0; i < kAheadLines && ahead_ < ahead_end_; ++i, ahead_ += kCacheLineBytes) {
+        __builtin_prefetch(ahead_, 0, 3);
+      }
+    }
+
+    // Memory [p, p + bytes) the next rows will read (the next output row's new input rows): asked
+    // for a few lines per tile product, so that it arrives from memory while the tiles compute
+    // instead of stalling the row's layout (InputRows) afterwards. Measured on layer1 with buffers
+    // out of cache, as in a network: 4.44 -> 4.13 ms.
+    void ahead(const void* p, int64_t bytes) {
+      ahead_ = static_cast<const char*>(p);
+      ahead_end_ = ahead_ + bytes;
     }
 
     // Finishes what is left of the pending block, then stores `acc` (R pixels from ow0 of row
@@ -184,6 +212,8 @@ struct DirectConv {
     FinishPixels finish_;
     Pending pending_;
     int64_t done_ = 0, slice_ = 0;  // pixels of the pending block finished; pixels per product
+    const char* ahead_ = nullptr;
+    const char* ahead_end_ = nullptr;
     int next_ = 0;
     alignas(64) float sums_[2][kMaxRows * kBlock];
   };
@@ -470,12 +500,46 @@ struct DirectConv {
       const float* v = src + (ow - ow0) * src_pixel_stride;
       uint16_t* o = out + ow * a.out_strides.w;
       const int64_t r = kResidual != 0 ? e.strides.at(n, co, oh, ow) : 0;
-      if (columns == kBlock) {  // a whole block: a loop of known length, unrolled
+      if (columns == kBlock) {  // a whole block: vector code, or a loop of known length, unrolled
+        if constexpr (!std::is_void_v<typename FinishVector<Vec>::type>) {
+          if (finish_bf16_block_pixel<kResidual, kRelu, kBias>(e, v, bias, r, o)) {
+            continue;
+          }
+        }
         finish_bf16_pixel<kResidual, kRelu, kBias>(e, v, bias, r, o, kBlock);
       } else {
         finish_bf16_pixel<kResidual, kRelu, kBias>(e, v, bias, r, o, columns);
       }
     }
+  }
+
+  // One pixel's 32 channels of finish_bf16_pixels in the finish vector's registers (FinishVector):
+  // false, nothing stored, where its rounding is not c10's (a NaN or denormal result), for the
+  // portable loop to redo.
+  template <int kResidual, bool kRelu, bool kBias>
+  static bool finish_bf16_block_pixel(const OutputEpilogue& e, const float* v, [[maybe_unused]] const float* bias,
+                                      [[maybe_unused]] int64_t r, uint16_t* o) {
+    using V = typename FinishVector<Vec>::type;
+    static_assert(kBlock == 2 * V::kLanes, "a block's channels in two registers");
+    auto lo = V::load(v), hi = V::load(v + V::kLanes);
+    if constexpr (kBias) {
+      lo = V::add(lo, V::load(bias));
+      hi = V::add(hi, V::load(bias + V::kLanes));
+    }
+    if constexpr (kResidual == 1) {
+      const float* residual = static_cast<const float*>(e.residual) + r;
+      lo = V::add(lo, V::load(residual));
+      hi = V::add(hi, V::load(residual + V::kLanes));
+    } else if constexpr (kResidual == 2) {
+      const uint16_t* residual = static_cast<const uint16_t*>(e.residual) + r;
+      lo = V::add(lo, V::load_bf16(residual));
+      hi = V::add(hi, V::load_bf16(residual + V::kLanes));
+    }
+    if constexpr (kRelu) {
+      lo = V::relu(lo);
+      hi = V::relu(hi);
+    }
+    return V::store_bf16(o, lo, hi);
   }
 
   // One pixel of finish_bf16_pixels: o[j] = bfloat16(relu(v[j] + bias[j] + residual[r + j])), j < columns.
@@ -872,6 +936,16 @@ struct DirectConv {
             : buffered                            ? RowDestination{buffer.data(), coutg, 1}
                                                   : RowDestination{a.out + row, s.w, s.c};
         const In* const* xrows = input_rows(input, grp, n, oh);
+        if (finish != nullptr && t + 1 < end && InputRows<In>::in_place(a.x_strides, g)) {
+          // The next output row's new input rows, read while this row computes.
+          const int64_t oh1 = (t + 1) % g.out_h, n1 = ((t + 1) / g.out_h) % g.batch;
+          const int64_t last = std::min(g.in_h - 1, oh1 * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h);
+          const int64_t first = std::max<int64_t>(0, last - g.stride_h + 1);
+          if (n1 == n && first <= last) {
+            finisher.ahead(a.x + n1 * a.x_strides.n + first * a.x_strides.h,
+                           (last - first + 1) * a.x_strides.h * static_cast<int64_t>(sizeof(In)));
+          }
+        }
         one_row(xrows, grp, 0, a.blocks, d);
         if (buffered) {
           finish_row(a, buffer.data(), coutg, coutg, n, oh, grp * coutg, row);

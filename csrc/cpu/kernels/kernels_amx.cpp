@@ -21,8 +21,10 @@
 #include "../layout.h"
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
 
+#include "vec_avx512.h"
+#include "vec_avx512_bf16.h"
 #include "tiles_amx.h"
 #include "direct_conv_kernel.h"
 #include "weight_grad_tiles.h"
@@ -30,7 +32,7 @@
 namespace miniplaces_ext::cpu {
 
 TileKernels amx_tile_kernels() {
-  using Conv = DirectConv<TileTraits<AmxTiles>, uint16_t>;
+  using Conv = DirectConv<TileTraits<AmxTiles, Avx512Bf16>, uint16_t>;
   return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<AmxTiles>::run};
 }
 

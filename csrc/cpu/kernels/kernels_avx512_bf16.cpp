@@ -21,7 +21,7 @@
 #include "../layout.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bf16,fma")
+#pragma GCC target("avx512f,avx512bf16,avx512bw,avx512dq,fma")
 
 #include "vec_avx512.h"
 #include "vec_avx512_bf16.h"

@@ -38,10 +38,12 @@
 namespace miniplaces_ext::cpu {
 
 // The vector-trait face of a tile unit for DirectConv: 32 output channels (kBlock = 2 * kLanes)
-// and runs of up to 32 pixels per block.
-template <typename TileUnit>
+// and runs of up to 32 pixels per block; Vector, the vector traits that finish the blocks (void:
+// portable loops).
+template <typename TileUnit, typename VectorUnit = void>
 struct TileTraits {
   using Tiles = TileUnit;
+  using Vector = VectorUnit;
   static constexpr int kLanes = 16;
   static constexpr int kMaxRows = 32;
 };
