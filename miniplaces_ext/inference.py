@@ -65,7 +65,9 @@ class InferenceModel(nn.Module):
             raise RuntimeError("optimize_for_inference's model is for evaluation: its input must not require grad "
                                "(use the original model to train or to take input gradients)")
         memory_format = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
-        return self.body(x.to(dtype=self.dtype, memory_format=memory_format)).float()
+        # The dtype first, then the layout: two vectorised passes (0.50 ms for 32 images of 3 x 128 x 128
+        # on 2 threads) beat aten's one converting permutation (0.88 ms).
+        return self.body(x.to(dtype=self.dtype).contiguous(memory_format=memory_format)).float()
 
 
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
