@@ -359,6 +359,8 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     (32, 3, 1, 64, 32),   # tiles: whole 2 x 2 blocks of 32 pixels, two column blocks
     (64, 3, 1, 48, 8),    # tiles: 8-pixel rows as one flat run of virtual pixels per image (ResNet's layer3)
     (40, 3, 1, 70, 5),    # tiles: 5-pixel rows flat, a staged depth tail, three column blocks with a tail
+    (64, 3, 1, 48, 16),   # tiles: 16-pixel rows two at a time as one 2 x 2 block; 13 rows, the last alone
+    (52, 1, 2, 40, 16),   # tiles: a strided 1x1 with 8-pixel rows, the sampled pixels' product on the flat path
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, width, layout, monkeypatch):

@@ -36,19 +36,58 @@ void transpose_4x4(const T* src, int64_t src_stride, T* dst, int64_t dst_stride)
   _mm_storeu_ps(d + 3 * dst_stride, r3);
 }
 
-// The 4 x 4 blocks of channels [0, C4) and pixels [0, W4) of one row, kGroup channels at a time
-// along the row (see transpose_row); kToNhwc: src is NCHW (s_w == 1), dst NHWC (d_c == 1), else
-// the reverse.
+// The same for an 8 x 8 block of 2-byte words (bfloat16, float16): three rounds of unpacks, 16-,
+// 32- and 64-bit.
+template <typename T>
+void transpose_8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  static_assert(sizeof(T) == 2);
+  __m128i r[8], a[8], b[8];
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * src_stride));
+  }
+  for (int i = 0; i < 8; i += 2) {  // a[i]: elements 0-3 of rows i, i + 1 interleaved; a[i + 1]: 4-7
+    a[i] = _mm_unpacklo_epi16(r[i], r[i + 1]);
+    a[i + 1] = _mm_unpackhi_epi16(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // b[i + k]: columns 2k, 2k + 1 of rows i .. i + 3
+    b[i] = _mm_unpacklo_epi32(a[i], a[i + 2]);
+    b[i + 1] = _mm_unpackhi_epi32(a[i], a[i + 2]);
+    b[i + 2] = _mm_unpacklo_epi32(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm_unpackhi_epi32(a[i + 1], a[i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {  // columns 2k and 2k + 1 of all 8 rows
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * k * dst_stride), _mm_unpacklo_epi64(b[k], b[k + 4]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * k + 1) * dst_stride), _mm_unpackhi_epi64(b[k], b[k + 4]));
+  }
+}
+
+// One register-sized square block (4 x 4 of 4-byte words, 8 x 8 of 2-byte ones) transposed.
+template <typename T>
+constexpr int64_t kSquare = 16 / static_cast<int64_t>(sizeof(T));
+template <typename T>
+void transpose_square(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  if constexpr (sizeof(T) == 4) {
+    transpose_4x4(src, src_stride, dst, dst_stride);
+  } else {
+    transpose_8x8(src, src_stride, dst, dst_stride);
+  }
+}
+
+// The square blocks (transpose_square) of channels [0, CB) and pixels [0, WB) of one row, kGroup
+// channels at a time along the row (see transpose_row); kToNhwc: src is NCHW (s_w == 1), dst NHWC
+// (d_c == 1), else the reverse.
 template <int64_t kGroup, bool kToNhwc, typename T>
-void transpose_groups(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64_t d_c, int64_t d_w, int64_t C4,
-                      int64_t W4) {
-  for (int64_t c0 = 0; c0 + kGroup <= C4; c0 += kGroup) {
-    for (int64_t w = 0; w < W4; w += 4) {
-      for (int64_t c = c0; c < c0 + kGroup; c += 4) {
+void transpose_groups(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64_t d_c, int64_t d_w, int64_t CB,
+                      int64_t WB) {
+  constexpr int64_t kB = kSquare<T>;
+  static_assert(kGroup % kB == 0);
+  for (int64_t c0 = 0; c0 + kGroup <= CB; c0 += kGroup) {
+    for (int64_t w = 0; w < WB; w += kB) {
+      for (int64_t c = c0; c < c0 + kGroup; c += kB) {
         if constexpr (kToNhwc) {
-          transpose_4x4(src_row + c * s_c + w, s_c, dst_row + w * d_w + c, d_w);
+          transpose_square(src_row + c * s_c + w, s_c, dst_row + w * d_w + c, d_w);
         } else {
-          transpose_4x4(src_row + w * s_w + c, s_w, dst_row + c * d_c + w, d_c);
+          transpose_square(src_row + w * s_w + c, s_w, dst_row + c * d_c + w, d_c);
         }
       }
     }
@@ -68,10 +107,11 @@ void interleave_channels(const T* src, int64_t s_c, T* dst, int64_t W) {
   }
 }
 
-// One row of 4-byte words between NCHW and NHWC (s_w == 1 and d_c == 1, or s_c == 1 and d_w == 1)
-// as 4 x 4 register transposes, a group of channels at a time along the whole row: on rows of
-// 32 pixels or more, 4 channels, so that the NCHW side is read or written as four sequential
-// runs; on shorter rows, 16 channels, so that each NHWC pixel's cache line is completed at once.
+// One row of 4- or 2-byte words between NCHW and NHWC (s_w == 1 and d_c == 1, or s_c == 1 and
+// d_w == 1) as register transposes (4 x 4, 8 x 8), a group of channels at a time along the whole
+// row: on rows of 32 pixels or more, one block's channels, so that the NCHW side is read or
+// written as sequential runs; on shorter rows, 16 channels, so that each NHWC pixel's cache line is
+// completed at once.
 // Measured here, a 32 MiB NCHW tensor laid out row by row into a cache-resident buffer, one
 // thread: 64 channels x 64 pixels 4.1-4.9 ms (scalar 16 x 16 tiles 6.8-8.4 ms; 16-channel
 // groups 4.4-5.3 ms); 512 channels x 8 pixels (4 MiB) 0.35-0.5 ms (scalar tiles 0.6-0.8 ms).
@@ -83,15 +123,16 @@ void transpose_row(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64
     interleave_channels<3>(src_row, s_c, dst_row, W);
     return;
   }
-  const int64_t C4 = C / 4 * 4, W4 = W / 4 * 4;
-  // Channels [0, C16) in groups of 16 on short rows, the rest (all on long rows) in groups of 4.
+  constexpr int64_t kB = kSquare<T>;
+  const int64_t CB = C / kB * kB, WB = W / kB * kB;
+  // Channels [0, C16) in groups of 16 on short rows, the rest (all on long rows) a block at a time.
   const int64_t C16 = W >= 32 ? 0 : C / 16 * 16;
   const auto groups = to_nhwc ? &transpose_groups<16, true, T> : &transpose_groups<16, false, T>;
-  const auto fours = to_nhwc ? &transpose_groups<4, true, T> : &transpose_groups<4, false, T>;
-  groups(src_row, s_c, s_w, dst_row, d_c, d_w, C16, W4);
-  fours(src_row + C16 * s_c, s_c, s_w, dst_row + C16 * d_c, d_c, d_w, C4 - C16, W4);
-  for (int64_t c = 0; c < C; ++c) {  // the edges: columns W4.. of the first C4 channels, then the rest
-    for (int64_t w = c < C4 ? W4 : 0; w < W; ++w) {
+  const auto blocks = to_nhwc ? &transpose_groups<kB, true, T> : &transpose_groups<kB, false, T>;
+  groups(src_row, s_c, s_w, dst_row, d_c, d_w, C16, WB);
+  blocks(src_row + C16 * s_c, s_c, s_w, dst_row + C16 * d_c, d_c, d_w, CB - C16, WB);
+  for (int64_t c = 0; c < C; ++c) {  // the edges: columns WB.. of the first CB channels, then the rest
+    for (int64_t w = c < CB ? WB : 0; w < W; ++w) {
       dst_row[c * d_c + w * d_w] = src_row[c * s_c + w * s_w];
     }
   }
@@ -101,7 +142,7 @@ void transpose_row(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64
 // One row: dst_row[c * d_c + w * d_w] = src_row[c * s_c + w * s_w] for c < C, w < W, in
 // 16 x 16 tiles of (w, c), so that the 16 cache lines read and the 16 written stay in L1
 // whichever side has channels innermost (and when both have, each pixel's channels are one
-// contiguous copy). Words of 4 bytes between NCHW and NHWC go through transpose_row on x86-64
+// contiguous copy). Words of 4 or 2 bytes between NCHW and NHWC go through transpose_row on x86-64
 // (SSE2 is part of its baseline; elsewhere they take the tiles).
 template <typename Src, typename Dst>
 void copy_row_tiled(const Src* src_row, int64_t s_c, int64_t s_w, Dst* dst_row, int64_t d_c, int64_t d_w, int64_t C,
@@ -124,7 +165,7 @@ void copy_row_tiled(const Src* src_row, int64_t s_c, int64_t s_w, Dst* dst_row, 
     return;
   }
 #if defined(__SSE2__)
-  if constexpr (sizeof(Src) == 4 && std::is_same_v<Src, Dst>) {
+  if constexpr ((sizeof(Src) == 4 || sizeof(Src) == 2) && std::is_same_v<Src, Dst>) {
     if ((s_w == 1 && d_c == 1) || (s_c == 1 && d_w == 1)) {
       transpose_row(src_row, s_c, s_w, dst_row, d_c, d_w, C, W);
       return;

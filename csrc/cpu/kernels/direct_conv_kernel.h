@@ -431,18 +431,19 @@ struct DirectConv {
     return kFinish[e.residual == nullptr ? 0 : (e.residual_bf16 ? 2 : 1)][e.relu][bias];
   }
 
-  // Writes one output row from float32 sums src[ow * src_pixel_stride + j] (j < columns, bias
-  // added, epilogue applied) to the output's elements from offset `first` on, through its strides:
-  // rounded once to bfloat16 for a bfloat16 output.
-  static void write_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t first) {
+  // Writes `pixels` output pixels (a row) from float32 sums src[ow * src_pixel_stride + j]
+  // (j < columns, bias added, epilogue applied) to the output's elements from offset `first` on,
+  // through its strides: rounded once to bfloat16 for a bfloat16 output.
+  static void write_row(const Args& a, const float* src, int64_t src_pixel_stride, int64_t columns, int64_t first,
+                        int64_t pixels) {
     const Strides4& s = a.out_strides;
     if (a.out_bf16 != nullptr && s.c == 1) {
-      finish_bf16_pixels<0, false, false>(a, src, src_pixel_stride, nullptr, columns, 0, 0, 0, 0, a.g.out_w,
+      finish_bf16_pixels<0, false, false>(a, src, src_pixel_stride, nullptr, columns, 0, 0, 0, 0, pixels,
                                           first);  // rounding alone
     } else if (a.out_bf16 != nullptr) {
-      copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out_bf16 + first, s.c, s.w);
+      copy_pixels_from_nhwc(src, src_pixel_stride, columns, pixels, a.out_bf16 + first, s.c, s.w);
     } else {
-      copy_pixels_from_nhwc(src, src_pixel_stride, columns, a.g.out_w, a.out + first, s.c, s.w);
+      copy_pixels_from_nhwc(src, src_pixel_stride, columns, pixels, a.out + first, s.c, s.w);
     }
   }
 
@@ -566,20 +567,21 @@ struct DirectConv {
   }
 
   // Output row (n, oh), channels [co, co + columns), from its float32 sums src[ow * src_pixel_stride
-  // + j] (bias added): the epilogue applied and the row written (write_row), in one pass where the
-  // output is bfloat16 NHWC and the residual, if any, has its channels innermost. `first`: the
-  // offset of the row's first element in the output. src may be overwritten.
+  // + j] (bias added), its first `pixels` pixels (out_w; more where the rows that follow are
+  // finished as one: finish_image): the epilogue applied and the row written (write_row), in one
+  // pass where the output is bfloat16 NHWC and the residual, if any, has its channels innermost.
+  // `first`: the offset of the row's first element in the output. src may be overwritten.
   static void finish_row(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n, int64_t oh,
-                         int64_t co, int64_t first) {
+                         int64_t co, int64_t first, int64_t pixels) {
     const OutputEpilogue& e = a.epilogue;
     if (const FinishPixels finish = one_pass_finish(a, false)) {
-      finish(a, src, src_pixel_stride, nullptr, columns, n, oh, co, 0, a.g.out_w, first);
+      finish(a, src, src_pixel_stride, nullptr, columns, n, oh, co, 0, pixels, first);
       return;
     }
     if (e.any()) {
-      apply_epilogue(e, src, src_pixel_stride, a.g.out_w, n, oh, co, columns);
+      apply_epilogue(e, src, src_pixel_stride, pixels, n, oh, co, columns);
     }
-    write_row(a, src, src_pixel_stride, columns, first);
+    write_row(a, src, src_pixel_stride, columns, first, pixels);
   }
 
   // Short rows on tiles, one flat run per image: with stride 1, the zero-padded image
@@ -626,6 +628,30 @@ struct DirectConv {
       return;
     }
     acc.store(dst, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
+  }
+
+  // Image n's output channels [co, co + columns) from the sums of its virtual pixels
+  // (src[q * src_pixel_stride + j], rows wp pixels apart; overwritten): row by row (finish_row);
+  // or, where the output's and the residual's rows follow each other (NCHW, NHWC), as one row of
+  // out_h * out_w pixels once the rows' virtual pixels are dropped, so that an NCHW output is
+  // written in runs of whole channel planes instead of runs of out_w pixels (AlexNet's 7-pixel
+  // rows: 14 bytes). `first`: the offset of output (n, co, 0, 0).
+  static void finish_image(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n,
+                           int64_t co, int64_t wp, int64_t first) {
+    const ConvGeometry& g = a.g;
+    const auto rows_follow = [&](const Strides4& t) { return t.h == g.out_w * t.w; };
+    if (rows_follow(a.out_strides) && (a.epilogue.residual == nullptr || rows_follow(a.epilogue.strides))) {
+      for (int64_t oh = 1; wp != g.out_w && oh < g.out_h; ++oh) {  // rows packed, left to right
+        std::memmove(src + oh * g.out_w * src_pixel_stride, src + oh * wp * src_pixel_stride,
+                     static_cast<size_t>(g.out_w * src_pixel_stride) * sizeof(float));
+      }
+      finish_row(a, src, src_pixel_stride, columns, n, 0, co, first, g.out_h * g.out_w);
+      return;
+    }
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      finish_row(a, src + oh * wp * src_pixel_stride, src_pixel_stride, columns, n, oh, co,
+                 first + oh * a.out_strides.h, g.out_w);
+    }
   }
 
   using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*, int64_t, BlockFinisher*,
@@ -677,8 +703,8 @@ struct DirectConv {
             }
             q0 += len;
           }
-          for (int64_t oh = 0; to == nullptr && oh < g.out_h; ++oh) {
-            finish_row(a, sums.data() + oh * wp * cout, cout, cout, n, oh, 0, n * s.n + oh * s.h);
+          if (to == nullptr) {
+            finish_image(a, sums.data(), cout, cout, n, 0, wp, n * s.n);
           }
         }
       });
@@ -701,8 +727,8 @@ struct DirectConv {
           q0 += len;
         }
         const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
-        for (int64_t oh = 0; to == nullptr && oh < g.out_h; ++oh) {
-          finish_row(a, sums.data() + oh * wp * kBlock, kBlock, columns, n, oh, co0, n * s.n + co0 * s.c + oh * s.h);
+        if (to == nullptr) {
+          finish_image(a, sums.data(), kBlock, columns, n, co0, wp, n * s.n + co0 * s.c);
         }
       }
     });
@@ -789,7 +815,7 @@ struct DirectConv {
           ow0 += len;
         }
         if (finish == nullptr) {
-          finish_row(a, buffer.data(), g.out_channels, g.out_channels, n, oh, 0, row);
+          finish_row(a, buffer.data(), g.out_channels, g.out_channels, n, oh, 0, row, g.out_w);
         }
       }
     });
@@ -891,7 +917,7 @@ struct DirectConv {
                 continue;
               }
               one_row(xrows, grp, blk, blk + 1, RowDestination{buffer.data(), coutg, 1});
-              finish_row(a, buffer.data() + co0, coutg, columns, n, oh, grp * coutg + co0, row + co0 * s.c);
+              finish_row(a, buffer.data() + co0, coutg, columns, n, oh, grp * coutg + co0, row + co0 * s.c, g.out_w);
             }
           }
         }
@@ -948,7 +974,7 @@ struct DirectConv {
         }
         one_row(xrows, grp, 0, a.blocks, d);
         if (buffered) {
-          finish_row(a, buffer.data(), coutg, coutg, n, oh, grp * coutg, row);
+          finish_row(a, buffer.data(), coutg, coutg, n, oh, grp * coutg, row, g.out_w);
         } else if (finish == nullptr && a.epilogue.any()) {  // the whole row, just stored (s.c == 1)
           apply_epilogue(a.epilogue, a.out + row, s.w, g.out_w, n, oh, grp * coutg, coutg);
         }
@@ -977,6 +1003,20 @@ struct DirectConv {
     check_output(out, g, kPairs);
     if (out.numel() == 0) {
       return;
+    }
+    if constexpr (kTiles) {
+      if (g.samples_pixels() && !g.is_pointwise() && g.groups == 1 && g.out_w < 16) {
+        // A strided 1x1 layer with short rows (ResNet-18's last downsample: 8 pixels): the 1x1
+        // convolution of the sampled pixels, a plain matrix product, on the flat path, whose
+        // layout gathers the samples and whose blocks then fill both A tiles with real pixels
+        // instead of one A tile with 8 rows.
+        ConvGeometry sampled = g;
+        sampled.in_h = g.out_h;
+        sampled.in_w = g.out_w;
+        sampled.stride_h = sampled.stride_w = 1;
+        const at::Tensor samples = x.slice(2, 0, g.in_h, g.stride_h).slice(3, 0, g.in_w, g.stride_w);
+        return run(samples, packed, bias, sampled, epilogue, out);
+      }
     }
     const bool out_bf16 = out.scalar_type() == at::kBFloat16;
     // Rows are laid out per thread only when one group spans all channels (else each group's
