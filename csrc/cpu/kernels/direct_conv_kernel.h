@@ -81,7 +81,7 @@ struct FinishVector {
   using type = void;
 };
 template <typename Vec>
-struct FinishVector<Vec, std::void_t<decltype(&Vec::store_bf16)>> {
+struct FinishVector<Vec, std::void_t<decltype(Vec::store_bf16(nullptr, Vec::zero(), Vec::zero()))>> {
   using type = Vec;
 };
 template <typename Vec>
@@ -634,8 +634,8 @@ struct DirectConv {
   // (src[q * src_pixel_stride + j], rows wp pixels apart; overwritten): row by row (finish_row);
   // or, where the output's and the residual's rows follow each other (NCHW, NHWC), as one row of
   // out_h * out_w pixels once the rows' virtual pixels are dropped, so that an NCHW output is
-  // written in runs of whole channel planes instead of runs of out_w pixels (AlexNet's 7-pixel
-  // rows: 14 bytes). `first`: the offset of output (n, co, 0, 0).
+  // written in runs of whole channel planes instead of runs of out_w pixels (AlexNet's 15-pixel
+  // rows: 30 bytes). `first`: the offset of output (n, co, 0, 0).
   static void finish_image(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n,
                            int64_t co, int64_t wp, int64_t first) {
     const ConvGeometry& g = a.g;
@@ -682,7 +682,7 @@ struct DirectConv {
     const PixelRuns runs(pixels);
     const auto& s = a.out_strides;
     // Blocks are finished as they are summed (BlockFinisher) where one_pass_finish serves the
-    // output; else they are stored to a buffer of the image's virtual pixels, finished row by row.
+    // output; else they are stored to a buffer of the image's virtual pixels (finish_image).
     const FinishPixels finish = one_pass_finish(a, true);
     if (!weight_is_large(g, a.blocks)) {
       // Image by image, every panel of a block of virtual pixels before the next block, so that the
