@@ -115,7 +115,7 @@ struct DirectConv {
   };
 
   // Finishes output pixels [ow0, ow0 + count) of row (n, oh), channels [co, co + columns), from
-  // their float32 sums src[(ow - ow0) * src_pixel_stride + j] (+ bias[j] where bias is given): a
+  // their float32 sums src[(ow - ow0) * src_pixel_stride + j] + bias[j] (zeros without one): a
   // bfloat16 NHWC output (finish_bf16_pixels); `first` is the offset of the row's element (0, co)
   // in the output.
   using FinishPixels = void (*)(const Args& a, const float* src, int64_t src_pixel_stride, const float* bias,
@@ -170,10 +170,8 @@ struct DirectConv {
     void push(const Acc& acc, int64_t n, int64_t oh, int64_t col, int64_t ow0, int columns, int64_t first,
               int64_t row_pixels) {
       flush();
-      float* sums = sums_[next_];
-      acc.store(sums, kBlock, 1, nullptr, columns);
-      pending_ = Pending{sums, n, oh, col, ow0, R, columns, first, row_pixels};
-      next_ ^= 1;
+      acc.store(sums_, kBlock, 1, nullptr, columns);
+      pending_ = Pending{n, oh, col, ow0, R, columns, first, row_pixels};
     }
 
     // Finishes what is left of the pending block.
@@ -188,7 +186,7 @@ struct DirectConv {
    private:
     // Finishes the pending block's next `count` pixels, row by row.
     void finish_pixels(int64_t count) {
-      static constexpr float kNoBias[kBlock] = {};  // one loop for both: see one_pass_finish
+      static constexpr float kNoBias[kBlock] = {};  // one loop with or without a bias: one_pass_finish
       const Pending& p = pending_;
       const float* bias = a_.bias != nullptr ? a_.bias + p.col : kNoBias;
       while (count > 0) {
@@ -196,7 +194,7 @@ struct DirectConv {
         const int64_t part = std::min(count, p.row_pixels - ow);
         const int64_t kept = std::min(part, a_.g.out_w - ow);  // <= 0: virtual pixels past the row
         if (kept > 0) {
-          finish_(a_, p.sums + done_ * kBlock, kBlock, bias, p.columns, p.n, p.oh + row, p.col, ow, kept,
+          finish_(a_, sums_ + done_ * kBlock, kBlock, bias, p.columns, p.n, p.oh + row, p.col, ow, kept,
                   p.first + row * a_.out_strides.h);
         }
         done_ += part;
@@ -205,7 +203,6 @@ struct DirectConv {
     }
 
     struct Pending {
-      const float* sums = nullptr;
       int64_t n = 0, oh = 0, col = 0, ow0 = 0, count = 0, columns = 0, first = 0, row_pixels = 1;
     };
     const Args& a_;
@@ -214,8 +211,7 @@ struct DirectConv {
     int64_t done_ = 0, slice_ = 0;  // pixels of the pending block finished; pixels per product
     const char* ahead_ = nullptr;
     const char* ahead_end_ = nullptr;
-    int next_ = 0;
-    alignas(64) float sums_[2][kMaxRows * kBlock];
+    alignas(64) float sums_[kMaxRows * kBlock];  // the pending block's sums
   };
 
   // Where one output row of one group goes: element (ow, co) of the row,
@@ -293,15 +289,15 @@ struct DirectConv {
   using Steps = std::conditional_t<kPairs, Bf16PairSteps<Vec>, Float32Steps<Vec>>;
   static constexpr int64_t kStepWidth = kPairs ? 2 : 1;
 
-  // acc (a Block) += the rank-`depth` product of its R input rows (StridedRows
-  // or PointerRows) and a packed weight panel; depth is even for pairs.
   // Tile products in `runs` reductions of `depth` elements each (TileBlock: 16 pairs a product).
   static int64_t tile_products(int64_t runs, int64_t depth) {
     constexpr int64_t kDepth = 32;
     return runs * ((depth + kDepth - 1) / kDepth);
   }
 
-  // Tile blocks call `finisher`'s step after each product (BlockFinisher).
+  // acc (a Block) += the rank-`depth` product of its R input rows (StridedRows
+  // or PointerRows) and a packed weight panel; depth is even for pairs. Tile blocks call
+  // `finisher`'s step after each product (BlockFinisher).
   template <typename Acc, typename Rows>
   static void reduce(Acc& acc, const Rows& rows, const In* b, int64_t depth, BlockFinisher* finisher = nullptr) {
     if constexpr (kTiles) {
@@ -413,22 +409,19 @@ struct DirectConv {
     finisher.template push<32>(acc, n, oh, co0, 0, columns, first + co0 * a.out_strides.c, g.out_w);
   }
 
-  // The one-pass finish of this call's output, its sums with (`bias`) or without the bias: for a
-  // bfloat16 NHWC output whose residual, if any, has its channels innermost; else nullptr (rows
-  // are finished by apply_epilogue and write_row).
-  static FinishPixels one_pass_finish(const Args& a, bool bias) {
+  // The one-pass finish of this call's output blocks (the BlockFinisher's; sums without the
+  // bias): for a bfloat16 NHWC output whose residual, if any, has its channels innermost; else
+  // nullptr (rows are buffered, then finished by apply_epilogue and write_row).
+  static FinishPixels one_pass_finish(const Args& a) {
     const OutputEpilogue& e = a.epilogue;
     if (a.out_bf16 == nullptr || a.out_strides.c != 1 || (e.residual != nullptr && e.strides.c != 1)) {
       return nullptr;
     }
-    static constexpr FinishPixels kFinish[3][2][2] = {
-        {{&finish_bf16_pixels<0, false, false>, &finish_bf16_pixels<0, false, true>},
-         {&finish_bf16_pixels<0, true, false>, &finish_bf16_pixels<0, true, true>}},
-        {{&finish_bf16_pixels<1, false, false>, &finish_bf16_pixels<1, false, true>},
-         {&finish_bf16_pixels<1, true, false>, &finish_bf16_pixels<1, true, true>}},
-        {{&finish_bf16_pixels<2, false, false>, &finish_bf16_pixels<2, false, true>},
-         {&finish_bf16_pixels<2, true, false>, &finish_bf16_pixels<2, true, true>}}};
-    return kFinish[e.residual == nullptr ? 0 : (e.residual_bf16 ? 2 : 1)][e.relu][bias];
+    static constexpr FinishPixels kFinish[3][2] = {
+        {&finish_bf16_pixels<0, false, true>, &finish_bf16_pixels<0, true, true>},
+        {&finish_bf16_pixels<1, false, true>, &finish_bf16_pixels<1, true, true>},
+        {&finish_bf16_pixels<2, false, true>, &finish_bf16_pixels<2, true, true>}};
+    return kFinish[e.residual == nullptr ? 0 : (e.residual_bf16 ? 2 : 1)][e.relu];
   }
 
   // Writes `pixels` output pixels (a row) from float32 sums src[ow * src_pixel_stride + j]
@@ -568,16 +561,12 @@ struct DirectConv {
 
   // Output row (n, oh), channels [co, co + columns), from its float32 sums src[ow * src_pixel_stride
   // + j] (bias added), its first `pixels` pixels (out_w; more where the rows that follow are
-  // finished as one: finish_image): the epilogue applied and the row written (write_row), in one
-  // pass where the output is bfloat16 NHWC and the residual, if any, has its channels innermost.
-  // `first`: the offset of the row's first element in the output. src may be overwritten.
+  // finished as one: finish_image): the epilogue applied and the row written (write_row). Only for
+  // outputs one_pass_finish does not serve (those are finished block by block). `first`: the
+  // offset of the row's first element in the output. src is overwritten.
   static void finish_row(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n, int64_t oh,
                          int64_t co, int64_t first, int64_t pixels) {
     const OutputEpilogue& e = a.epilogue;
-    if (const FinishPixels finish = one_pass_finish(a, false)) {
-      finish(a, src, src_pixel_stride, nullptr, columns, n, oh, co, 0, pixels, first);
-      return;
-    }
     if (e.any()) {
       apply_epilogue(e, src, src_pixel_stride, pixels, n, oh, co, columns);
     }
@@ -683,7 +672,7 @@ struct DirectConv {
     const auto& s = a.out_strides;
     // Blocks are finished as they are summed (BlockFinisher) where one_pass_finish serves the
     // output; else they are stored to a buffer of the image's virtual pixels (finish_image).
-    const FinishPixels finish = one_pass_finish(a, true);
+    const FinishPixels finish = one_pass_finish(a);
     if (!weight_is_large(g, a.blocks)) {
       // Image by image, every panel of a block of virtual pixels before the next block, so that the
       // block's input stays in L1 while the panels (within kWeightInCacheBytes) stream from L2.
@@ -792,7 +781,7 @@ struct DirectConv {
     const PixelRuns runs(g.out_w);
     const auto [left, right] = row_padding(g);
     const auto& s = a.out_strides;
-    const FinishPixels finish = one_pass_finish(a, true);
+    const FinishPixels finish = one_pass_finish(a);
     at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
       BlockFinisher finisher(a, finish);
@@ -885,7 +874,7 @@ struct DirectConv {
     // output's channels are not innermost (NCHW), or it is bfloat16, a row is first stored
     // channels innermost to a small float32 buffer (one row, in L1/L2) and then written out
     // transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
-    const FinishPixels finish = one_pass_finish(a, true);
+    const FinishPixels finish = one_pass_finish(a);
     const bool buffered = finish == nullptr && (s.c != 1 || a.out_bf16 != nullptr);
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
@@ -1023,8 +1012,8 @@ struct DirectConv {
     // pass would lay out every channel again).
     const at::Tensor input = InputRows<In>::readable(x, g, cached_input_rows(g, blocks), g.groups == 1);
     const auto [left, right] = row_padding(g);
-    const at::Tensor zeros = at::zeros({std::max(g.in_channels_per_group(), (left + g.in_w + right) * g.in_channels)},
-                                       x.options());
+    const int64_t padded_row = kTiles ? (left + g.in_w + right) * g.in_channels : 0;  // paired_kernel's row of zeros
+    const at::Tensor zeros = at::zeros({std::max(g.in_channels_per_group(), padded_row)}, x.options());
     rows(Args{static_cast<const In*>(input.const_data_ptr()), strides_of(input),
               static_cast<const In*>(packed.const_data_ptr()), b.defined() ? b.const_data_ptr<float>() : nullptr,
               static_cast<const In*>(zeros.const_data_ptr()), out_bf16 ? nullptr : out.mutable_data_ptr<float>(),
