@@ -501,6 +501,10 @@ def test_bf16_grad_input_on_tiles(isa, in_channels, out_channels, kernel, stride
     (16, 64, 7, 2, 1, 21),   # 7x7/2: 49 taps over four phases
     (24, 40, 1, 2, 1, 11),   # 1x1/2: one phase of the input
     (16, 16, 11, 4, 1, 29),  # 11x11/4: sixteen phases
+    (3, 64, 7, 2, 1, 21),    # the stem: 3 channels, column taps folded into 21 lowered channels
+    (3, 16, 11, 4, 1, 29),   # AlexNet's first layer: 33 lowered channels, a block of 32 and one of 1
+    (5, 40, 3, 1, 1, 6),     # lowered, stride 1, rows shorter than a tile's 16 pairs
+    (3, 24, 5, 1, 2, 11),    # 3 channels, dilated columns: not lowered
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, stride, dilation, width, layout):
@@ -517,6 +521,9 @@ def test_bf16_grad_weight_on_tiles(isa, in_channels, out_channels, kernel, strid
     conf = ((stride, stride), (padding, padding), (dilation, dilation), 1)
     dy = LAYOUTS[layout](torch.randn(F.conv2d(x.float(), w.float(), None, *conf).shape, generator=gen).bfloat16())
     assert me.cpu_conv_algorithm(x, w, stride, padding, dilation, phase="grad_weight") == "direct-bf16-tiles"
+    lowered = in_channels < 16 and kernel > 1 and dilation == 1  # column taps folded into the channels
+    plan = me.cpu_conv_plan(x, w, stride, padding, dilation, phase="grad_weight")
+    assert plan["input"] == ("lowered" if lowered else "as_is")
     mask = [False, True, False]
     threads = torch.get_num_threads()
     try:

@@ -43,6 +43,8 @@ struct TileKernels {
   // [Cout, depth] weight of lowered_conv.cpp packed as a 1x1 convolution's.
   IsaKernels::NhwcConv lowered;
   TileWeightGradFn weight_grad;
+  // The weight gradient of a few-channel layer, its column taps folded into the channels.
+  TileWeightGradFn weight_grad_lowered;
 };
 
 // Every entry. The native tile and pair entries are null where the build has no x86 code; the

@@ -224,9 +224,7 @@ ConvPlan plan_weight_grad(const CpuOptions& options, const ConvGeometry& g, at::
   p.block = direct_block(p.options.isa);
   p.vector_over_input = weight_grad_over_input(g, p.block);
   p.kernel = nullptr;
-  // Few input channels fill a sliver of each A tile (3 of 32 rows for the stem): those layers
-  // stay on the widened float32 path, as in the forward pass they are lowered.
-  const bool tiles = dtype == at::kBFloat16 && g.groups == 1 && !lowered_applies(g) &&
+  const bool tiles = dtype == at::kBFloat16 && g.groups == 1 &&
       bf16_unit(g, at::kBFloat16, Algo::direct, p.options) == Bf16Kernel::tiles;
   const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;  // else computed in float32
   if (tiles) {
@@ -234,7 +232,9 @@ ConvPlan plan_weight_grad(const CpuOptions& options, const ConvGeometry& g, at::
     p.unit = Bf16Kernel::tiles;
     p.unit_native = bf16_native(Bf16Kernel::tiles, p.options.isa);
     p.block = 32;
-    p.input = InputStrategy::as_is;
+    // Few input channels would fill a sliver of each A tile (3 of 32 rows for the stem): their
+    // column taps are folded into the channels, as the forward pass lowers them.
+    p.input = lowered_applies(g) ? InputStrategy::lowered : InputStrategy::as_is;
   } else if ((dtype == at::kFloat || widened) && weight_grad_kernel_applies(g, p.options)) {
     p.weight_grad = WeightGradMethod::kernel;
     p.unit = Bf16Kernel::none;

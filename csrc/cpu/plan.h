@@ -82,7 +82,7 @@ ConvPlan plan_convolution(const CpuOptions& options, const ConvGeometry& g, at::
                           bool weight_cached, Epilogue epilogue, bool gemm_form = true);
 
 // The plan of a weight gradient of `dtype` operands: bfloat16 tiles where the bf16 option takes
-// tiles (one group, not a lowered layer); the weight-gradient kernel for float32 (bfloat16 and
+// tiles (one group; a few-channel layer lowered, its column taps folded into the channels); the weight-gradient kernel for float32 (bfloat16 and
 // float16 widened) with one group and a channel count filling whole register blocks, when asked
 // (algo=direct) or where it beats im2col + GEMM (not 1x1, rows long enough, not portable); else gemm.
 ConvPlan plan_weight_grad(const CpuOptions& options, const ConvGeometry& g, at::ScalarType dtype);

@@ -74,7 +74,8 @@ at::Tensor run_weight_grad(const ConvPlan& p, const at::Tensor& x, const at::Ten
               "the weight-gradient kernels cannot run plan ", p.describe());
   if (p.weight_grad == WeightGradMethod::tiles) {
     const KernelTable& table = kernel_table();
-    const TileWeightGradFn run = (p.unit_native ? table.tiles_native : table.tiles_emulated).weight_grad;
+    const TileKernels& unit = p.unit_native ? table.tiles_native : table.tiles_emulated;
+    const TileWeightGradFn run = p.input == InputStrategy::lowered ? unit.weight_grad_lowered : unit.weight_grad;
     TORCH_CHECK(run != nullptr, "CPU kernels: no native tile kernel in this build");
     return run(x, dy, g);
   }

@@ -33,7 +33,8 @@ namespace miniplaces_ext::cpu {
 
 TileKernels amx_tile_kernels() {
   using Conv = DirectConv<TileTraits<AmxTiles, Avx512Bf16>, uint16_t>;
-  return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<AmxTiles>::run};
+  return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<AmxTiles>::run,
+          &TileWeightGrad<AmxTiles>::run_lowered};
 }
 
 } // namespace miniplaces_ext::cpu

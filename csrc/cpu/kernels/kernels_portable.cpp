@@ -39,7 +39,8 @@ const IsaKernels& portable_kernels() {
 
 TileKernels emulated_tile_kernels() {
   using Conv = DirectConv<TileTraits<EmulatedTiles>, uint16_t>;
-  return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<EmulatedTiles>::run};
+  return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<EmulatedTiles>::run,
+          &TileWeightGrad<EmulatedTiles>::run_lowered};
 }
 
 } // namespace miniplaces_ext::cpu

@@ -157,9 +157,22 @@ struct TileWeightGrad {
   static void interleave_pair(const uint16_t* first, const uint16_t* second, int64_t channel_stride, int64_t channels,
                               int64_t padded, uint16_t* to) {
     if (first != nullptr && second != nullptr && channel_stride == 1) {
-      for (int64_t c = 0; c < channels; ++c) {
+      int64_t c = 0;
+#if defined(__SSE2__)
+      for (; c + 8 <= channels; c += 8) {  // 8 channels of both pixels: two interleaves
+        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(first + c));
+        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(second + c));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c), _mm_unpacklo_epi16(lo, hi));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c + 8), _mm_unpackhi_epi16(lo, hi));
+      }
+#endif
+      for (; c < channels; ++c) {
         to[2 * c] = first[c];
         to[2 * c + 1] = second[c];
+      }
+    } else if (first != nullptr && second == first + 1) {  // neighbours in a row of a channel plane (NCHW)
+      for (int64_t c = 0; c < channels; ++c) {
+        std::memcpy(to + 2 * c, first + c * channel_stride, 2 * sizeof(uint16_t));
       }
     } else {
       for (int64_t c = 0; c < channels; ++c) {
@@ -170,30 +183,40 @@ struct TileWeightGrad {
     std::memset(to + 2 * channels, 0, static_cast<size_t>(padded - channels) * 2 * sizeof(uint16_t));
   }
 
-  // dW, float32 [Cout, Cin, kh, kw], of a one-group convolution from its bfloat16 input
-  // x [N, Cin, H, W] and grad_output dy [N, Cout, Ho, Wo] (any strides).
-  static at::Tensor run(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
+  // How the images lie in the phase planes of a geometry: the padded image is [hq * sh][wq * sw]
+  // (every input pixel and every pixel a tap reads); each phase plane holds hq x wq pixels and
+  // the zeros the last tap reads past them.
+  struct Planes {
+    int64_t wq, pairs, plane;
+
+    explicit Planes(const ConvGeometry& g) {
+      const int64_t sh = g.stride_h, sw = g.stride_w;
+      const int64_t hq =
+          (std::max(g.pad_h + g.in_h, sh * (g.out_h - 1) + (g.kernel_h - 1) * g.dilation_h + 1) + sh - 1) / sh;
+      wq = (std::max(g.pad_w + g.in_w, sw * (g.out_w - 1) + (g.kernel_w - 1) * g.dilation_w + 1) + sw - 1) / sw;
+      pairs = ((g.out_h - 1) * wq + g.out_w + 1) / 2;
+      const int64_t last_offset = (g.kernel_h - 1) * g.dilation_h / sh * wq + (g.kernel_w - 1) * g.dilation_w / sw;
+      plane = std::max(hq * wq, last_offset + 2 * pairs);
+    }
+  };
+
+  static void check_operands(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
     TORCH_CHECK(g.groups == 1, "tile weight gradient: one group");
     TORCH_CHECK(x.scalar_type() == at::kBFloat16 && dy.scalar_type() == at::kBFloat16,
                 "tile weight gradient: expected bfloat16 operands, got ", x.scalar_type(), " and ", dy.scalar_type());
-    static constexpr auto kTable = table(std::make_index_sequence<kBlock>{});
+  }
+
+  // dW, float32 [Cout, Cin, kh, kw], of a one-group convolution from its bfloat16 input
+  // x [N, Cin, H, W] and grad_output dy [N, Cout, Ho, Wo] (any strides).
+  static at::Tensor run(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
+    check_operands(x, dy, g);
     const int64_t sh = g.stride_h, sw = g.stride_w, top = g.pad_h, left = g.pad_w;
-    // The padded image, [hq * sh][wq * sw]: every input pixel and every pixel a tap reads.
-    const int64_t hq = (std::max(top + g.in_h, sh * (g.out_h - 1) + (g.kernel_h - 1) * g.dilation_h + 1) + sh - 1) / sh;
-    const int64_t wq = (std::max(left + g.in_w, sw * (g.out_w - 1) + (g.kernel_w - 1) * g.dilation_w + 1) + sw - 1) / sw;
-    const int64_t virtual_pixels = (g.out_h - 1) * wq + g.out_w;
-    const int64_t pairs = (virtual_pixels + 1) / 2;
-    const int64_t last_offset = (g.kernel_h - 1) * g.dilation_h / sh * wq + (g.kernel_w - 1) * g.dilation_w / sw;
-    const int64_t plane = std::max(hq * wq, last_offset + 2 * pairs);
-    const int64_t cout_padded = (g.out_channels + kBlock - 1) / kBlock * kBlock;
-    // Both operands laid out in one pass each, read through their strides (any layout).
+    const Planes shape(g);
+    const int64_t wq = shape.wq, plane = shape.plane;
     at::Tensor planes = at::zeros({g.batch, sh * sw, g.in_channels, plane}, x.options());
-    at::Tensor dy_pairs = at::empty({g.batch, pairs, cout_padded, 2}, dy.options());
     const uint16_t* xs = static_cast<const uint16_t*>(x.const_data_ptr());
-    const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
     uint16_t* xp = static_cast<uint16_t*>(planes.mutable_data_ptr());
-    uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
-    const Strides4 xst = strides_of(x), dst = strides_of(dy);
+    const Strides4 xst = strides_of(x);
     // The phases some tap reads (a 1x1/2 layer reads one of its four): the others stay zero.
     std::vector<char> read(sh * sw, 0);
     for (int64_t i = 0; i < g.kernel_h; ++i) {
@@ -218,6 +241,83 @@ struct TileWeightGrad {
         }
       }
     });
+    return multiply(planes, dy, g, shape);
+  }
+
+  // The geometry a few-channel layer's weight gradient is computed as (run_lowered): input
+  // channel c * kw + j is the input's channel c seen through column tap j, one column per output
+  // column, so the kernel is kh x 1 with stride (sh, 1) over kw * Cin channels.
+  static ConvGeometry lowered_geometry(const ConvGeometry& g) {
+    ConvGeometry l = g;
+    l.in_channels = g.in_channels * g.kernel_w;
+    l.in_w = g.out_w;
+    l.kernel_w = 1;
+    l.stride_w = 1;
+    l.pad_w = 0;
+    l.dilation_w = 1;
+    return l;
+  }
+
+  // dW as run() gives it, for a layer of few input channels (the stem's 3), whose planes would
+  // fill a sliver of each A tile (3 of 32 rows, 49 taps): the column taps are folded into the
+  // input channels (lowered_geometry: 21 rows, 7 taps), and the planes of that geometry are
+  // written from x directly: per input row and channel, its pixels split by column phase, then
+  // each column tap's run of them copied whole.
+  static at::Tensor run_lowered(const at::Tensor& x, const at::Tensor& dy, const ConvGeometry& g) {
+    check_operands(x, dy, g);
+    const ConvGeometry l = lowered_geometry(g);
+    const int64_t sh = g.stride_h, sw = g.stride_w, kw = g.kernel_w;
+    const Planes shape(l);
+    const int64_t wq = shape.wq, plane = shape.plane;
+    const int64_t phase_columns = (g.in_w + sw - 1) / sw;  // the most input columns of one phase v
+    at::Tensor planes = at::zeros({g.batch, sh, l.in_channels, plane}, x.options());
+    const uint16_t* xs = static_cast<const uint16_t*>(x.const_data_ptr());
+    uint16_t* xp = static_cast<uint16_t*>(planes.mutable_data_ptr());
+    const Strides4 xst = strides_of(x);
+    at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint16_t> split(sw * phase_columns);  // [v][k]: input column k * sw + v
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.in_h, ih = t % g.in_h, row = ih + g.pad_h;
+        for (int64_t c = 0; c < g.in_channels; ++c) {
+          const uint16_t* src = xs + n * xst.n + c * xst.c + ih * xst.h;
+          for (int64_t v = 0; v < sw; ++v) {
+            for (int64_t k = 0, iw = v; iw < g.in_w; ++k, iw += sw) {
+              split[v * phase_columns + k] = src[iw * xst.w];
+            }
+          }
+          for (int64_t j = 0; j < kw; ++j) {
+            // Output column b reads input column sw * b + t0 = sw * (b + k0) + v.
+            const int64_t t0 = j * g.dilation_w - g.pad_w;
+            const int64_t v = (t0 % sw + sw) % sw, k0 = (t0 - v) / sw;
+            const int64_t count = (g.in_w - v + sw - 1) / sw;  // input columns of phase v
+            const int64_t b0 = std::max<int64_t>(0, -k0), b1 = std::min(g.out_w, count - k0);
+            if (b1 > b0) {
+              uint16_t* dst = xp + ((n * sh + row % sh) * l.in_channels + c * kw + j) * plane + (row / sh) * wq;
+              std::memcpy(dst + b0, split.data() + v * phase_columns + b0 + k0,
+                          static_cast<size_t>(b1 - b0) * sizeof(uint16_t));
+            }
+          }
+        }
+      }
+    });
+    // [Cout][Cin * kw][kh][1] -> [Cout][Cin][kh][kw]
+    return multiply(planes, dy, l, shape)
+        .view({g.out_channels, g.in_channels, kw, g.kernel_h})
+        .permute({0, 1, 3, 2})
+        .contiguous();
+  }
+
+  // dW, float32 [Cout, Cin, kh, kw], of geometry g from the phase planes of its input
+  // ([N][sh * sw][Cin][shape.plane]) and its grad_output dy [N, Cout, Ho, Wo] (any strides).
+  static at::Tensor multiply(const at::Tensor& planes, const at::Tensor& dy, const ConvGeometry& g,
+                             const Planes& shape) {
+    const int64_t sh = g.stride_h, sw = g.stride_w;
+    const int64_t wq = shape.wq, pairs = shape.pairs, plane = shape.plane;
+    const int64_t cout_padded = (g.out_channels + kBlock - 1) / kBlock * kBlock;
+    at::Tensor dy_pairs = at::empty({g.batch, pairs, cout_padded, 2}, dy.options());
+    const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
+    uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
+    const Strides4 dst = strides_of(dy);
     // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
     at::parallel_for(0, g.batch * pairs, 64, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
@@ -230,10 +330,11 @@ struct TileWeightGrad {
         interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, dyp + t * cout_padded * 2);
       }
     });
-    at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, x.options().dtype(at::kFloat));
+    at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, dy.options().dtype(at::kFloat));
     const Args a{static_cast<const uint16_t*>(planes.const_data_ptr()), plane,
                  static_cast<const uint16_t*>(dy_pairs.const_data_ptr()), pairs, cout_padded, wq, g,
                  dw.mutable_data_ptr<float>()};
+    static constexpr auto kTable = table(std::make_index_sequence<kBlock>{});
     const int64_t ci_blocks = (g.in_channels + kBlock - 1) / kBlock, co_blocks = cout_padded / kBlock;
     const int64_t taps = g.kernel_h * g.kernel_w;
     const int64_t image_bytes = (kBlock * sh * sw * plane + pairs * kBlock * 2) * int64_t{2};
