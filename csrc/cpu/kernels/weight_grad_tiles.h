@@ -5,7 +5,7 @@
 //
 // Each image's zero-padded input is split into its s x s stride phases (rows and columns
 // u, v mod s) and laid out as channel planes [phase][Cin][hq * wq], and its output gradient as
-// pairs of virtual pixels q = oh * wq + ow ([pairs][Cout][2], zero where ow >= Wo: the flat runs
+// pairs of virtual pixels q = oh * wq + ow ([Cout / 32][pairs][32][2], zero where ow >= Wo: the flat runs
 // of direct_conv_kernel.h seen from the other side). Tap (i, j) reads phase ((i*dh) % s,
 // (j*dw) % s) at virtual pixel q + ((i*dh) / s) * wq + (j*dw) / s: for a block of 32 input
 // channels (A: plane rows, pixels contiguous) and 32 output channels (B: the pairs) every 16
@@ -42,8 +42,8 @@ struct TileWeightGrad {
   struct Args {
     const uint16_t* x;      // [N][s][s][Cin][plane]: the phases of the zero-padded images, then zeros
     int64_t plane;          // elements per channel plane
-    const uint16_t* dy;     // [N][pairs][cout_padded][2]
-    int64_t pairs, cout_padded;
+    const uint16_t* dy;     // [N][Cout / 32][pairs][32][2], Cout padded to whole blocks of 32
+    int64_t pairs, cout_blocks;
     int64_t wq;             // row width of a phase plane (and of the virtual pixels)
     const ConvGeometry& g;
     float* dw;              // [Cout][Cin][kh][kw], written
@@ -67,8 +67,8 @@ struct TileWeightGrad {
         const int64_t offset = (row / g.stride_h) * a.wq + column / g.stride_w;
         for (int64_t n = n0; n < n1; ++n) {
           const uint16_t* rows = a.x + ((n * phases + phase) * g.in_channels + ci0) * a.plane + offset;
-          const uint16_t* b = a.dy + n * a.pairs * a.cout_padded * 2 + co0 * 2;
-          acc.template accumulate<void>(StridedRows<uint16_t>{rows, a.plane}, b, 2 * a.cout_padded, a.pairs);
+          const uint16_t* b = a.dy + (n * a.cout_blocks + co0 / kBlock) * a.pairs * kBlock * 2;
+          acc.template accumulate<void>(StridedRows<uint16_t>{rows, a.plane}, b, 2 * kBlock, a.pairs);
         }
         float* tap_sums = sums + (i * g.kernel_w + j) * R * kBlock;
         acc.store(first ? tap_sums : part, kBlock, 1, nullptr, static_cast<int>(kBlock));
@@ -152,35 +152,36 @@ struct TileWeightGrad {
   }
 #endif
 
-  // One pair of grad_output pixels as B reads it: to[2 * c + k] = pixel k's channel c (c <
-  // channels, channel_stride apart), zero for a missing pixel (null) and for c up to `padded`.
+  // One pair of grad_output pixels as B reads it, in blocks of 32 channels `block_stride` apart:
+  // to[(c / 32) * block_stride + 2 * (c % 32) + k] = pixel k's channel c (c < channels,
+  // channel_stride apart), zero for a missing pixel (null) and for c up to `padded`.
   static void interleave_pair(const uint16_t* first, const uint16_t* second, int64_t channel_stride, int64_t channels,
-                              int64_t padded, uint16_t* to) {
-    if (first != nullptr && second != nullptr && channel_stride == 1) {
+                              int64_t padded, int64_t block_stride, uint16_t* to) {
+    for (int64_t c0 = 0; c0 < padded; c0 += kBlock, to += block_stride) {
+      const int64_t count = std::clamp<int64_t>(channels - c0, 0, kBlock);
+      const uint16_t* a = first != nullptr ? first + c0 * channel_stride : nullptr;
+      const uint16_t* b = second != nullptr ? second + c0 * channel_stride : nullptr;
       int64_t c = 0;
+      if (a != nullptr && b != nullptr && channel_stride == 1) {
 #if defined(__SSE2__)
-      for (; c + 8 <= channels; c += 8) {  // 8 channels of both pixels: two interleaves
-        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(first + c));
-        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(second + c));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c), _mm_unpacklo_epi16(lo, hi));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c + 8), _mm_unpackhi_epi16(lo, hi));
-      }
+        for (; c + 8 <= count; c += 8) {  // 8 channels of both pixels: two interleaves
+          const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + c));
+          const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + c));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c), _mm_unpacklo_epi16(lo, hi));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c + 8), _mm_unpackhi_epi16(lo, hi));
+        }
 #endif
-      for (; c < channels; ++c) {
-        to[2 * c] = first[c];
-        to[2 * c + 1] = second[c];
+      } else if (a != nullptr && b == a + 1) {  // neighbours in a row of a channel plane (NCHW)
+        for (; c < count; ++c) {
+          std::memcpy(to + 2 * c, a + c * channel_stride, 2 * sizeof(uint16_t));
+        }
       }
-    } else if (first != nullptr && second == first + 1) {  // neighbours in a row of a channel plane (NCHW)
-      for (int64_t c = 0; c < channels; ++c) {
-        std::memcpy(to + 2 * c, first + c * channel_stride, 2 * sizeof(uint16_t));
+      for (; c < count; ++c) {
+        to[2 * c] = a != nullptr ? a[c * channel_stride] : uint16_t{0};
+        to[2 * c + 1] = b != nullptr ? b[c * channel_stride] : uint16_t{0};
       }
-    } else {
-      for (int64_t c = 0; c < channels; ++c) {
-        to[2 * c] = first != nullptr ? first[c * channel_stride] : uint16_t{0};
-        to[2 * c + 1] = second != nullptr ? second[c * channel_stride] : uint16_t{0};
-      }
+      std::memset(to + 2 * count, 0, static_cast<size_t>(kBlock - count) * 2 * sizeof(uint16_t));
     }
-    std::memset(to + 2 * channels, 0, static_cast<size_t>(padded - channels) * 2 * sizeof(uint16_t));
   }
 
   // How the images lie in the phase planes of a geometry: the padded image is [hq * sh][wq * sw]
@@ -194,7 +195,8 @@ struct TileWeightGrad {
       const int64_t hq =
           (std::max(g.pad_h + g.in_h, sh * (g.out_h - 1) + (g.kernel_h - 1) * g.dilation_h + 1) + sh - 1) / sh;
       wq = (std::max(g.pad_w + g.in_w, sw * (g.out_w - 1) + (g.kernel_w - 1) * g.dilation_w + 1) + sw - 1) / sw;
-      pairs = ((g.out_h - 1) * wq + g.out_w + 1) / 2;
+      // Whole tile products of 16 pairs: zero pairs at the end instead of a staged partial product.
+      pairs = ((g.out_h - 1) * wq + g.out_w + 31) / 32 * 16;
       const int64_t last_offset = (g.kernel_h - 1) * g.dilation_h / sh * wq + (g.kernel_w - 1) * g.dilation_w / sw;
       plane = std::max(hq * wq, last_offset + 2 * pairs);
     }
@@ -314,7 +316,9 @@ struct TileWeightGrad {
     const int64_t sh = g.stride_h, sw = g.stride_w;
     const int64_t wq = shape.wq, pairs = shape.pairs, plane = shape.plane;
     const int64_t cout_padded = (g.out_channels + kBlock - 1) / kBlock * kBlock;
-    at::Tensor dy_pairs = at::empty({g.batch, pairs, cout_padded, 2}, dy.options());
+    const int64_t cout_blocks = cout_padded / kBlock;
+    // Blocked by 32 channels, so that a B tile's rows (pairs) lie 128 bytes apart in one run.
+    at::Tensor dy_pairs = at::empty({g.batch, cout_blocks, pairs, kBlock, 2}, dy.options());
     const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
     uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
     const Strides4 dst = strides_of(dy);
@@ -327,15 +331,16 @@ struct TileWeightGrad {
           const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
           from[k] = oh < g.out_h && ow < g.out_w ? dys + n * dst.n + oh * dst.h + ow * dst.w : nullptr;
         }
-        interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, dyp + t * cout_padded * 2);
+        interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, pairs * kBlock * 2,
+                        dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
       }
     });
     at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, dy.options().dtype(at::kFloat));
     const Args a{static_cast<const uint16_t*>(planes.const_data_ptr()), plane,
-                 static_cast<const uint16_t*>(dy_pairs.const_data_ptr()), pairs, cout_padded, wq, g,
+                 static_cast<const uint16_t*>(dy_pairs.const_data_ptr()), pairs, cout_blocks, wq, g,
                  dw.mutable_data_ptr<float>()};
     static constexpr auto kTable = table(std::make_index_sequence<kBlock>{});
-    const int64_t ci_blocks = (g.in_channels + kBlock - 1) / kBlock, co_blocks = cout_padded / kBlock;
+    const int64_t ci_blocks = (g.in_channels + kBlock - 1) / kBlock, co_blocks = cout_blocks;
     const int64_t taps = g.kernel_h * g.kernel_w;
     const int64_t image_bytes = (kBlock * sh * sw * plane + pairs * kBlock * 2) * int64_t{2};
     const int64_t chunk = std::clamp<int64_t>(kChunkBytes / image_bytes, 1, std::max<int64_t>(g.batch, 1));
