@@ -466,13 +466,18 @@ def test_lowered_weight_is_packed_once_and_follows_in_place_changes():
     (48, 64, 3, 1, 37),   # one phase: the transposed 3x3 convolution, 2 x 2 blocks and staged borders
     (32, 16, 3, 2, 23),   # four stride phases (2x2, 2x1, 1x2, 1x1 taps) written into strided views of dx
     (40, 32, 1, 2, 9),    # 1x1/2: one phase of one tap, three phases zero; 5-pixel flat rows
+    (3, 64, 7, 2, 37),    # the stem: receptive fields (147 values, 5 column blocks) added into dx
+    (3, 16, 11, 4, 45),   # AlexNet's first layer: 363 values, rows of 11 pixels
+    (5, 40, 3, 1, 40),    # few channels, stride 1: rows of 40 pixels in blocks of 32 and 8
+    (3, 15, 3, 1, 9),     # an odd number of output channels: stride phases, not the receptive fields
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_grad_input_on_tiles(isa, in_channels, out_channels, kernel, stride, width, layout):
     """bfloat16 grad_input runs on the tile kernel (emulated where the CPU has no AMX), one
-    bfloat16 forward convolution of grad_output per stride phase: dx is bfloat16, in the input's
-    layout, within what float32 sums of its bfloat16 products rounded once to bfloat16 can be
-    off from float64."""
+    bfloat16 forward convolution of grad_output per stride phase, or for a few-channel layer as
+    receptive fields added into dx (grad_input_tiles.h): dx is bfloat16, in the input's layout,
+    within what float32 sums of its bfloat16 products rounded once to bfloat16 can be off from
+    float64."""
     use_cpu_kernel((isa, "direct"))
     me.set_cpu_options(bf16="tiles")
     gen = torch.Generator().manual_seed(in_channels + stride)

@@ -45,6 +45,11 @@ struct TileKernels {
   TileWeightGradFn weight_grad;
   // The weight gradient of a few-channel layer, its column taps folded into the channels.
   TileWeightGradFn weight_grad_lowered;
+  // Writes grad_input dx [N, Cin, H, W] (bfloat16, any strides) of a few-channel layer from dy
+  // (bfloat16 [N, Cout, Ho, Wo], any strides, Cout even) and the weight packed [Cout / 2][columns][2]
+  // by receptive-field value (grad_input_tiles.h).
+  void (*grad_input_lowered)(const at::Tensor& dy, const at::Tensor& packed, const ConvGeometry& g,
+                             const at::Tensor& dx);
 };
 
 // Every entry. The native tile and pair entries are null where the build has no x86 code; the

@@ -28,13 +28,14 @@
 #include "tiles_amx.h"
 #include "direct_conv_kernel.h"
 #include "weight_grad_tiles.h"
+#include "grad_input_tiles.h"
 
 namespace miniplaces_ext::cpu {
 
 TileKernels amx_tile_kernels() {
   using Conv = DirectConv<TileTraits<AmxTiles, Avx512Bf16>, uint16_t>;
   return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<AmxTiles>::run,
-          &TileWeightGrad<AmxTiles>::run_lowered};
+          &TileWeightGrad<AmxTiles>::run_lowered, &TileGradInputLowered<AmxTiles>::run};
 }
 
 } // namespace miniplaces_ext::cpu

@@ -26,6 +26,7 @@
 #include "winograd_kernel.h"
 #include "weight_grad_kernel.h"
 #include "weight_grad_tiles.h"
+#include "grad_input_tiles.h"
 #include "fma_peak.h"
 
 namespace miniplaces_ext::cpu {
@@ -40,7 +41,7 @@ const IsaKernels& portable_kernels() {
 TileKernels emulated_tile_kernels() {
   using Conv = DirectConv<TileTraits<EmulatedTiles>, uint16_t>;
   return {&Conv::run, &Conv::run_lowered, &TileWeightGrad<EmulatedTiles>::run,
-          &TileWeightGrad<EmulatedTiles>::run_lowered};
+          &TileWeightGrad<EmulatedTiles>::run_lowered, &TileGradInputLowered<EmulatedTiles>::run};
 }
 
 } // namespace miniplaces_ext::cpu

@@ -47,10 +47,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const at::Tensor w = widen ? weight.to(at::kFloat) : weight;
   at::Tensor grad_input, grad_weight_out, grad_bias_out;
   auto [need_input, need_weight, need_bias] = output_mask;
-  // bfloat16 grad_input on the tile unit, as forward convolutions of bfloat16 grad_output per
-  // stride phase (where every phase takes the tiles: AMX, or MINIPLACES_CPU_BF16=tiles).
+  // bfloat16 grad_input on the tile unit (AMX, or MINIPLACES_CPU_BF16=tiles): a few-channel
+  // layer as the adjoint of its lowered forward pass, else as forward convolutions of bfloat16
+  // grad_output per stride phase (where every phase takes the tiles).
   if (need_input && input.scalar_type() == at::kBFloat16) {
-    if (auto dx = grad_input_by_kernels(options, grad_output, weight, g, format, /*bf16_tiles=*/true)) {
+    auto dx = grad_input_lowered_on_tiles(options, grad_output, weight, g, format);
+    if (!dx) {
+      dx = grad_input_by_kernels(options, grad_output, weight, g, format, /*bf16_tiles=*/true);
+    }
+    if (dx) {
       grad_input = std::move(*dx);
       need_input = false;
     }

@@ -125,6 +125,31 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
   return written == out_format ? dx : dx.contiguous(out_format);
 }
 
+std::optional<at::Tensor> grad_input_lowered_on_tiles(const CpuOptions& options, const at::Tensor& dy,
+                                                      const at::Tensor& weight, const ConvGeometry& g,
+                                                      at::MemoryFormat out_format) {
+  if (!lowered_applies(g) || g.out_channels % 2 != 0) {
+    return std::nullopt;
+  }
+  // The forward plan of this layer says whether the tile unit takes it, and whether natively.
+  const ConvPlan plan = plan_convolution(options, g, at::kBFloat16, Pass::grad_input, false, Epilogue{});
+  if (plan.unit != Bf16Kernel::tiles) {
+    return std::nullopt;
+  }
+  const KernelTable& table = kernel_table();
+  const auto run = (plan.unit_native ? table.tiles_native : table.tiles_emulated).grad_input_lowered;
+  TORCH_CHECK(run != nullptr, "CPU kernels: no native tile kernel in this build");
+  // [Cout, Cin, kh, kw] -> [Cout / 2][columns][2], column (i * kw + j) * Cin + c, zero past the field.
+  constexpr int64_t kBlock = 32;
+  const int64_t columns = (g.patch_size() + kBlock - 1) / kBlock * kBlock;
+  const at::Tensor rows = at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, g.patch_size()}),
+                                              {0, columns - g.patch_size()});
+  const at::Tensor packed = rows.view({g.out_channels / 2, 2, columns}).transpose(1, 2).contiguous();
+  at::Tensor dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, dy.options().memory_format(out_format));
+  run(dy, packed, g, dx);
+  return dx;
+}
+
 at::Tensor grad_input_by_gemm(GradOutput& dy, const at::Tensor& weight, const ConvGeometry& g,
                               const at::TensorOptions& options, at::MemoryFormat out_format, int64_t column_bytes) {
   // dx = col2im(dy @ W) in chunks of whole images (col2im gathers every tap of a pixel).

@@ -57,6 +57,13 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
                                                 const at::Tensor& weight, const ConvGeometry& g,
                                                 at::MemoryFormat out_format, bool bf16_tiles = false);
 
+// bfloat16 grad_input of a few-channel layer (lowered_applies) on the tile unit, where its plan
+// takes the tiles: dcol = dy @ W by receptive-field value and its adjoint of im2col per image
+// (grad_input_tiles.h); nullopt elsewhere. dx is bfloat16, each element rounded once.
+std::optional<at::Tensor> grad_input_lowered_on_tiles(const CpuOptions& options, const at::Tensor& dy,
+                                                      const at::Tensor& weight, const ConvGeometry& g,
+                                                      at::MemoryFormat out_format);
+
 // grad_input by dcol = dy @ W and col2im, in chunks of whole images (dy in the computation's dtype).
 at::Tensor grad_input_by_gemm(GradOutput& dy, const at::Tensor& weight, const ConvGeometry& g,
                               const at::TensorOptions& options, at::MemoryFormat out_format, int64_t column_bytes);
