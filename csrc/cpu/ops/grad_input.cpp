@@ -69,6 +69,7 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
     at::Tensor weight;
     int64_t u, v;
   };
+  const bool strided = g.stride_h > 1 || g.stride_w > 1;
   std::vector<Phase> phases;
   for (int64_t u = 0; u < g.stride_h; ++u) {
     for (int64_t v = 0; v < g.stride_w; ++v) {
@@ -96,7 +97,6 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
       t.dilation_w = tw.dilation;
       // A phase of a strided layer writes a strided view of dx, which a 1x1 phase's GEMM cannot.
       // (With stride 1, a 1x1 layer's grad_input stays one GEMM: grad_input_by_gemm.)
-      const bool strided = g.stride_h > 1 || g.stride_w > 1;
       ConvPlan plan =
           plan_convolution(options, t, dy.scalar_type(), Pass::grad_input, false, Epilogue{}, /*gemm_form=*/!strided);
       if (plan.algo == Algo::gemm || (bf16_tiles && plan.unit != Bf16Kernel::tiles)) {
@@ -107,11 +107,12 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
       phases.push_back(Phase{std::move(plan), transposed_weight(sub, g.groups), u, v});
     }
   }
-  // Several phases read all of grad_output and write interleaved pixels of dx: in another layout
-  // than NHWC, each phase would lay out dy's rows again and write dx one strided channel plane
-  // at a time (the stem's bfloat16 grad_input: 23 ms NCHW, 9.5 channels_last). So grad_output
-  // is laid out NHWC once, the phases write an NHWC dx, and dx is laid out as asked once.
-  const bool nhwc_between = phases.size() > 1 && !nhwc_rows_in_place(strides_of(dy), g.out_channels);
+  // The phases of a strided layer write interleaved pixels of dx, and several phases each read
+  // all of grad_output: in another layout than NHWC, each phase would lay out dy's rows again and
+  // write dx a strided channel plane at a time (the stem's bfloat16 grad_input: 23 ms NCHW, 9.5
+  // channels_last; a 1x1/2 layer's one phase, 64 -> 128 at 64x64: 5 ms of scattered writes). So
+  // grad_output is laid out NHWC once, the phases write an NHWC dx, and dx is laid out as asked once.
+  const bool nhwc_between = strided && !nhwc_rows_in_place(strides_of(dy), g.out_channels);
   const at::Tensor dy_read = nhwc_between ? nhwc_pixels(dy).permute({0, 3, 1, 2}) : dy;
   const at::MemoryFormat written = nhwc_between ? at::MemoryFormat::ChannelsLast : out_format;
   at::Tensor dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, dy.options().memory_format(written));
@@ -122,7 +123,7 @@ std::optional<at::Tensor> grad_input_by_kernels(const CpuOptions& options, const
     run_convolution(ph.plan, dy_read, ph.weight, c10::nullopt,
                     dx.slice(2, ph.u, g.in_h, g.stride_h).slice(3, ph.v, g.in_w, g.stride_w));
   }
-  return written == out_format ? dx : dx.contiguous(out_format);
+  return written == out_format ? dx : nchw_from_nhwc(dx.permute({0, 2, 3, 1}), out_format);
 }
 
 std::optional<at::Tensor> grad_input_lowered_on_tiles(const CpuOptions& options, const at::Tensor& dy,
