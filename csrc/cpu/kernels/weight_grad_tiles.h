@@ -103,10 +103,17 @@ struct TileWeightGrad {
 
   // `count` pixels of `channels` channels (pixel k's channel c at src[k * pixel_stride + c *
   // channel_stride]) written channel-major: channel c's pixels to dst + c * plane, consecutive.
-  // Pixels with their channels innermost go 8 x 8 at a time through SSE2 registers (x86-64's
-  // baseline); the rest an element at a time.
+  // Consecutive pixels of a channel (NCHW, stride 1) are one copy per channel; pixels with their
+  // channels innermost go 8 x 8 at a time through SSE2 registers (x86-64's baseline); the rest an
+  // element at a time.
   static void transpose_pixels(const uint16_t* src, int64_t pixel_stride, int64_t channel_stride, int64_t count,
                                int64_t channels, uint16_t* dst, int64_t plane) {
+    if (pixel_stride == 1) {
+      for (int64_t c = 0; c < channels; ++c) {
+        std::memcpy(dst + c * plane, src + c * channel_stride, static_cast<size_t>(count) * sizeof(uint16_t));
+      }
+      return;
+    }
     int64_t k0 = 0, c8 = 0;
 #if defined(__SSE2__)
     if (channel_stride == 1) {
@@ -322,19 +329,52 @@ struct TileWeightGrad {
     const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
     uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
     const Strides4 dst = strides_of(dy);
-    // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
-    at::parallel_for(0, g.batch * pairs, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / pairs, pair = t % pairs;
-        const uint16_t* from[2];
-        for (int64_t k = 0; k < 2; ++k) {
-          const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
-          from[k] = oh < g.out_h && ow < g.out_w ? dys + n * dst.n + oh * dst.h + ow * dst.w : nullptr;
+    // Rows of whole pairs in channel planes (NCHW, even rows of virtual pixels): a pair is one
+    // 32-bit word of its channel's plane, so each row's block of 32 channels is a transpose of
+    // 32-bit words (copy_pixels_to_nhwc), and the pairs past the row are zero.
+    const bool words = dst.n % 2 == 0 && dst.c % 2 == 0 && dst.h % 2 == 0 &&
+        reinterpret_cast<uintptr_t>(dys) % sizeof(float) == 0;  // every pair 4-byte aligned
+    if (dst.w == 1 && dst.c != 1 && words && g.out_w % 2 == 0 && wq % 2 == 0) {
+      const int64_t row_pairs = g.out_w / 2, half = wq / 2;  // pairs of a row, and of a row of virtual pixels
+      at::parallel_for(0, g.batch * cout_blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t n = t / cout_blocks, c0 = t % cout_blocks * kBlock;
+          const int64_t channels = std::min(kBlock, g.out_channels - c0);
+          uint16_t* block = dyp + t * pairs * kBlock * 2;
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            uint16_t* to = block + oh * half * kBlock * 2;
+            copy_pixels_to_nhwc(reinterpret_cast<const float*>(dys + n * dst.n + c0 * dst.c + oh * dst.h), dst.c / 2,
+                                int64_t{1}, channels, row_pairs, reinterpret_cast<float*>(to));
+            if (channels < kBlock) {  // copy_pixels_to_nhwc packs `channels` per pair: spread them out
+              for (int64_t p = row_pairs - 1; p >= 0; --p) {
+                std::memmove(to + p * kBlock * 2, to + p * channels * 2, static_cast<size_t>(channels) * 2 * sizeof(uint16_t));
+                std::memset(to + (p * kBlock + channels) * 2, 0, static_cast<size_t>(kBlock - channels) * 2 * sizeof(uint16_t));
+              }
+            }
+            const int64_t zero_to = std::min((oh + 1) * half, pairs) - oh * half;  // virtual pixels, then the end
+            std::memset(to + row_pairs * kBlock * 2, 0, static_cast<size_t>(zero_to - row_pairs) * kBlock * 2 * sizeof(uint16_t));
+          }
+          if (pairs > g.out_h * half) {
+            std::memset(block + g.out_h * half * kBlock * 2, 0,
+                        static_cast<size_t>(pairs - g.out_h * half) * kBlock * 2 * sizeof(uint16_t));
+          }
         }
-        interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, pairs * kBlock * 2,
-                        dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
-      }
-    });
+      });
+    } else {
+      // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
+      at::parallel_for(0, g.batch * pairs, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t n = t / pairs, pair = t % pairs;
+          const uint16_t* from[2];
+          for (int64_t k = 0; k < 2; ++k) {
+            const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
+            from[k] = oh < g.out_h && ow < g.out_w ? dys + n * dst.n + oh * dst.h + ow * dst.w : nullptr;
+          }
+          interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, pairs * kBlock * 2,
+                          dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
+        }
+      });
+    }
     at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, dy.options().dtype(at::kFloat));
     const Args a{static_cast<const uint16_t*>(planes.const_data_ptr()), plane,
                  static_cast<const uint16_t*>(dy_pairs.const_data_ptr()), pairs, cout_blocks, wq, g,
