@@ -159,33 +159,29 @@ struct TileWeightGrad {
   }
 #endif
 
-  // One pair of grad_output pixels as B reads it, in blocks of 32 channels `block_stride` apart:
-  // to[(c / 32) * block_stride + 2 * (c % 32) + k] = pixel k's channel c (c < channels,
-  // channel_stride apart), zero for a missing pixel (null) and for c up to `padded`.
-  static void interleave_pair(const uint16_t* first, const uint16_t* second, int64_t channel_stride, int64_t channels,
-                              int64_t padded, int64_t block_stride, uint16_t* to) {
+  // One pair of grad_output pixels (their channels contiguous) as B reads it, in blocks of 32
+  // channels `block_stride` apart: to[(c / 32) * block_stride + 2 * (c % 32) + k] = pixel k's
+  // channel c (c < channels), zero for a missing pixel (null) and for c up to `padded`.
+  static void interleave_pair(const uint16_t* first, const uint16_t* second, int64_t channels, int64_t padded,
+                              int64_t block_stride, uint16_t* to) {
     for (int64_t c0 = 0; c0 < padded; c0 += kBlock, to += block_stride) {
       const int64_t count = std::clamp<int64_t>(channels - c0, 0, kBlock);
-      const uint16_t* a = first != nullptr ? first + c0 * channel_stride : nullptr;
-      const uint16_t* b = second != nullptr ? second + c0 * channel_stride : nullptr;
+      const uint16_t* a = first != nullptr ? first + c0 : nullptr;
+      const uint16_t* b = second != nullptr ? second + c0 : nullptr;
       int64_t c = 0;
-      if (a != nullptr && b != nullptr && channel_stride == 1) {
 #if defined(__SSE2__)
+      if (a != nullptr && b != nullptr) {
         for (; c + 8 <= count; c += 8) {  // 8 channels of both pixels: two interleaves
           const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + c));
           const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + c));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c), _mm_unpacklo_epi16(lo, hi));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(to + 2 * c + 8), _mm_unpackhi_epi16(lo, hi));
         }
-#endif
-      } else if (a != nullptr && b == a + 1) {  // neighbours in a row of a channel plane (NCHW)
-        for (; c < count; ++c) {
-          std::memcpy(to + 2 * c, a + c * channel_stride, 2 * sizeof(uint16_t));
-        }
       }
+#endif
       for (; c < count; ++c) {
-        to[2 * c] = a != nullptr ? a[c * channel_stride] : uint16_t{0};
-        to[2 * c + 1] = b != nullptr ? b[c * channel_stride] : uint16_t{0};
+        to[2 * c] = a != nullptr ? a[c] : uint16_t{0};
+        to[2 * c + 1] = b != nullptr ? b[c] : uint16_t{0};
       }
       std::memset(to + 2 * count, 0, static_cast<size_t>(kBlock - count) * 2 * sizeof(uint16_t));
     }
@@ -362,16 +358,31 @@ struct TileWeightGrad {
       });
     } else {
       // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
-      at::parallel_for(0, g.batch * pairs, 64, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t n = t / pairs, pair = t % pairs;
-          const uint16_t* from[2];
-          for (int64_t k = 0; k < 2; ++k) {
-            const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
-            from[k] = oh < g.out_h && ow < g.out_w ? dys + n * dst.n + oh * dst.h + ow * dst.w : nullptr;
+      // An image whose channels are not innermost is first laid out NHWC in cache, row by row
+      // (copy_pixels_to_nhwc), so that each pair is read as two runs of channels.
+      const bool nhwc = dst.c == 1;
+      at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<uint16_t> image(nhwc ? 0 : g.out_h * g.out_w * g.out_channels);
+        for (int64_t n = begin; n < end; ++n) {
+          const uint16_t* pixels = dys + n * dst.n;
+          Strides4 layout = dst;
+          if (!nhwc) {
+            for (int64_t oh = 0; oh < g.out_h; ++oh) {
+              copy_pixels_to_nhwc(pixels + oh * dst.h, dst.c, dst.w, g.out_channels, g.out_w,
+                                  image.data() + oh * g.out_w * g.out_channels);
+            }
+            pixels = image.data();
+            layout = Strides4{0, 1, g.out_w * g.out_channels, g.out_channels};
           }
-          interleave_pair(from[0], from[1], dst.c, g.out_channels, cout_padded, pairs * kBlock * 2,
-                          dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
+          for (int64_t pair = 0; pair < pairs; ++pair) {
+            const uint16_t* from[2];
+            for (int64_t k = 0; k < 2; ++k) {
+              const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
+              from[k] = oh < g.out_h && ow < g.out_w ? pixels + oh * layout.h + ow * layout.w : nullptr;
+            }
+            interleave_pair(from[0], from[1], g.out_channels, cout_padded, pairs * kBlock * 2,
+                            dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
+          }
         }
       });
     }
