@@ -103,14 +103,25 @@ struct TileWeightGrad {
 
   // `count` pixels of `channels` channels (pixel k's channel c at src[k * pixel_stride + c *
   // channel_stride]) written channel-major: channel c's pixels to dst + c * plane, consecutive.
-  // Consecutive pixels of a channel (NCHW, stride 1) are one copy per channel; pixels with their
-  // channels innermost go 8 x 8 at a time through SSE2 registers (x86-64's baseline); the rest an
-  // element at a time.
+  // Consecutive pixels of a channel (NCHW, stride 1) are one copy per channel, every other one
+  // (NCHW, stride 2) a loop of constant stride the compiler vectorizes; pixels with their channels
+  // innermost go 8 x 8 at a time through SSE2 registers (x86-64's baseline); the rest an element
+  // at a time.
   static void transpose_pixels(const uint16_t* src, int64_t pixel_stride, int64_t channel_stride, int64_t count,
                                int64_t channels, uint16_t* dst, int64_t plane) {
     if (pixel_stride == 1) {
       for (int64_t c = 0; c < channels; ++c) {
         std::memcpy(dst + c * plane, src + c * channel_stride, static_cast<size_t>(count) * sizeof(uint16_t));
+      }
+      return;
+    }
+    if (pixel_stride == 2 && channel_stride != 1) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const uint16_t* from = src + c * channel_stride;
+        uint16_t* to = dst + c * plane;
+        for (int64_t k = 0; k < count; ++k) {
+          to[k] = from[2 * k];
+        }
       }
       return;
     }
