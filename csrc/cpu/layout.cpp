@@ -2,6 +2,7 @@
 #include "layout.h"
 
 #include "../conv.h"
+#include "cpu_info.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -14,6 +15,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #include <xmmintrin.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 namespace miniplaces_ext::cpu {
@@ -60,6 +64,46 @@ void transpose_8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * k + 1) * dst_stride), _mm_unpackhi_epi64(b[k], b[k + 4]));
   }
 }
+
+#if defined(__x86_64__)
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 16: a 16 x 16 block of 4-byte words
+// in AVX-512 registers (32- and 64-bit interleaves within 128-bit lanes, then two rounds of lane
+// shuffles). Only where the CPU has AVX-512 (avx512_transposes()).
+__attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_t src_stride, float* dst,
+                                                         int64_t dst_stride) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) {
+    r[i] = _mm512_loadu_ps(src + i * src_stride);
+  }
+  for (int i = 0; i < 16; i += 2) {  // per lane: rows i, i + 1 interleaved (columns 0-1, then 2-3)
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i + k], lane L: rows i .. i + 3 of column 4L + k
+    const __m512d a0 = _mm512_castps_pd(t[i]), a1 = _mm512_castps_pd(t[i + 1]);
+    const __m512d b0 = _mm512_castps_pd(t[i + 2]), b1 = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+  }
+  for (int k = 0; k < 4; ++k) {  // column 4L + k gathers lane L of r[k], r[4 + k], r[8 + k], r[12 + k]
+    const __m512 even_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), odd_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+    const __m512 even_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88),
+                 odd_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+    _mm512_storeu_ps(dst + k * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0x88));
+    _mm512_storeu_ps(dst + (4 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88));
+    _mm512_storeu_ps(dst + (8 + k) * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD));
+    _mm512_storeu_ps(dst + (12 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD));
+  }
+}
+
+// Whether transpose_16x16 may run: the CPU has AVX-512 (CPUID read once).
+bool avx512_transposes() {
+  static const bool kAvx512 = detected_isa() == Isa::avx512;
+  return kAvx512;
+}
+#endif
 
 // One register-sized square block (4 x 4 of 4-byte words, 8 x 8 of 2-byte ones) transposed.
 template <typename T>
@@ -123,6 +167,34 @@ void transpose_row(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64
     interleave_channels<3>(src_row, s_c, dst_row, W);
     return;
   }
+#if defined(__x86_64__)
+  if constexpr (sizeof(T) == 4) {
+    // With AVX-512, 16 x 16 blocks, 16 channels at a time along the row (each NCHW side's 16 rows
+    // filled a line at a time); the edges as below. A 64-channel NHWC row buffer into an NCHW
+    // float32 output (the stem: 64 x 64 pixels per row) took a quarter of the layer with 4 x 4 blocks.
+    const int64_t C16 = C / 16 * 16, W16 = W / 16 * 16;
+    if (avx512_transposes() && C16 > 0 && W16 > 0) {
+      const auto* s = reinterpret_cast<const float*>(src_row);
+      auto* d = reinterpret_cast<float*>(dst_row);
+      for (int64_t c = 0; c < C16; c += 16) {
+        for (int64_t w = 0; w < W16; w += 16) {
+          if (to_nhwc) {
+            transpose_16x16(s + c * s_c + w, s_c, d + w * d_w + c, d_w);
+          } else {
+            transpose_16x16(s + w * s_w + c, s_w, d + c * d_c + w, d_c);
+          }
+        }
+      }
+      if (C16 < C) {  // the last channels, every pixel
+        transpose_row(src_row + C16 * s_c, s_c, s_w, dst_row + C16 * d_c, d_c, d_w, C - C16, W);
+      }
+      if (W16 < W) {  // the last pixels of the first C16 channels
+        transpose_row(src_row + W16 * s_w, s_c, s_w, dst_row + W16 * d_w, d_c, d_w, C16, W - W16);
+      }
+      return;
+    }
+  }
+#endif
   constexpr int64_t kB = kSquare<T>;
   const int64_t CB = C / kB * kB, WB = W / kB * kB;
   // Channels [0, C16) in groups of 16 on short rows, the rest (all on long rows) a block at a time.
