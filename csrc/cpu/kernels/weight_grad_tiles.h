@@ -336,81 +336,48 @@ struct TileWeightGrad {
     const uint16_t* dys = static_cast<const uint16_t*>(dy.const_data_ptr());
     uint16_t* dyp = static_cast<uint16_t*>(dy_pairs.mutable_data_ptr());
     const Strides4 dst = strides_of(dy);
-    // Rows of whole pairs in channel planes (NCHW, even rows of virtual pixels): a pair is one
-    // 32-bit word of its channel's plane, so each row's block of 32 channels is a transpose of
-    // 32-bit words (copy_pixels_to_nhwc), and the pairs past the row are zero.
-    const bool words = dst.n % 2 == 0 && dst.c % 2 == 0 && dst.h % 2 == 0 &&
-        reinterpret_cast<uintptr_t>(dys) % sizeof(float) == 0;  // every pair 4-byte aligned
-    if (dst.w == 1 && dst.c != 1 && words && g.out_w % 2 == 0 && wq % 2 == 0) {
-      const int64_t row_pairs = g.out_w / 2, half = wq / 2;  // pairs of a row, and of a row of virtual pixels
-      at::parallel_for(0, g.batch * cout_blocks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t n = t / cout_blocks, c0 = t % cout_blocks * kBlock;
-          const int64_t channels = std::min(kBlock, g.out_channels - c0);
-          uint16_t* block = dyp + t * pairs * kBlock * 2;
+    // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
+    // An image whose channels are not innermost is first laid out NHWC in cache, row by row
+    // (copy_pixels_to_nhwc), so that each pair is read as two runs of channels.
+    const bool nhwc = dst.c == 1;
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint16_t> image(nhwc ? 0 : g.out_h * g.out_w * g.out_channels);
+      for (int64_t n = begin; n < end; ++n) {
+        const uint16_t* pixels = dys + n * dst.n;
+        Strides4 layout = dst;
+        if (!nhwc) {
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            uint16_t* to = block + oh * half * kBlock * 2;
-            copy_pixels_to_nhwc(reinterpret_cast<const float*>(dys + n * dst.n + c0 * dst.c + oh * dst.h), dst.c / 2,
-                                int64_t{1}, channels, row_pairs, reinterpret_cast<float*>(to));
-            if (channels < kBlock) {  // copy_pixels_to_nhwc packs `channels` per pair: spread them out
-              for (int64_t p = row_pairs - 1; p >= 0; --p) {
-                std::memmove(to + p * kBlock * 2, to + p * channels * 2, static_cast<size_t>(channels) * 2 * sizeof(uint16_t));
-                std::memset(to + (p * kBlock + channels) * 2, 0, static_cast<size_t>(kBlock - channels) * 2 * sizeof(uint16_t));
-              }
-            }
-            const int64_t zero_to = std::min((oh + 1) * half, pairs) - oh * half;  // virtual pixels, then the end
-            std::memset(to + row_pairs * kBlock * 2, 0, static_cast<size_t>(zero_to - row_pairs) * kBlock * 2 * sizeof(uint16_t));
+            copy_pixels_to_nhwc(pixels + oh * dst.h, dst.c, dst.w, g.out_channels, g.out_w,
+                                image.data() + oh * g.out_w * g.out_channels);
           }
-          if (pairs > g.out_h * half) {
-            std::memset(block + g.out_h * half * kBlock * 2, 0,
-                        static_cast<size_t>(pairs - g.out_h * half) * kBlock * 2 * sizeof(uint16_t));
-          }
+          pixels = image.data();
+          layout = Strides4{0, 1, g.out_w * g.out_channels, g.out_channels};
         }
-      });
-    } else {
-      // Every pair written whole (zeros past each row and past Cout), so dy_pairs needs no zeroing.
-      // An image whose channels are not innermost is first laid out NHWC in cache, row by row
-      // (copy_pixels_to_nhwc), so that each pair is read as two runs of channels.
-      const bool nhwc = dst.c == 1;
-      at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<uint16_t> image(nhwc ? 0 : g.out_h * g.out_w * g.out_channels);
-        for (int64_t n = begin; n < end; ++n) {
-          const uint16_t* pixels = dys + n * dst.n;
-          Strides4 layout = dst;
-          if (!nhwc) {
-            for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              copy_pixels_to_nhwc(pixels + oh * dst.h, dst.c, dst.w, g.out_channels, g.out_w,
-                                  image.data() + oh * g.out_w * g.out_channels);
-            }
-            pixels = image.data();
-            layout = Strides4{0, 1, g.out_w * g.out_channels, g.out_channels};
+        for (int64_t pair = 0; pair < pairs; ++pair) {
+          const uint16_t* from[2];
+          for (int64_t k = 0; k < 2; ++k) {
+            const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
+            from[k] = oh < g.out_h && ow < g.out_w ? pixels + oh * layout.h + ow * layout.w : nullptr;
           }
-          for (int64_t pair = 0; pair < pairs; ++pair) {
-            const uint16_t* from[2];
-            for (int64_t k = 0; k < 2; ++k) {
-              const int64_t q = 2 * pair + k, oh = q / wq, ow = q % wq;
-              from[k] = oh < g.out_h && ow < g.out_w ? pixels + oh * layout.h + ow * layout.w : nullptr;
-            }
-            interleave_pair(from[0], from[1], g.out_channels, cout_padded, pairs * kBlock * 2,
-                            dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
-          }
+          interleave_pair(from[0], from[1], g.out_channels, cout_padded, pairs * kBlock * 2,
+                          dyp + (n * cout_blocks * pairs + pair) * kBlock * 2);
         }
-      });
-    }
+      }
+    });
     at::Tensor dw = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, dy.options().dtype(at::kFloat));
     const Args a{static_cast<const uint16_t*>(planes.const_data_ptr()), plane,
                  static_cast<const uint16_t*>(dy_pairs.const_data_ptr()), pairs, cout_blocks, wq, g,
                  dw.mutable_data_ptr<float>()};
     static constexpr auto kTable = table(std::make_index_sequence<kBlock>{});
-    const int64_t ci_blocks = (g.in_channels + kBlock - 1) / kBlock, co_blocks = cout_blocks;
+    const int64_t ci_blocks = (g.in_channels + kBlock - 1) / kBlock;
     const int64_t taps = g.kernel_h * g.kernel_w;
     const int64_t image_bytes = (kBlock * sh * sw * plane + pairs * kBlock * 2) * int64_t{2};
     const int64_t chunk = std::clamp<int64_t>(kChunkBytes / image_bytes, 1, std::max<int64_t>(g.batch, 1));
-    at::parallel_for(0, ci_blocks * co_blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, ci_blocks * cout_blocks, 1, [&](int64_t begin, int64_t end) {
       const TileRun<Tiles> run;
       std::vector<float> sums(taps * kBlock * kBlock);
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t ci0 = t / co_blocks * kBlock, co0 = t % co_blocks * kBlock;
+        const int64_t ci0 = t / cout_blocks * kBlock, co0 = t % cout_blocks * kBlock;
         const int64_t rows = std::min(kBlock, g.in_channels - ci0);
         for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
           kTable[rows](a, ci0, co0, n0, std::min(g.batch, n0 + chunk), n0 == 0, sums.data());
