@@ -68,7 +68,7 @@ void transpose_8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride)
 #if defined(__x86_64__)
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 16: a 16 x 16 block of 4-byte words
 // in AVX-512 registers (32- and 64-bit interleaves within 128-bit lanes, then two rounds of lane
-// shuffles). Only where the CPU has AVX-512 (avx512_transposes()).
+// shuffles). Only where the CPU has AVX-512 (detected_isa()).
 __attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_t src_stride, float* dst,
                                                          int64_t dst_stride) {
   __m512 r[16], t[16];
@@ -96,12 +96,6 @@ __attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_
     _mm512_storeu_ps(dst + (8 + k) * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD));
     _mm512_storeu_ps(dst + (12 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD));
   }
-}
-
-// Whether transpose_16x16 may run: the CPU has AVX-512 (CPUID read once).
-bool avx512_transposes() {
-  static const bool kAvx512 = detected_isa() == Isa::avx512;
-  return kAvx512;
 }
 #endif
 
@@ -173,7 +167,7 @@ void transpose_row(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64
     // filled a line at a time); the edges as below. A 64-channel NHWC row buffer into an NCHW
     // float32 output (the stem: 64 x 64 pixels per row) took a quarter of the layer with 4 x 4 blocks.
     const int64_t C16 = C / 16 * 16, W16 = W / 16 * 16;
-    if (avx512_transposes() && C16 > 0 && W16 > 0) {
+    if (detected_isa() == Isa::avx512 && C16 > 0 && W16 > 0) {
       const auto* s = reinterpret_cast<const float*>(src_row);
       auto* d = reinterpret_cast<float*>(dst_row);
       for (int64_t c = 0; c < C16; c += 16) {

@@ -248,17 +248,20 @@ at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, 
                           [&] { return pack_direct_weight_pairs(weight, g, block_width); });
 }
 
+at::Tensor lowered_weight_rows(const at::Tensor& weight, const ConvGeometry& g, int64_t depth) {
+  return at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, g.patch_size()}),
+                             {0, depth - g.patch_size()});
+}
+
 at::Tensor packed_lowered_weight(const at::Tensor& weight, const ConvGeometry& g, int64_t depth, int64_t block_width,
                                  bool cacheable) {
   constexpr int64_t kLoweredLayout = int64_t{1} << 57;  // apart from the layouts above
   const auto pack = [&] {
-    const int64_t patch = g.patch_size();
     ConvGeometry lowered = g;
     lowered.in_channels = depth;
     lowered.kernel_h = lowered.kernel_w = 1;
-    const at::Tensor rows = at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, patch}),
-                                                {0, depth - patch});
-    return pack_direct_weight_pairs(rows.view({g.out_channels, depth, 1, 1}), lowered, block_width);
+    return pack_direct_weight_pairs(lowered_weight_rows(weight, g, depth).view({g.out_channels, depth, 1, 1}), lowered,
+                                    block_width);
   };
   return packed_or_cached(weight, kLoweredLayout | (depth << 40) | (block_width << 32) | g.groups, cacheable, pack);
 }

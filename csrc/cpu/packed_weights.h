@@ -50,6 +50,11 @@ at::Tensor packed_weight(Algo algo, const at::Tensor& weight, const ConvGeometry
 // pack_direct_weight_pairs(weight, g, block_width), cached like packed_weight.
 at::Tensor packed_weight_pairs(const at::Tensor& weight, const ConvGeometry& g, int64_t block_width, bool cacheable);
 
+// [Cout, C, kh, kw] as rows [Cout, depth] in (kh, kw, c) order, zeros from patch_size() to
+// `depth`: the weight of a few-channel layer reduced over (kh, kw, c) together (lowered_conv.cpp;
+// the tile grad_input of such a layer, ops/grad_input.cpp).
+at::Tensor lowered_weight_rows(const at::Tensor& weight, const ConvGeometry& g, int64_t depth);
+
 // The bfloat16 weight of a few-channel layer reduced over (kh, kw, c) together (lowered_conv.cpp):
 // [Cout, C, kh, kw] as [Cout, depth] in (kh, kw, c) order, zeros from patch_size() to `depth`,
 // packed by pack_direct_weight_pairs as a 1x1 convolution of `depth` channels; cached like

@@ -101,14 +101,9 @@ struct TileGradInputLowered {
             }
           }
         }
-        const float* v = image.data();
-        for (int64_t ih = 0; ih < g.in_h; ++ih) {
-          for (int64_t iw = 0; iw < g.in_w; ++iw) {
-            c10::BFloat16* to = out + n * s.n + ih * s.h + iw * s.w;
-            for (int64_t c = 0; c < g.in_channels; ++c, ++v) {
-              to[c * s.c] = c10::BFloat16(*v);
-            }
-          }
+        for (int64_t ih = 0; ih < g.in_h; ++ih) {  // rounded once, written through dx's strides
+          copy_pixels_from_nhwc(image.data() + ih * g.in_w * g.in_channels, g.in_channels, g.in_channels, g.in_w,
+                                out + n * s.n + ih * s.h, s.c, s.w);
         }
       }
     });

@@ -42,9 +42,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const CpuOptions options = cpu_options();
   const at::MemoryFormat format = conv_output_memory_format(input);
   // bfloat16 and float16 are computed in float32 (widened_to_float): grad_output and the input
-  // are widened as they are laid out NHWC, the weight up front; each gradient is rounded once.
+  // are widened as they are laid out NHWC, the weight where a pass reads it; each gradient is
+  // rounded once.
   const bool widen = widened_to_float(input.scalar_type());
-  const at::Tensor w = widen ? weight.to(at::kFloat) : weight;
   at::Tensor grad_input, grad_weight_out, grad_bias_out;
   auto [need_input, need_weight, need_bias] = output_mask;
   // bfloat16 grad_input on the tile unit (AMX, or MINIPLACES_CPU_BF16=tiles): a few-channel
@@ -64,6 +64,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   // kernels lay out its rows as they read them), widened and as pixel rows only for a pass that
   // reads it so.
   GradOutput dy(grad_output, widen);
+  // The weight in the computation's dtype, widened only for the grad_input paths that read it so
+  // (not when the tile unit took grad_input above).
+  const at::Tensor w = need_input && widen ? weight.to(at::kFloat) : weight;
   if (need_input) {
     if (auto dx = grad_input_by_kernels(options, dy.computed(), w, g, format)) {
       grad_input = std::move(*dx);

@@ -7,6 +7,7 @@
 #include "../gemm_columns.h"
 #include "../im2col.h"
 #include "../layout.h"
+#include "../packed_weights.h"
 #include "../plan.h"
 #include "../run_plan.h"
 
@@ -141,11 +142,9 @@ std::optional<at::Tensor> grad_input_lowered_on_tiles(const CpuOptions& options,
   const auto run = (plan.unit_native ? table.tiles_native : table.tiles_emulated).grad_input_lowered;
   TORCH_CHECK(run != nullptr, "CPU kernels: no native tile kernel in this build");
   // [Cout, Cin, kh, kw] -> [Cout / 2][columns][2], column (i * kw + j) * Cin + c, zero past the field.
-  constexpr int64_t kBlock = 32;
-  const int64_t columns = (g.patch_size() + kBlock - 1) / kBlock * kBlock;
-  const at::Tensor rows = at::constant_pad_nd(weight.permute({0, 2, 3, 1}).reshape({g.out_channels, g.patch_size()}),
-                                              {0, columns - g.patch_size()});
-  const at::Tensor packed = rows.view({g.out_channels / 2, 2, columns}).transpose(1, 2).contiguous();
+  const int64_t columns = lowered_depth(g);
+  const at::Tensor packed =
+      lowered_weight_rows(weight, g, columns).view({g.out_channels / 2, 2, columns}).transpose(1, 2).contiguous();
   at::Tensor dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, dy.options().memory_format(out_format));
   run(dy, packed, g, dx);
   return dx;
