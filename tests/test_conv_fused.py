@@ -63,7 +63,7 @@ def test_float32_epilogue_is_the_unfused_bits(isa, algo, in_channels, out_channe
 @pytest.mark.parametrize("in_channels, kernel, height, width", [
     (64, 3, 20, 37),   # a 3x3 layer: blocks of whole rows (on tiles finished block by block, a block late)
     (3, 7, 20, 37),    # the stem's shape: lowered on tiles
-    (64, 3, 20, 8),    # 8-pixel rows: one flat run of virtual pixels per image on tiles
+    (64, 3, 20, 8),    # 8-pixel rows: on tiles, kernel columns lowered, blocks spanning output rows
     (64, 3, 21, 16),   # 16-pixel rows, an odd count: on tiles two rows per block, the last row alone
 ])
 @pytest.mark.parametrize("residual_layout", ["nchw", "channels_last", "strided"])

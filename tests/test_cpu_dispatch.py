@@ -357,10 +357,10 @@ def test_half_types_run_the_float32_kernels(isa, algo, stride, dtype, layout, mo
     (40, 1, 1, 33, 37),   # tiles: 20 pairs per pixel, one whole product and a zero-padded one
     (24, 3, 1, 32, 17),   # tiles: a 2 x 2 block of 16 + 1 pixels, 36 pairs per kernel row (2 products + 4)
     (32, 3, 1, 64, 32),   # tiles: whole 2 x 2 blocks of 32 pixels, two column blocks
-    (64, 3, 1, 48, 8),    # tiles: 8-pixel rows as one flat run of virtual pixels per image (ResNet's layer3)
-    (40, 3, 1, 70, 5),    # tiles: 5-pixel rows flat, a staged depth tail, three column blocks with a tail
+    (64, 3, 1, 48, 8),    # tiles: 8-pixel rows, kernel columns lowered: blocks span output rows (ResNet's layer4)
+    (40, 3, 1, 70, 5),    # tiles: 5-pixel rows lowered, a staged depth tail, three column blocks with a tail
     (64, 3, 1, 48, 16),   # tiles: 16-pixel rows two at a time as one 2 x 2 block; 13 rows, the last alone
-    (52, 1, 2, 40, 16),   # tiles: a strided 1x1 with 8-pixel rows, the sampled pixels' product on the flat path
+    (52, 1, 2, 40, 16),   # tiles: a strided 1x1 with 8-pixel rows: the lowered layout gathers the samples
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_bf16_kernels(isa, mode, in_channels, kernel, stride, out_channels, width, layout, monkeypatch):
@@ -440,6 +440,48 @@ def test_lowered_few_channel_layers_on_tiles_are_exact(isa, in_channels, kernel,
     x_inf[1, 0, 6, width // 2] = float("inf")
     out = me.conv2d(x_inf, w, None, *args)
     ref = F.conv2d(x_inf.double(), w.double(), None, *args)
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, dilation, height, width", [
+    (64, 48, 3, 1, 1, 1, 9, 8),     # ResNet's layer4 shape: 72 pixels of 8-pixel rows in blocks of 24
+    (32, 40, 3, 2, 1, 1, 16, 16),   # 3x3/2 (layer4.0): two row phases, an output-channel tail
+    (40, 33, 1, 2, 0, 1, 16, 15),   # 1x1/2: one phase read, the other never laid out; a staged depth tail
+    (24, 64, 3, 1, 2, 2, 11, 9),    # dilated rows and columns
+    (16, 32, 5, 1, 0, 1, 13, 12),   # no padding: 8-pixel rows read from the input's own columns
+    (768, 120, 3, 1, 1, 1, 5, 6),   # 442 KB panels: two groups of two (one with a 24-channel tail)
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_short_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, stride, padding, dilation, height,
+                                       width, layout):
+    """Output rows shorter than a tile on tiles: each image laid out as rows of its pixels' kernel
+    column taps (DirectConv::lower_columns, per row phase of a strided layer), so that a block of
+    32 pixels spans output rows. Small integer operands make every float32 sum exact: the output
+    (bias, + residual, ReLU, rounded once) must hold the bits of the exact result, in both output
+    layouts (NHWC finished block by block, NCHW per image); and an infinite input must reach
+    exactly the outputs whose receptive field holds it (no tap reads a neighbour's pixel)."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16="tiles")
+    gen = torch.Generator().manual_seed(in_channels + out_channels + kernel)
+    x = LAYOUTS[layout](torch.randint(-4, 5, (2, in_channels, height, width), generator=gen).bfloat16())
+    w = torch.randint(-4, 5, (out_channels, in_channels, kernel, kernel), generator=gen).bfloat16()
+    b = torch.randint(-64, 65, (out_channels,), generator=gen).bfloat16()
+    args = ([stride, stride], [padding, padding], [dilation, dilation], 1)
+    assert me.cpu_conv_algorithm(x, w, stride, padding, dilation) == "direct-bf16-tiles"
+    exact = F.conv2d(x.double(), w.double(), b.double(), *args)
+    assert exact.shape[-1] < 16
+    residual = LAYOUTS[layout](torch.randint(-512, 513, exact.shape, generator=gen).bfloat16())
+    with torch.inference_mode():
+        out = torch.ops.miniplaces_ext.conv2d_fused(x, w, b, residual, True, *args)
+    expected = torch.relu(exact + residual.double())
+    assert expected.abs().max() < 2 ** 24 and (expected.float().bfloat16().double() != expected).any()
+    assert torch.equal(out, expected.float().bfloat16()), "not the exact result rounded once"
+    x_inf = x.clone()
+    x_inf[1, 0, height // 2, width // 2 + 1] = float("inf")
+    out = me.conv2d(x_inf, w, None, *args)
+    ref = F.conv2d(x_inf.double(), w.double(), None, *args)
+    assert ref.isinf().any()
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
 
 

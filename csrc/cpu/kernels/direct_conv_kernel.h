@@ -163,7 +163,7 @@ struct DirectConv {
 
     // Finishes what is left of the pending block, then stores `acc` (R pixels from ow0 of row
     // (n, oh), `columns` channels from col; `first`: the offset of the row's element (0, col)) as
-    // the pending one. A block may span rows (paired_kernel, flat_kernel): its pixels are then
+    // the pending one. A block may span rows (paired_kernel, lowered_columns_kernel): its pixels are then
     // virtual pixels v = ow0 + r of rows `row_pixels` long, v at (oh + v / row_pixels,
     // v % row_pixels), those at or past out_w dropped.
     template <int R, typename Acc>
@@ -573,151 +573,174 @@ struct DirectConv {
     write_row(a, src, src_pixel_stride, columns, first, pixels);
   }
 
-  // Short rows on tiles, one flat run per image: with stride 1, the zero-padded image
-  // [hp][wp][C] read as one sequence of virtual output pixels q = oh * wp + ow (ow < wp) makes
-  // every tap of q read pixel q + i * dh * wp + j * dw: consecutive virtual pixels are C apart
-  // across output rows, so an A tile takes 16 of them in one strided load. Virtual pixels with
-  // ow >= out_w are computed and dropped. ResNet-18's 8- and 4-pixel rows (10 and 6 padded) fill
-  // 80 % and 67 % of the tile rows instead of 50 % and 25 %.
-  static bool flat_images(const ConvGeometry& g) {
-    constexpr int64_t kShortRow = 16;  // rows that fill less than one tile
-    return kTiles && g.groups == 1 && g.stride_h == 1 && g.stride_w == 1 && g.out_w < kShortRow &&
-        g.out_h > 1;
+  // Image n's output channels [co, co + columns) from the sums of its pixels (src[q *
+  // src_pixel_stride + j], q = oh * out_w + ow; overwritten): as one row of out_h * out_w pixels
+  // where the output's and the residual's rows follow each other (NCHW, NHWC), so that an NCHW
+  // output is written in runs of whole channel planes instead of runs of out_w pixels; else row by
+  // row (finish_row). `first`: the offset of output (n, co, 0, 0).
+  static void finish_image(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n,
+                           int64_t co, int64_t first) {
+    const ConvGeometry& g = a.g;
+    const auto rows_follow = [&](const Strides4& t) { return t.h == g.out_w * t.w; };
+    if (rows_follow(a.out_strides) && (a.epilogue.residual == nullptr || rows_follow(a.epilogue.strides))) {
+      finish_row(a, src, src_pixel_stride, columns, n, 0, co, first, g.out_h * g.out_w);
+      return;
+    }
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      finish_row(a, src + oh * g.out_w * src_pixel_stride, src_pixel_stride, columns, n, oh, co,
+                 first + oh * a.out_strides.h, g.out_w);
+    }
   }
 
-  // acc += the block of R virtual pixels from q0 of image n against panel `blk`; stored to
-  // dst[r * dst_stride + j] with the bias, or pushed to `finisher` where one is given.
-  template <int R>
-  static void flat_kernel(const Args& a, const In* image, int64_t wp, int64_t blk, int64_t q0, float* dst,
-                          int64_t dst_stride, BlockFinisher* finisher, int64_t n) {
-    const ConvGeometry& g = a.g;
-    const int64_t cg = g.in_channels;
-    Block<R> acc;
-    const In* wblock = a.weight + blk * g.kernel_h * g.kernel_w * cg * kBlock;
-    if (finisher != nullptr) {
-      finisher->pace(g.dilation_w == 1 ? tile_products(g.kernel_h, g.kernel_w * cg)
-                                       : tile_products(g.kernel_h * g.kernel_w, cg));
-    }
+  // Short rows on tiles (fewer pixels than a tile has rows), their kernel columns lowered: each
+  // image laid out as rows of output pixels whose elements are the channels of their kw column
+  // taps, [phase][t][ow][kw][C] with input row t * sh + phase - ph (zeros outside the input) and tap
+  // j of pixel ow at input column ow * sw + j * dw - pw. Kernel row i of output pixel q = oh * out_w
+  // + ow is then one run of kw * C at phase (i * dh) % sh, row oh + (i * dh) / sh: consecutive
+  // output pixels are kw * C apart across output rows too, so an A tile is one strided load of 16
+  // real pixels (ResNet-18's 8-pixel rows: a block of 32 is four output rows) whatever the stride.
+  // Read in place, a short row fills half a tile or less (layer4.0's 3x3/2: 8 of 16 rows); a
+  // zero-padded image read as one run of "virtual" pixels per row (the previous layout, stride 1
+  // only) also multiplies the padding columns (10 of every 8 pixels in layer4) and leaves its
+  // blocks partly empty (78 pixels in three blocks of 26 instead of 64 in two of 32).
+  static bool columns_lowered(const ConvGeometry& g) {
+    constexpr int64_t kShortRow = 16;
+    return kTiles && g.groups == 1 && g.out_w < kShortRow;
+  }
+
+  // Rows per phase of columns_lowered's layout.
+  static int64_t lowered_phase_rows(const ConvGeometry& g) {
+    return g.out_h + (g.kernel_h - 1) * g.dilation_h / g.stride_h;
+  }
+
+  // Whether some kernel row reads phase `phase` of columns_lowered's layout (a 1x1/2 layer reads
+  // one of its two).
+  static bool phase_is_read(const ConvGeometry& g, int64_t phase) {
     for (int64_t i = 0; i < g.kernel_h; ++i) {
-      const In* first = image + (q0 + i * g.dilation_h * wp) * cg;
-      if (g.dilation_w == 1) {  // the kw taps of a kernel row: one run of kw * C per pixel
-        reduce(acc, StridedRows<In>{first, cg}, wblock + i * g.kernel_w * cg * kBlock, g.kernel_w * cg, finisher);
+      if (i * g.dilation_h % g.stride_h == phase) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Image n of the input (any strides) laid out as columns_lowered describes, into `dst`; phases
+  // no kernel row reads are left as they are.
+  static void lower_columns(const Args& a, int64_t n, In* dst) {
+    const ConvGeometry& g = a.g;
+    const Strides4& xs = a.x_strides;
+    const int64_t C = g.in_channels, rows = lowered_phase_rows(g), row_elements = g.out_w * g.kernel_w * C;
+    for (int64_t phase = 0; phase < g.stride_h; ++phase) {
+      if (!phase_is_read(g, phase)) {
+        dst += rows * row_elements;
         continue;
       }
-      for (int64_t j = 0; j < g.kernel_w; ++j) {
-        reduce(acc, StridedRows<In>{first + j * g.dilation_w * cg, cg}, wblock + (i * g.kernel_w + j) * cg * kBlock,
-               cg, finisher);
+      for (int64_t t = 0; t < rows; ++t, dst += row_elements) {
+        const int64_t ih = t * g.stride_h + phase - g.pad_h;
+        if (ih < 0 || ih >= g.in_h) {
+          std::memset(dst, 0, static_cast<size_t>(row_elements) * sizeof(In));
+          continue;
+        }
+        const In* row = a.x + n * xs.n + ih * xs.h;
+        In* out = dst;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          for (int64_t j = 0; j < g.kernel_w; ++j, out += C) {
+            const int64_t iw = ow * g.stride_w + j * g.dilation_w - g.pad_w;
+            if (iw < 0 || iw >= g.in_w) {
+              std::memset(out, 0, static_cast<size_t>(C) * sizeof(In));
+            } else if (xs.c == 1) {
+              std::memcpy(out, row + iw * xs.w, static_cast<size_t>(C) * sizeof(In));
+            } else {
+              copy_pixels_to_nhwc(row + iw * xs.w, xs.c, xs.w, C, 1, out);
+            }
+          }
+        }
       }
+    }
+  }
+
+  // acc = the R output pixels from q0 of a columns_lowered image against panel blk; stored to
+  // dst[r * dst_stride + j] with the bias, or pushed to `finisher` where one is given.
+  template <int R>
+  static void lowered_columns_kernel(const Args& a, const In* image, int64_t blk, int64_t q0, float* dst,
+                                     int64_t dst_stride, BlockFinisher* finisher, int64_t n) {
+    const ConvGeometry& g = a.g;
+    const int64_t run = g.kernel_w * g.in_channels, rows = lowered_phase_rows(g);
+    Block<R> acc;
+    const In* wblock = a.weight + blk * g.kernel_h * run * kBlock;
+    if (finisher != nullptr) {
+      finisher->pace(tile_products(g.kernel_h, run));
+    }
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const int64_t phase = i * g.dilation_h % g.stride_h, t0 = i * g.dilation_h / g.stride_h;
+      const In* first = image + ((phase * rows + t0) * g.out_w + q0) * run;
+      reduce(acc, StridedRows<In>{first, run}, wblock + i * run * kBlock, run, finisher);
     }
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
     if (finisher != nullptr) {
       const Strides4& s = a.out_strides;
-      finisher->template push<R>(acc, n, 0, co0, q0, columns, n * s.n + co0 * s.c, wp);
+      finisher->template push<R>(acc, n, 0, co0, q0, columns, n * s.n + co0 * s.c, g.out_w);
       return;
     }
     acc.store(dst, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
   }
 
-  // Image n's output channels [co, co + columns) from the sums of its virtual pixels
-  // (src[q * src_pixel_stride + j], rows wp pixels apart; overwritten): row by row (finish_row);
-  // or, where the output's and the residual's rows follow each other (NCHW, NHWC), as one row of
-  // out_h * out_w pixels once the rows' virtual pixels are dropped, so that an NCHW output is
-  // written in runs of whole channel planes instead of runs of out_w pixels (AlexNet's 15-pixel
-  // rows: 30 bytes). `first`: the offset of output (n, co, 0, 0).
-  static void finish_image(const Args& a, float* src, int64_t src_pixel_stride, int64_t columns, int64_t n,
-                           int64_t co, int64_t wp, int64_t first) {
-    const ConvGeometry& g = a.g;
-    const auto rows_follow = [&](const Strides4& t) { return t.h == g.out_w * t.w; };
-    if (rows_follow(a.out_strides) && (a.epilogue.residual == nullptr || rows_follow(a.epilogue.strides))) {
-      for (int64_t oh = 1; wp != g.out_w && oh < g.out_h; ++oh) {  // rows packed, left to right
-        std::memmove(src + oh * g.out_w * src_pixel_stride, src + oh * wp * src_pixel_stride,
-                     static_cast<size_t>(g.out_w * src_pixel_stride) * sizeof(float));
-      }
-      finish_row(a, src, src_pixel_stride, columns, n, 0, co, first, g.out_h * g.out_w);
-      return;
-    }
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      finish_row(a, src + oh * wp * src_pixel_stride, src_pixel_stride, columns, n, oh, co,
-                 first + oh * a.out_strides.h, g.out_w);
-    }
-  }
-
-  using FlatKernel = void (*)(const Args&, const In*, int64_t, int64_t, int64_t, float*, int64_t, BlockFinisher*,
-                              int64_t);
+  using LoweredColumnsKernel = void (*)(const Args&, const In*, int64_t, int64_t, float*, int64_t, BlockFinisher*,
+                                        int64_t);
   template <size_t... R>
-  static constexpr std::array<FlatKernel, kMaxRows + 1> flat_table(std::index_sequence<R...>) {
-    return {nullptr, &flat_kernel<static_cast<int>(R) + 1>...};
+  static constexpr std::array<LoweredColumnsKernel, kMaxRows + 1> lowered_columns_table(std::index_sequence<R...>) {
+    return {nullptr, &lowered_columns_kernel<static_cast<int>(R) + 1>...};
   }
 
-  // The convolution of flat_images(g): the input's images laid out zero-padded once, then
-  // (panel, image) tasks, panel-major so that a thread's panels stay in cache over its images.
-  static void flat_rows(const Args& a) {
-    static constexpr auto kFlat = flat_table(std::make_index_sequence<kMaxRows>{});
+  // Panels of the weight a thread keeps in L2 while it runs them over one image after another:
+  // about 60 % of the 2 MiB L2 per core of the AMX CPUs (Sapphire, Emerald and Granite Rapids),
+  // leaving room for the laid-out image. Measured on a Xeon (bf16, batch 32, ms for 0.25 / 0.5 /
+  // 1 / 1.5 / 2 / 4 MiB): 512 -> 512 3x3 on 8x8 5.71 / 5.62 / 4.85 / 4.62 / 4.68 / 6.03; 256 -> 512
+  // 3x3/2 4.10 / 3.06 / 2.63 / 2.56 / 2.50 / 3.10; 384 -> 256 3x3 on 15x15 6.64 / 5.62 / 5.25 /
+  // 5.31 / 6.31 / 6.28.
+  static constexpr int64_t kPanelGroupBytes = int64_t{5} << 18;
+
+  // The convolution of columns_lowered(g): (group of panels, image) tasks, group-major, so that a
+  // thread's group stays in L2 over its images; a group is the most panels within
+  // kPanelGroupBytes that divide the panels evenly (equal tasks). A task lays its image out in a
+  // buffer of the thread's own (in L2 too), then runs every panel of the group over each block of
+  // pixels before the next block.
+  static void lowered_columns_rows(const Args& a) {
+    static constexpr auto kKernels = lowered_columns_table(std::make_index_sequence<kMaxRows>{});
     const ConvGeometry& g = a.g;
-    const auto [left, right] = row_padding(g);
-    const int64_t top = g.pad_h;
-    const int64_t bottom = trailing_padding(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
-    const int64_t hp = top + g.in_h + bottom, wp = left + g.in_w + right, C = g.in_channels;
-    AlignedVector<In> images(g.batch * hp * wp * C, In{0});
-    at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / g.in_h, ih = t % g.in_h;
-        copy_pixels_to_nhwc(a.x + n * a.x_strides.n + ih * a.x_strides.h, a.x_strides.c, a.x_strides.w, C, g.in_w,
-                            images.data() + ((n * hp + top + ih) * wp + left) * C);
-      }
-    });
-    const int64_t pixels = (g.out_h - 1) * wp + g.out_w;  // virtual pixels up to the last real one
+    const int64_t run = g.kernel_w * g.in_channels;
+    const int64_t image_elements = g.stride_h * lowered_phase_rows(g) * g.out_w * run;
+    const int64_t pixels = g.out_h * g.out_w;
     const PixelRuns runs(pixels);
-    const auto& s = a.out_strides;
-    // Blocks are finished as they are summed (BlockFinisher) where one_pass_finish serves the
-    // output; else they are stored to a buffer of the image's virtual pixels (finish_image).
-    const FinishPixels finish = one_pass_finish(a);
-    if (!weight_is_large(g, a.blocks)) {
-      // Image by image, every panel of a block of virtual pixels before the next block, so that the
-      // block's input stays in L1 while the panels (within kWeightInCacheBytes) stream from L2.
-      const int64_t cout = g.out_channels;
-      at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
-        [[maybe_unused]] const BlockRun<Vec> run;
-        BlockFinisher finisher(a, finish);
-        BlockFinisher* const to = finish != nullptr ? &finisher : nullptr;
-        AlignedVector<float> sums(to != nullptr ? 0 : pixels * cout);
-        for (int64_t n = begin; n < end; ++n) {
-          const In* image = images.data() + n * hp * wp * C;
-          int64_t q0 = 0;
-          for (int64_t r = 0; r < runs.count; ++r) {
-            const int64_t len = runs.length(r);
-            for (int64_t blk = 0; blk < a.blocks; ++blk) {
-              kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * cout + blk * kBlock, cout, to, n);
-            }
-            q0 += len;
-          }
-          if (to == nullptr) {
-            finish_image(a, sums.data(), cout, cout, n, 0, wp, n * s.n);
-          }
-        }
-      });
-      return;
+    const int64_t panel_bytes = g.kernel_h * run * kBlock * static_cast<int64_t>(sizeof(In));
+    int64_t per_group = std::clamp<int64_t>(kPanelGroupBytes / panel_bytes, 1, a.blocks);
+    while (a.blocks % per_group != 0) {
+      --per_group;
     }
-    // A large weight: (panel, image) tasks, panel-major, so that a thread's panels stay in cache
-    // over its images.
-    at::parallel_for(0, a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
-      [[maybe_unused]] const BlockRun<Vec> run;
+    const int64_t groups = a.blocks / per_group, cout = per_group * kBlock;
+    const auto& s = a.out_strides;
+    const FinishPixels finish = one_pass_finish(a);
+    at::parallel_for(0, groups * g.batch, 1, [&](int64_t begin, int64_t end) {
+      [[maybe_unused]] const BlockRun<Vec> block_run;
       BlockFinisher finisher(a, finish);
       BlockFinisher* const to = finish != nullptr ? &finisher : nullptr;
-      AlignedVector<float> sums(to != nullptr ? 0 : pixels * kBlock);
+      AlignedVector<float> sums(to != nullptr ? 0 : pixels * cout);
+      AlignedVector<In> image(image_elements);
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t blk = t / g.batch, n = t % g.batch;
-        const In* image = images.data() + n * hp * wp * C;
+        const int64_t first = t / g.batch * per_group, n = t % g.batch;
+        lower_columns(a, n, image.data());
         int64_t q0 = 0;
         for (int64_t r = 0; r < runs.count; ++r) {
           const int64_t len = runs.length(r);
-          kFlat[len](a, image, wp, blk, q0, sums.data() + q0 * kBlock, kBlock, to, n);
+          for (int64_t p = 0; p < per_group; ++p) {
+            kKernels[len](a, image.data(), first + p, q0, sums.data() + q0 * cout + p * kBlock, cout, to, n);
+          }
           q0 += len;
         }
-        const int64_t co0 = blk * kBlock, columns = std::min<int64_t>(kBlock, g.out_channels - co0);
         if (to == nullptr) {
-          finish_image(a, sums.data(), kBlock, columns, n, co0, wp, n * s.n + co0 * s.c);
+          const int64_t co0 = first * kBlock, columns = std::min(cout, g.out_channels - co0);
+          finish_image(a, sums.data(), cout, columns, n, co0, n * s.n + co0 * s.c);
         }
       }
     });
@@ -822,8 +845,8 @@ struct DirectConv {
 
   static void rows(const Args& a) {
     if constexpr (kTiles) {
-      if (flat_images(a.g)) {
-        flat_rows(a);
+      if (columns_lowered(a.g)) {
+        lowered_columns_rows(a);
         return;
       }
     }
@@ -992,20 +1015,6 @@ struct DirectConv {
     check_output(out, g, kPairs);
     if (out.numel() == 0) {
       return;
-    }
-    if constexpr (kTiles) {
-      if (g.samples_pixels() && !g.is_pointwise() && g.groups == 1 && g.out_w < 16) {
-        // A strided 1x1 layer with short rows (ResNet-18's last downsample: 8 pixels): the 1x1
-        // convolution of the sampled pixels, a plain matrix product, on the flat path, whose
-        // layout gathers the samples and whose blocks then fill both A tiles with real pixels
-        // instead of one A tile with 8 rows.
-        ConvGeometry sampled = g;
-        sampled.in_h = g.out_h;
-        sampled.in_w = g.out_w;
-        sampled.stride_h = sampled.stride_w = 1;
-        const at::Tensor samples = x.slice(2, 0, g.in_h, g.stride_h).slice(3, 0, g.in_w, g.stride_w);
-        return run(samples, packed, bias, sampled, epilogue, out);
-      }
     }
     const bool out_bf16 = out.scalar_type() == at::kBFloat16;
     // Rows are laid out per thread only when one group spans all channels (else each group's
