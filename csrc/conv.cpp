@@ -68,6 +68,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1d_backward(
           grad_weight.defined() ? grad_weight.squeeze(2) : grad_weight, grad_bias};
 }
 
+// conv2d_fused_ on any device: conv2d_fused computed aside, then copied over the residual (the
+// CPU kernel writes over it directly where its kernel allows).
+void conv2d_fused_(at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("miniplaces_ext::conv2d_fused", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                                         const c10::optional<at::Tensor>&, bool, at::IntArrayRef, at::IntArrayRef,
+                                         at::IntArrayRef, int64_t)>();
+  residual.copy_(op.call(input, weight, bias, residual, relu, stride, padding, dilation, groups));
+}
+
 } // namespace
 
 TORCH_LIBRARY(miniplaces_ext, m) {
@@ -84,6 +97,12 @@ TORCH_LIBRARY(miniplaces_ext, m) {
   m.def(
       "conv2d_fused(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, bool relu, int[2] stride, "
       "int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // The same with the result written over the residual (a ResNet block's skip connection, dead
+  // after the add): no new output buffer, and the add reads and writes the same lines. Returns
+  // nothing (functionalization, under torch.compile, takes no custom op whose output aliases an input).
+  m.def(
+      "conv2d_fused_(Tensor(a!) residual, Tensor input, Tensor weight, Tensor? bias, bool relu, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups) -> ()");
   m.def(
       "conv1d_forward(Tensor input, Tensor weight, Tensor? bias, int[1] stride, int[1] padding, "
       "int[1] dilation, int groups) -> Tensor");
@@ -93,6 +112,7 @@ TORCH_LIBRARY(miniplaces_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(miniplaces_ext, CompositeExplicitAutograd, m) {
+  m.impl("conv2d_fused_", &conv2d_fused_);
   m.impl("conv1d_forward", &conv1d_forward);
   m.impl("conv1d_backward", &conv1d_backward);
 }

@@ -35,7 +35,9 @@ _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
 class FusedConv2d(nn.Module):
     """relu?(conv2d(x, weight, bias) + residual?) in one ``miniplaces_ext::conv2d_fused`` call;
-    weight and bias are buffers (an inference module has no parameters to train)."""
+    weight and bias are buffers (an inference module has no parameters to train). With
+    ``over_residual`` the result is written over the residual (``conv2d_fused_``), which the caller
+    guarantees nothing reads afterwards."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
                  dilation: tuple[int, int], groups: int, relu: bool):
@@ -43,14 +45,20 @@ class FusedConv2d(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self.stride, self.padding, self.dilation, self.groups, self.relu = stride, padding, dilation, groups, relu
+        self.over_residual = False
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        if residual is not None and self.over_residual:
+            torch.ops.miniplaces_ext.conv2d_fused_(residual, x, self.weight, self.bias, self.relu, self.stride,
+                                                   self.padding, self.dilation, self.groups)
+            return residual
         return torch.ops.miniplaces_ext.conv2d_fused(x, self.weight, self.bias, residual, self.relu, self.stride,
                                                      self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, relu={self.relu}")
+                f"stride={self.stride}, padding={self.padding}, relu={self.relu}"
+                + (", over_residual=True" if self.over_residual else ""))
 
 
 class InferenceModel(nn.Module):
@@ -151,10 +159,32 @@ def _fuse(gm: torch.fx.GraphModule) -> dict[str, int]:
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d):
             log.debug("not fused: %s (a BatchNorm after something other than a convolution)", node.target)
+    counts["over_residual"] = _write_over_dead_residuals(gm)
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return counts
+
+
+def _write_over_dead_residuals(gm: torch.fx.GraphModule) -> int:
+    """Marks each FusedConv2d whose residual nothing reads afterwards to write its result over it
+    (a ResNet block's skip connection: one buffer fewer, and the add reads and writes the same
+    lines). Only residuals made by another FusedConv2d qualify: a fresh tensor, never the caller's
+    input, a weight or a view of something still alive. Returns how many were marked."""
+    modules = dict(gm.named_modules())
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    marked = 0
+    for node in gm.graph.nodes:
+        fused = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(fused, FusedConv2d) or len(node.args) < 2:
+            continue
+        residual = node.args[1]
+        made_by_conv = residual.op == "call_module" and isinstance(modules.get(residual.target), FusedConv2d)
+        read_later = any(order[user] > order[node] for user in residual.users if user is not node)
+        if made_by_conv and not read_later and node.args[0] is not residual:
+            fused.over_residual = True
+            marked += 1
+    return marked
 
 
 class _Method(nn.Module):

@@ -217,6 +217,11 @@ def _conv2d_fused_fake(input, weight, bias, residual, relu, stride, padding, dil
     return out
 
 
+@torch.library.register_fake("miniplaces_ext::conv2d_fused_")
+def _conv2d_fused_inplace_fake(residual, input, weight, bias, relu, stride, padding, dilation, groups):
+    _conv2d_fused_fake(input, weight, bias, residual, relu, stride, padding, dilation, groups)
+
+
 @torch.library.register_fake("miniplaces_ext::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     _conv2d_output_shape(input, weight, stride, padding, dilation, groups)

@@ -91,6 +91,44 @@ def test_bfloat16_epilogue_rounds_once(isa, mode, in_channels, kernel, height, w
 
 
 @pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("dtype, mode", [(torch.bfloat16, "pairs"), (torch.bfloat16, "tiles"),
+                                         (torch.float32, "pairs")])
+@pytest.mark.parametrize("in_channels, kernel, height, width", [
+    (64, 3, 20, 37),   # whole rows, finished a block late (bfloat16 NHWC) or through the row buffer
+    (3, 7, 20, 37),    # few channels: lowered on tiles
+    (64, 3, 20, 8),    # short rows: kernel columns lowered on tiles
+])
+@pytest.mark.parametrize("residual_layout", ["nchw", "channels_last", "strided"])
+def test_written_over_the_residual_is_the_fused_result(isa, dtype, mode, in_channels, kernel, height, width,
+                                                       residual_layout):
+    """conv2d_fused_ writes relu(conv + bias + residual) over the residual: the bits
+    of conv2d_fused, on the bfloat16 kernels that write over it in place (each element finished from
+    its own sum and residual element) and on the float32 ones that compute aside and copy; an input
+    that overlaps the residual is computed aside too."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16=mode)
+    gen = torch.Generator().manual_seed(kernel + width)
+    x = torch.randn(2, in_channels, height, width, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(48, in_channels, kernel, kernel, generator=gen) / (in_channels * kernel * kernel) ** 0.5).to(dtype)
+    b = torch.randn(48, generator=gen).to(dtype)
+    conf = ([1, 1], [kernel // 2] * 2, [1, 1], 1)
+    residual = LAYOUTS[residual_layout](torch.randn(2, 48, height, width, generator=gen).to(dtype))
+    with torch.inference_mode():
+        expected = OPS.conv2d_fused(x, w, b, residual, True, *conf)
+        target = residual.clone() if residual_layout != "strided" else LAYOUTS["strided"](residual.clone())
+        pointer = target.data_ptr()
+        assert OPS.conv2d_fused_(target, x, w, b, True, *conf) is None
+    assert target.data_ptr() == pointer and torch.equal(target, expected)
+    square = torch.randn(2, 48, 9, 37, generator=gen).to(dtype)  # the input is the residual, read in place
+    square = square.contiguous(memory_format=torch.channels_last)
+    w48 = (torch.randn(48, 48, 3, 3, generator=gen) / 20).to(dtype)
+    with torch.inference_mode():
+        expected = OPS.conv2d_fused(square, w48, None, square, True, *conf[:1], [1, 1], *conf[2:])
+        OPS.conv2d_fused_(square, square, w48, None, True, *conf[:1], [1, 1], *conf[2:])
+    assert torch.equal(square, expected)
+
+
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("mode", ["pairs", "tiles"])
 def test_bfloat16_rounding_keeps_denormals_and_writes_torchs_nan(isa, mode):
     """Where the vector unit rounds a block's sums (VCVTNE2PS2BF16 on AVX512-BF16 and AMX CPUs), it

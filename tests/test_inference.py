@@ -69,7 +69,7 @@ def test_a_small_net_is_fused_where_it_can_be_and_answers_the_same(caplog):
     before = copy.deepcopy(net.state_dict())
     with caplog.at_level(logging.DEBUG, logger="miniplaces_ext.inference"):
         fast = me.optimize_for_inference(net)
-    assert fast.body.fused == {"convs": 4, "batch_norms": 3, "relus": 3, "residuals": 1}
+    assert fast.body.fused == {"convs": 4, "batch_norms": 3, "relus": 3, "residuals": 1, "over_residual": 1}
     assert "pool_bn" in caplog.text  # the BatchNorm after the pool stays, and is named
     fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
     assert len(fused) == 4 and sum(m.relu for m in fused) == 3
@@ -80,6 +80,43 @@ def test_a_small_net_is_fused_where_it_can_be_and_answers_the_same(caplog):
         ref, got = net(x), fast(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+class SkipReadTwice(nn.Module):
+    """Residual adds whose skip tensor must survive: the network's input, and a tensor read again
+    after the add."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x) + x)      # x is the caller's input
+        z = F.relu(self.b(y))
+        u = F.relu(self.c(z) + y)      # y (a conv's output) is read again below
+        return u + y
+
+
+def test_only_dead_residuals_are_written_over():
+    """optimize_for_inference writes a conv's result over its residual (conv2d_fused_) only where
+    the residual is another fused conv's output that nothing reads afterwards: never the caller's
+    input, never a tensor read again."""
+    torch.manual_seed(0)
+    net = SkipReadTwice().eval()
+    fast = me.optimize_for_inference(net)
+    assert fast.body.fused["residuals"] == 2 and fast.body.fused["over_residual"] == 0
+    x = torch.randn(2, 8, 10, 10)
+    kept = x.clone()
+    with torch.no_grad():
+        got = fast(x)
+        ref = net(x)
+    assert torch.equal(x, kept)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    tiny = me.optimize_for_inference(_randomise_batch_norms(TinyNet()), dtype=torch.bfloat16)
+    marked = [m for m in tiny.modules() if isinstance(m, FusedConv2d) and m.over_residual]
+    assert len(marked) == 1 and "over_residual=True" in repr(marked[0])
 
 
 def test_refusals():

@@ -30,6 +30,8 @@ def _samples(device):
     yield OPS.conv2d_fused, (x2.detach(), w2.detach(), b.detach(), residual, True, *conf2)
     yield OPS.conv2d_fused, (x2.detach().contiguous(memory_format=torch.channels_last), w2.detach(), None, None, False,
                              *conf2)
+    # ... and its form that writes over the residual
+    yield OPS.conv2d_fused_, (torch.randn_like(out2), x2.detach(), w2.detach(), b.detach(), True, *conf2)
     x1 = torch.randn(2, 4, 11, **opts, requires_grad=True)
     w1 = torch.randn(6, 4, 3, **opts, requires_grad=True)
     conf1 = ([2], [1], [2], 1)
@@ -46,7 +48,8 @@ def test_opcheck_every_op(device):
         torch.library.opcheck(op, args)
         checked.add(op._qualified_op_name)
     assert checked == {f"miniplaces_ext::{n}" for n in
-                       ("conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward", "conv2d_fused")}
+                       ("conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward", "conv2d_fused",
+                        "conv2d_fused_")}
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,6 +11,7 @@
 #include "../run_plan.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
 
@@ -122,6 +123,28 @@ at::Tensor conv2d_fused(const at::Tensor& input, const at::Tensor& weight, const
                         const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   return forward(input, weight, bias, residual, relu, stride, padding, dilation, groups);
+}
+
+void conv2d_fused_(at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  check_cpu(input);
+  check_residual(residual, input, g);
+  const ConvPlan plan = plan_convolution(cpu_options(), g, input.scalar_type(), Pass::forward, weights_stay_packed(),
+                                         Epilogue{bias.has_value() && bias->defined(), true, relu});
+  // The bfloat16 units finish each output element from its float32 sum and its residual element
+  // together (a block at a time, or a row through a buffer), so they may write over the residual;
+  // the float32 kernels store their sums first and add the residual after, and the GEMM paths add
+  // it in a pass of their own: those compute aside, then copy.
+  const bool over_residual = plan.algo != Algo::gemm && plan.unit != Bf16Kernel::none &&
+      at::get_overlap_status(input, residual) == at::MemOverlapStatus::No &&
+      at::has_internal_overlap(residual) == at::MemOverlap::No;
+  if (!over_residual) {
+    residual.copy_(forward(input, weight, bias, residual, relu, stride, padding, dilation, groups));
+    return;
+  }
+  run_convolution(plan, input, weight, float_or_none(bias), residual, residual);
 }
 
 } // namespace miniplaces_ext::cpu
