@@ -141,7 +141,9 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
     """Whole-network eval throughput (images/s, inference_mode, channels_last): torch's convs, ours
     (swap_convs), and for float32 / bfloat16 optimize_for_inference's fused network ("fused"; float32
     images in). With `compiled`, also torch.compile with inductor's freezing of torch's network
-    ("torch_compile", what a user who wants speed picks) and torch.compile(fused, fullgraph=True)
+    ("torch_compile", what a user who wants speed picks; its weights and images already in `dtype`),
+    for bfloat16 the float32 network compiled and run under torch.autocast on float32 NCHW images
+    ("torch_compile_autocast", the fused network's terms), and torch.compile(fused, fullgraph=True)
     ("fused_compile")."""
     import torch._inductor.config as inductor_config
 
@@ -156,6 +158,10 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
         nets = {"torch": (model, x)}
         if compiled:
             nets["torch_compile"] = (torch.compile(copy.deepcopy(model)), x)
+            if dtype == torch.bfloat16:  # the float32 network under autocast, as PyTorch's docs run bf16
+                nets["torch_compile_autocast"] = (
+                    _under_autocast(torch.compile(copy.deepcopy(base).to(device, memory_format=torch.channels_last)),
+                                    device, dtype), x.float().contiguous())
         if dtype in (torch.float32, torch.bfloat16):
             fused = miniplaces_ext.optimize_for_inference(base.to(device), dtype)
             nets["fused"] = (fused, x.float())
@@ -177,6 +183,15 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
         row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
         rows.append(row)
     return rows
+
+
+def _under_autocast(model: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                    dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """model(x) run under torch.autocast(device, dtype)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return model(x)
+    return run
 
 
 def geomean(values: list[float]) -> float:
