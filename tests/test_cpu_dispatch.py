@@ -485,6 +485,25 @@ def test_short_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, s
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("width", [104, 100])
+def test_large_nchw_float32_outputs_written_with_streaming_stores_are_exact(isa, width):
+    """A float32 NCHW output of 8 MiB or more is written row by row with non-temporal stores
+    where the CPU has AVX-512 (stream_pixels_from_nhwc: whole aligned lines streamed; a row's
+    leading pixels up to a line boundary, the channels past the last 16 and the pixels past the
+    last 16 written as usual). The sums do not depend on the output's layout, so it must hold the
+    bits of each image computed alone (1.7 MB, written as usual), at every level: 104-pixel rows
+    start on a line every other row, 100-pixel ones rarely; 40 channels leave a tail of 8."""
+    use_cpu_kernel((isa, "direct"))
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(6, 8, 104, width, generator=gen)
+    w = torch.randn(40, 8, 3, 3, generator=gen)
+    out = me.conv2d(x, w, None, 1, 1)
+    assert out.is_contiguous() and out.numel() * 4 >= 8 << 20
+    expected = torch.cat([me.conv2d(image[None], w, None, 1, 1) for image in x])
+    assert torch.equal(out, expected)
+
+
 def test_lowered_weight_is_packed_once_and_follows_in_place_changes():
     """A few-channel bf16 layer's lowered weight is kept packed outside training like every
     other layout, and an in-place change of the weight is never answered from the stale entry."""

@@ -68,7 +68,18 @@ void transpose_8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride)
 #if defined(__x86_64__)
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 16: a 16 x 16 block of 4-byte words
 // in AVX-512 registers (32- and 64-bit interleaves within 128-bit lanes, then two rounds of lane
-// shuffles). Only where the CPU has AVX-512 (detected_isa()).
+// shuffles). Only where the CPU has AVX-512 (detected_isa()). kStream: dst's rows are whole
+// aligned cache lines, written with non-temporal stores (no read for ownership, not cached).
+template <bool kStream>
+__attribute__((target("avx512f"))) inline void store_16(float* to, __m512 v) {
+  if constexpr (kStream) {
+    _mm512_stream_ps(to, v);
+  } else {
+    _mm512_storeu_ps(to, v);
+  }
+}
+
+template <bool kStream = false>
 __attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_t src_stride, float* dst,
                                                          int64_t dst_stride) {
   __m512 r[16], t[16];
@@ -91,10 +102,10 @@ __attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_
     const __m512 even_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), odd_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
     const __m512 even_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88),
                  odd_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
-    _mm512_storeu_ps(dst + k * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0x88));
-    _mm512_storeu_ps(dst + (4 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88));
-    _mm512_storeu_ps(dst + (8 + k) * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD));
-    _mm512_storeu_ps(dst + (12 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD));
+    store_16<kStream>(dst + k * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0x88));
+    store_16<kStream>(dst + (4 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88));
+    store_16<kStream>(dst + (8 + k) * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD));
+    store_16<kStream>(dst + (12 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD));
   }
 }
 #endif
@@ -315,6 +326,34 @@ void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t c
 void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels,
                            c10::BFloat16* dst, int64_t dst_channel_stride, int64_t dst_pixel_stride) {
   copy_row_tiled(src, int64_t{1}, src_pixel_stride, dst, dst_channel_stride, dst_pixel_stride, channels, pixels);
+}
+
+void stream_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels,
+                             float* dst, int64_t dst_channel_stride) {
+#if defined(__x86_64__)
+  constexpr int64_t kLine = 16;  // floats per 64-byte cache line
+  // Pixels [lead, lead + 16k) of every channel row are whole aligned lines when the channel
+  // rows are lines apart.
+  const auto misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) / sizeof(float) % kLine);
+  const int64_t lead = std::min(pixels, (kLine - misaligned) % kLine);
+  const int64_t C16 = channels / 16 * 16, W16 = (pixels - lead) / 16 * 16;
+  if (detected_isa() == Isa::avx512 && dst_channel_stride % kLine == 0 && C16 > 0 && W16 > 0) {
+    copy_pixels_from_nhwc(src, src_pixel_stride, channels, lead, dst, dst_channel_stride, 1);
+    for (int64_t c = 0; c < C16; c += 16) {
+      for (int64_t w = lead; w < lead + W16; w += 16) {
+        transpose_16x16<true>(src + w * src_pixel_stride + c, src_pixel_stride, dst + c * dst_channel_stride + w,
+                              dst_channel_stride);
+      }
+    }
+    _mm_sfence();  // the streamed lines ordered before whatever this thread stores next
+    copy_pixels_from_nhwc(src + lead * src_pixel_stride + C16, src_pixel_stride, channels - C16, pixels - lead,
+                          dst + C16 * dst_channel_stride + lead, dst_channel_stride, 1);  // the last channels
+    copy_pixels_from_nhwc(src + (lead + W16) * src_pixel_stride, src_pixel_stride, C16, pixels - lead - W16,
+                          dst + lead + W16, dst_channel_stride, 1);  // the last pixels
+    return;
+  }
+#endif
+  copy_pixels_from_nhwc(src, src_pixel_stride, channels, pixels, dst, dst_channel_stride, 1);
 }
 
 namespace {

@@ -42,6 +42,12 @@ void copy_pixels_to_nhwc(const T* src, int64_t channel_stride, int64_t pixel_str
 // to any layout (an NCHW output row from a kernel's NHWC row buffer).
 void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels, float* dst,
                            int64_t dst_channel_stride, int64_t dst_pixel_stride);
+// The same into an NCHW row (dst_pixel_stride 1) with non-temporal stores where the CPU has
+// AVX-512: whole aligned 64-byte lines of each channel's row bypass the cache (no read for
+// ownership), the edges are written as above. For an output too large to stay in cache for
+// whoever reads it next.
+void stream_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels,
+                             float* dst, int64_t dst_channel_stride);
 // The same, each value rounded to bfloat16 (to nearest even) as it is written: a bfloat16
 // convolution's output rounded once, from the kernel's float32 row buffer.
 void copy_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t channels, int64_t pixels,

@@ -435,9 +435,21 @@ struct DirectConv {
                                           first);  // rounding alone
     } else if (a.out_bf16 != nullptr) {
       copy_pixels_from_nhwc(src, src_pixel_stride, columns, pixels, a.out_bf16 + first, s.c, s.w);
+    } else if (s.w == 1 && output_bytes(a.g) >= kStreamedOutputBytes) {
+      stream_pixels_from_nhwc(src, src_pixel_stride, columns, pixels, a.out + first, s.c);
     } else {
       copy_pixels_from_nhwc(src, src_pixel_stride, columns, pixels, a.out + first, s.c, s.w);
     }
+  }
+
+  // A float32 NCHW output at least this large is written with non-temporal stores
+  // (stream_pixels_from_nhwc): it cannot stay in L2 for the next layer anyway, and a row's 64
+  // channel rows written at once are more streams than the hardware tracks, so each line was
+  // read before it was written. The stem forward, NCHW, Xeon: 12.9 -> 9.1 ms (oneDNN 8.5).
+  static constexpr int64_t kStreamedOutputBytes = int64_t{8} << 20;
+
+  static int64_t output_bytes(const ConvGeometry& g) {
+    return g.batch * g.out_channels * g.out_h * g.out_w * static_cast<int64_t>(sizeof(float));
   }
 
   // `value` rounded to bfloat16 bits (to nearest even; a NaN as c10's 0x7FC0): branch-free, so
