@@ -71,8 +71,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1d_backward(
 // conv2d_fused_ on any device: conv2d_fused computed aside, then copied over the residual (the
 // CPU kernel writes over it directly where its kernel allows).
 void conv2d_fused_(at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
-                          const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                   const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation, int64_t groups) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("miniplaces_ext::conv2d_fused", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,

@@ -164,7 +164,9 @@ void interleave_channels(const T* src, int64_t s_c, T* dst, int64_t W) {
 // Measured here, a 32 MiB NCHW tensor laid out row by row into a cache-resident buffer, one
 // thread: 64 channels x 64 pixels 4.1-4.9 ms (scalar 16 x 16 tiles 6.8-8.4 ms; 16-channel
 // groups 4.4-5.3 ms); 512 channels x 8 pixels (4 MiB) 0.35-0.5 ms (scalar tiles 0.6-0.8 ms).
-template <typename T>
+// kStream (4-byte words from NHWC to NCHW only): the AVX-512 blocks' rows are written with
+// non-temporal stores, so each must be a whole aligned line (stream_pixels_from_nhwc).
+template <typename T, bool kStream = false>
 void transpose_row(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64_t d_c, int64_t d_w, int64_t C,
                    int64_t W) {
   const bool to_nhwc = s_w == 1 && d_c == 1;
@@ -186,7 +188,7 @@ void transpose_row(const T* src_row, int64_t s_c, int64_t s_w, T* dst_row, int64
           if (to_nhwc) {
             transpose_16x16(s + c * s_c + w, s_c, d + w * d_w + c, d_w);
           } else {
-            transpose_16x16(s + w * s_w + c, s_w, d + c * d_c + w, d_c);
+            transpose_16x16<kStream>(s + w * s_w + c, s_w, d + c * d_c + w, d_c);
           }
         }
       }
@@ -339,17 +341,11 @@ void stream_pixels_from_nhwc(const float* src, int64_t src_pixel_stride, int64_t
   const int64_t C16 = channels / 16 * 16, W16 = (pixels - lead) / 16 * 16;
   if (detected_isa() == Isa::avx512 && dst_channel_stride % kLine == 0 && C16 > 0 && W16 > 0) {
     copy_pixels_from_nhwc(src, src_pixel_stride, channels, lead, dst, dst_channel_stride, 1);
-    for (int64_t c = 0; c < C16; c += 16) {
-      for (int64_t w = lead; w < lead + W16; w += 16) {
-        transpose_16x16<true>(src + w * src_pixel_stride + c, src_pixel_stride, dst + c * dst_channel_stride + w,
-                              dst_channel_stride);
-      }
-    }
+    // From `lead` on, transpose_row's 16 x 16 blocks start on lines; its edges (fewer than 16
+    // channels or pixels) take the SSE2 blocks and plain stores.
+    transpose_row<float, true>(src + lead * src_pixel_stride, 1, src_pixel_stride, dst + lead, dst_channel_stride, 1,
+                               channels, pixels - lead);
     _mm_sfence();  // the streamed lines ordered before whatever this thread stores next
-    copy_pixels_from_nhwc(src + lead * src_pixel_stride + C16, src_pixel_stride, channels - C16, pixels - lead,
-                          dst + C16 * dst_channel_stride + lead, dst_channel_stride, 1);  // the last channels
-    copy_pixels_from_nhwc(src + (lead + W16) * src_pixel_stride, src_pixel_stride, C16, pixels - lead - W16,
-                          dst + lead + W16, dst_channel_stride, 1);  // the last pixels
     return;
   }
 #endif

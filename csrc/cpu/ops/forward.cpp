@@ -67,20 +67,33 @@ at::Tensor forward_by_gemm(const at::Tensor& input, const at::Tensor& weight, co
   return nchw_from_nhwc(out, conv_output_memory_format(input));
 }
 
-// The forward of both ops (below): the plain convolution when there is no residual and no ReLU.
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                   const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+// The plan of a forward call, its input and residual checked.
+ConvPlan plan_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                      const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input);
   const bool has_residual = residual.has_value() && residual->defined();
   if (has_residual) {
     check_residual(*residual, input, g);
   }
-  const at::ScalarType dtype = input.scalar_type();
   // Outside training the packed weight is kept for the next call (packed_weights.h).
-  const ConvPlan plan = plan_convolution(cpu_options(), g, dtype, Pass::forward, weights_stay_packed(),
-                                         Epilogue{bias.has_value() && bias->defined(), has_residual, relu});
+  return plan_convolution(cpu_options(), g, input.scalar_type(), Pass::forward, weights_stay_packed(),
+                          Epilogue{bias.has_value() && bias->defined(), has_residual, relu});
+}
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The forward of plan `plan` (plan_forward's for these arguments).
+at::Tensor forward_planned(const ConvPlan& plan, const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                           bool relu, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           int64_t groups) {
+  const ConvGeometry& g = plan.g;
+  const bool has_residual = plan.epilogue.residual;
+  const at::ScalarType dtype = input.scalar_type();
   if (plan.algo != Algo::gemm) {
     // The bfloat16 units read bfloat16; every other kernel float32 (a bfloat16 or float16 input
     // is widened as it is laid out NHWC, and so is a residual: the kernel adds it to its float32
@@ -112,6 +125,14 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10:
   return out;
 }
 
+// The forward of both ops (below): the plain convolution when there is no residual and no ReLU.
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return forward_planned(plan_forward(input, weight, bias, residual, relu, stride, padding, dilation, groups), input,
+                         weight, bias, residual, relu, stride, padding, dilation, groups);
+}
+
 } // namespace
 
 at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -126,13 +147,9 @@ at::Tensor conv2d_fused(const at::Tensor& input, const at::Tensor& weight, const
 }
 
 void conv2d_fused_(at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
-                          const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const ConvGeometry g = make_conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
-  check_cpu(input);
-  check_residual(residual, input, g);
-  const ConvPlan plan = plan_convolution(cpu_options(), g, input.scalar_type(), Pass::forward, weights_stay_packed(),
-                                         Epilogue{bias.has_value() && bias->defined(), true, relu});
+                   const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation, int64_t groups) {
+  const ConvPlan plan = plan_forward(input, weight, bias, residual, relu, stride, padding, dilation, groups);
   // The bfloat16 units finish each output element from its float32 sum and its residual element
   // together (a block at a time, or a row through a buffer), so they may write over the residual;
   // the float32 kernels store their sums first and add the residual after, and the GEMM paths add
@@ -141,7 +158,7 @@ void conv2d_fused_(at::Tensor& residual, const at::Tensor& input, const at::Tens
       at::get_overlap_status(input, residual) == at::MemOverlapStatus::No &&
       at::has_internal_overlap(residual) == at::MemOverlap::No;
   if (!over_residual) {
-    residual.copy_(forward(input, weight, bias, residual, relu, stride, padding, dilation, groups));
+    residual.copy_(forward_planned(plan, input, weight, bias, residual, relu, stride, padding, dilation, groups));
     return;
   }
   run_convolution(plan, input, weight, float_or_none(bias), residual, residual);

@@ -28,8 +28,8 @@ at::Tensor conv2d_fused(const at::Tensor& input, const at::Tensor& weight, const
                         const c10::optional<at::Tensor>& residual, bool relu, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 void conv2d_fused_(at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
-                          const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+                   const c10::optional<at::Tensor>& bias, bool relu, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation, int64_t groups);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                                                const at::Tensor& weight, at::IntArrayRef stride,
                                                                at::IntArrayRef padding, at::IntArrayRef dilation,
