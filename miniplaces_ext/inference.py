@@ -27,6 +27,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from miniplaces_ext.low_rank import factor_linear
+
 log = logging.getLogger("miniplaces_ext.inference")
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
@@ -198,13 +200,33 @@ class _Method(nn.Module):
         return getattr(self.model, self.method)(x)
 
 
+def _factor_linears(gm: torch.fx.GraphModule, dtype: torch.dtype) -> int:
+    """Replaces each Linear whose weight has a low numerical rank (within the error of the cast to
+    `dtype`; low_rank.factor_linear) by a LowRankLinear; returns how many."""
+    factored = 0
+    for name, module in list(gm.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        low_rank = factor_linear(module, dtype)
+        if low_rank is None:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(gm.get_submodule(parent), child, low_rank)
+        log.debug("factored %s: rank %d of %s", name, low_rank.first.shape[0], tuple(module.weight.shape))
+        factored += 1
+    return factored
+
+
 def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
-                           channels_last: bool = True, method: str = "forward") -> nn.Module:
+                           channels_last: bool = True, method: str = "forward",
+                           factor_linears: bool = True) -> nn.Module:
     """A copy of `model` (which is left untouched) for evaluation on our kernels: BatchNorm folded,
     ReLU and residual adds in the convolutions' epilogue, weights packed channels_last in `dtype`
     (float32 or bfloat16) once; takes what the model takes, returns float32. See the module doc.
     `method` names what the copy computes: the model's forward, or another method taking one
     tensor, e.g. ``"get_features"`` (the course networks' penultimate features, for retrieval).
+    With `factor_linears` and bfloat16, a large Linear whose weight is within the cast's own error
+    of a low rank runs as two thin products (low_rank.py: the course AlexNet's fc6 and fc7, rank 256).
 
     Raises ValueError for a model in training mode (folding needs BatchNorm's running statistics)
     or an unsupported dtype; the returned model raises for inputs that require grad."""
@@ -218,6 +240,7 @@ def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
     root = copy.deepcopy(model) if method == "forward" else _Method(copy.deepcopy(model), method)
     gm = torch.fx.GraphModule(root, _ConvLeafTracer().trace(root), type(model).__name__)
     counts = _fuse(gm)
+    counts["low_rank_linears"] = _factor_linears(gm, dtype) if factor_linears else 0
     log.debug("optimize_for_inference: %s", counts)
     gm.fused = counts
     gm = gm.to(dtype=dtype)  # biases too: the op takes them in the input's dtype, as F.conv2d does
