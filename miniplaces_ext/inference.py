@@ -63,6 +63,25 @@ class FusedConv2d(nn.Module):
                 + (", over_residual=True" if self.over_residual else ""))
 
 
+class MaxPool2d(nn.Module):
+    """nn.MaxPool2d (no indices) as one ``miniplaces_ext::max_pool2d`` call: channels_last float32 and
+    bfloat16 images pooled by our vector kernel, channels_last out; anything else by torch."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        pair = torch.nn.modules.utils._pair
+        self.kernel_size, self.dilation, self.padding = pair(pool.kernel_size), pair(pool.dilation), pair(pool.padding)
+        self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.ceil_mode = pool.ceil_mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.miniplaces_ext.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                                   self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
 class InferenceModel(nn.Module):
     """The fused network between one cast in (dtype, channels_last) and one cast out (float32)."""
 
@@ -200,6 +219,17 @@ class _Method(nn.Module):
         return getattr(self.model, self.method)(x)
 
 
+def _swap_max_pools(gm: torch.fx.GraphModule) -> int:
+    """Replaces each nn.MaxPool2d that returns no indices by our MaxPool2d; returns how many."""
+    swapped = 0
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+            parent, _, child = name.rpartition(".")
+            setattr(gm.get_submodule(parent), child, MaxPool2d(module))
+            swapped += 1
+    return swapped
+
+
 def _factor_linears(gm: torch.fx.GraphModule, dtype: torch.dtype) -> int:
     """Replaces each Linear whose weight has a low numerical rank (within the error of the cast to
     `dtype`; low_rank.factor_linear) by a LowRankLinear; returns how many."""
@@ -241,6 +271,7 @@ def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
     gm = torch.fx.GraphModule(root, _ConvLeafTracer().trace(root), type(model).__name__)
     counts = _fuse(gm)
     counts["low_rank_linears"] = _factor_linears(gm, dtype) if factor_linears else 0
+    counts["max_pools"] = _swap_max_pools(gm)
     log.debug("optimize_for_inference: %s", counts)
     gm.fused = counts
     gm = gm.to(dtype=dtype)  # biases too: the op takes them in the input's dtype, as F.conv2d does

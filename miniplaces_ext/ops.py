@@ -222,6 +222,26 @@ def _conv2d_fused_inplace_fake(residual, input, weight, bias, relu, stride, padd
     _conv2d_fused_fake(input, weight, bias, residual, relu, stride, padding, dilation, groups)
 
 
+def _pooled_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """torch's pooling output size (ATen's pooling_output_shape)."""
+    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1  # floor, as ATen's div_rtn
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+@torch.library.register_fake("miniplaces_ext::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    torch._check(input.dim() == 4, lambda: f"max_pool2d: expected a 4-d [N, C, H, W] input, got {input.dim()} dims")
+    shape = list(input.shape[:2])
+    for size, k, s, p, d in zip(input.shape[2:], kernel_size, stride, padding, dilation):
+        torch._check(k > 0 and s > 0 and d > 0 and 0 <= p <= k // 2,
+                     lambda: "max_pool2d: kernel, stride, dilation positive; padding at most half the kernel")
+        shape.append(_pooled_size(size, k, s, p, d, ceil_mode))
+    torch._check(shape[2] > 0 and shape[3] > 0, lambda: "max_pool2d: the input is smaller than the window")
+    return input.new_empty(shape).contiguous(memory_format=_output_memory_format(input))  # ours and torch's rule
+
+
 @torch.library.register_fake("miniplaces_ext::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     _conv2d_output_shape(input, weight, stride, padding, dilation, groups)

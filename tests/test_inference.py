@@ -69,7 +69,8 @@ def test_a_small_net_is_fused_where_it_can_be_and_answers_the_same(caplog):
     before = copy.deepcopy(net.state_dict())
     with caplog.at_level(logging.DEBUG, logger="miniplaces_ext.inference"):
         fast = me.optimize_for_inference(net)
-    assert fast.body.fused == {"convs": 4, "batch_norms": 3, "relus": 3, "residuals": 1, "over_residual": 1, "low_rank_linears": 0}
+    assert fast.body.fused == {"convs": 4, "batch_norms": 3, "relus": 3, "residuals": 1, "over_residual": 1,
+                               "low_rank_linears": 0, "max_pools": 0}
     assert "pool_bn" in caplog.text  # the BatchNorm after the pool stays, and is named
     fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
     assert len(fused) == 4 and sum(m.relu for m in fused) == 3
@@ -161,6 +162,7 @@ def test_course_networks_give_the_original_answers(arch):
         bf16 = me.optimize_for_inference(model, dtype=torch.bfloat16)
         low = bf16(x)
     assert bf16.body.fused["low_rank_linears"] == {"resnet18": 0, "alexnet": 2}[arch]  # AlexNet's fc6, fc7
+    assert bf16.body.fused["max_pools"] == {"resnet18": 0, "alexnet": 2}[arch]
     assert (got.argmax(1) == ref.argmax(1)).all()
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.9

@@ -32,6 +32,12 @@ def _samples(device):
                              *conf2)
     # ... and its form that writes over the residual
     yield OPS.conv2d_fused_, (torch.randn_like(out2), x2.detach(), w2.detach(), b.detach(), True, *conf2)
+    # max-pooling: our kernel (channels_last float32 / bfloat16) and torch's (anything else)
+    pool = ([3, 2], [2, 1], [1, 0], [1, 2], True)
+    for dtype in (torch.float32, torch.bfloat16):
+        yield OPS.max_pool2d, (torch.randn(2, 5, 9, 8, device=device, dtype=dtype)
+                               .contiguous(memory_format=torch.channels_last), *pool)
+    yield OPS.max_pool2d, (torch.randn(2, 5, 9, 8, **opts), *pool)
     x1 = torch.randn(2, 4, 11, **opts, requires_grad=True)
     w1 = torch.randn(6, 4, 3, **opts, requires_grad=True)
     conf1 = ([2], [1], [2], 1)
@@ -49,7 +55,7 @@ def test_opcheck_every_op(device):
         checked.add(op._qualified_op_name)
     assert checked == {f"miniplaces_ext::{n}" for n in
                        ("conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward", "conv2d_fused",
-                        "conv2d_fused_")}
+                        "conv2d_fused_", "max_pool2d")}
 
 
 @pytest.mark.parametrize("device", DEVICES)

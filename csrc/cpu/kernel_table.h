@@ -4,6 +4,7 @@
 
 #include "../conv.h"
 #include "cpu_info.h"
+#include "pool_geometry.h"
 #include "kernels/epilogue.h"
 
 #include <ATen/core/Tensor.h>
@@ -29,6 +30,11 @@ struct IsaKernels {
                       const at::Tensor& sums);
   // Measured float32 FMA throughput of all threads, GFLOP/s (fma_peak.h).
   double (*fma_peak_gflops)(int64_t steps);
+  // out [N, Ho, Wo, C] = the window maxima of x [N, H, W, C], both contiguous channels_last, of
+  // float32 / bfloat16 (max_pool_kernel.h).
+  using MaxPool = void (*)(const at::Tensor& x, const PoolGeometry& g, const at::Tensor& out);
+  MaxPool max_pool_float32;
+  MaxPool max_pool_bfloat16;
 };
 
 // The weight gradient, float32 [Cout, Cin, kh, kw], of a bfloat16 one-group convolution

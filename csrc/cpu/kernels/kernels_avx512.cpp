@@ -1,4 +1,4 @@
-// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h; the direct kernel
+// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h, max_pool_kernel.h; the direct kernel
 // also on emulated bfloat16 pairs, vec_bf16_pairs.h) instantiated for
 // AVX-512F, compiled for it by a target pragma (never -march). the plan (plan.cpp) takes these only
 // on CPUs that have AVX-512F. x86-64 builds only.
@@ -29,13 +29,15 @@
 #include "winograd_kernel.h"
 #include "weight_grad_kernel.h"
 #include "fma_peak.h"
+#include "max_pool_kernel.h"
 
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& avx512_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Avx512>::run, &WinogradConv<Avx512>::run,
                                         &DirectConv<EmulatedBf16Pairs<Avx512>, uint16_t>::run, &WeightGrad<Avx512>::run,
-                                        &FmaPeak<Avx512>::gflops};
+                                        &FmaPeak<Avx512>::gflops,
+                                        &MaxPoolNhwc<float>::run, &MaxPoolNhwc<uint16_t>::run};
   return kKernels;
 }
 

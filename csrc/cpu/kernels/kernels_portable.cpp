@@ -1,4 +1,4 @@
-// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h; the direct kernel
+// Every CPU kernel template (direct_conv_kernel.h, winograd_kernel.h, fma_peak.h, max_pool_kernel.h; the direct kernel
 // also on emulated bfloat16 pairs, vec_bf16_pairs.h, and on emulated tiles, tiles_emulated.h) instantiated for
 // any CPU, with the vector traits of vec_portable.h (GCC/Clang vector extensions: no target-
 // specific code). Everything outside the target region is included first, so that the pragma
@@ -28,13 +28,15 @@
 #include "weight_grad_tiles.h"
 #include "grad_input_tiles.h"
 #include "fma_peak.h"
+#include "max_pool_kernel.h"
 
 namespace miniplaces_ext::cpu {
 
 const IsaKernels& portable_kernels() {
   static constexpr IsaKernels kKernels{&DirectConv<Portable>::run, &WinogradConv<Portable>::run,
                                         &DirectConv<EmulatedBf16Pairs<Portable>, uint16_t>::run, &WeightGrad<Portable>::run,
-                                        &FmaPeak<Portable>::gflops};
+                                        &FmaPeak<Portable>::gflops,
+                                        &MaxPoolNhwc<float>::run, &MaxPoolNhwc<uint16_t>::run};
   return kKernels;
 }
 
