@@ -62,3 +62,20 @@ def test_bad_arguments_are_refused(args, message):
     x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match=message):
         OP(x, *args)
+
+
+def test_optimized_networks_pool_with_it_and_compile_fullgraph():
+    """optimize_for_inference swaps nn.MaxPool2d for the op; torch.compile(fullgraph=True) traces it
+    through its fake kernel and gives the same answers."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 7 * 7, 5)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for dtype in (torch.float32, torch.bfloat16):
+        fast = me.optimize_for_inference(net, dtype)
+        assert fast.body.fused["max_pools"] == 1
+        with torch.no_grad():
+            eager = fast(x)
+            compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")(x)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
