@@ -138,7 +138,8 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, dtype: torch.dty
 
 def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time: float,
                  compiled: bool = False) -> list[dict]:
-    """Whole-network eval throughput (images/s, inference_mode, channels_last): torch's convs, ours
+    """Whole-network eval throughput (images/s, inference_mode, channels_last; the provided weights
+    where found, random images): torch's convs, ours
     (swap_convs), and for float32 / bfloat16 optimize_for_inference's fused network ("fused"; float32
     images in). With `compiled`, also torch.compile with inductor's freezing of torch's network
     ("torch_compile", what a user who wants speed picks; its weights and images already in `dtype`),
@@ -151,10 +152,10 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
 
     rows = []
     for arch in models.ARCHS:
-        base = models.build(arch).eval()
+        base, weights = _eval_network(arch)
         model = copy.deepcopy(base).to(device, dtype, memory_format=torch.channels_last)
         x = torch.randn(batch, 3, 128, 128, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        row = {"net": arch, "batch": batch}
+        row = {"net": arch, "batch": batch, "weights": weights}
         nets = {"torch": (model, x)}
         if compiled:
             nets["torch_compile"] = (torch.compile(copy.deepcopy(model)), x)
@@ -183,6 +184,19 @@ def bench_models(batch: int, device: torch.device, dtype: torch.dtype, min_time:
         row["ratio"] = row["torch_images_per_s"] / row["ours_images_per_s"]
         rows.append(row)
     return rows
+
+
+def _eval_network(arch: str) -> tuple[torch.nn.Module, str]:
+    """The course network `arch` in eval mode with the provided weights where they are found
+    (models.find_weights), else random ones, and which ("provided" / "random"). The weights matter
+    to the fused bfloat16 AlexNet: its fc6 and fc7 run factored only where their rank is low."""
+    from miniplaces_ext import models
+
+    try:
+        return models.load_checkpoint(arch, models.find_weights(arch)).eval(), "provided"
+    except FileNotFoundError:
+        log.info("%s: no provided weights found, timing random ones", arch)
+        return models.build(arch).eval(), "random"
 
 
 def _under_autocast(model: Callable[[torch.Tensor], torch.Tensor], device: torch.device,

@@ -108,7 +108,8 @@ def models_table(run: dict) -> list[str]:
     present = [(k, label) for k, label in MODEL_COLUMNS if any(k + "_images_per_s" in m for m in run["models"])]
     lines = ["| network | " + " | ".join(label for _, label in present) + " |", "|" + " --- |" * (len(present) + 1)]
     for m in run["models"]:
-        lines.append(f"| {m['net']} | " + " | ".join(f"{m[k + '_images_per_s']:.1f}" if k + "_images_per_s" in m
+        weights = f" ({m['weights']} weights)" if m.get("weights") else ""
+        lines.append(f"| {m['net']}{weights} | " + " | ".join(f"{m[k + '_images_per_s']:.1f}" if k + "_images_per_s" in m
                                                        else "–" for k, _ in present) + " |")
     return lines
 
