@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+import threading
 
 import torch
 import torch.fx
@@ -112,10 +113,29 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor
 
 
 class _ConvLeafTracer(torch.fx.Tracer):
-    """torch.fx's tracer, with every Conv2d a leaf: miniplaces_ext.nn.Conv2d (swap_convs) too."""
+    """torch.fx's tracer, with every Conv2d a leaf: miniplaces_ext.nn.Conv2d (swap_convs) too.
+
+    While it traces, torch.fx patches nn.Module.__call__ and __getattr__ for the whole process, so
+    a network running in another thread (a web page's background indexing, say) would be routed
+    into this trace and fail ("module is not installed as a submodule"). Calls from other threads
+    run as they would untraced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:

@@ -195,3 +195,33 @@ def test_reuse_freed_memory_sets_glibc_thresholds_and_the_commands_call_it(monke
     monkeypatch.setattr(cli, "reuse_freed_memory", lambda: calls.append(1) or True)
     cli.setup(argparse.Namespace(verbose=False, threads=None, device="cpu"))
     assert calls == [1]
+
+
+def test_a_network_running_in_another_thread_is_not_caught_in_the_trace():
+    """torch.fx patches nn.Module.__call__ process-wide while optimize_for_inference traces: a
+    network evaluated meanwhile in another thread (the web page's neighbour index) must run as usual."""
+    import threading
+
+    errors: list[str] = []
+    stop = threading.Event()
+    other = TinyNet().eval()
+
+    def run() -> None:
+        x = torch.randn(1, 3, 12, 12)
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    other(x)
+            except Exception as exc:  # noqa: BLE001 - what the thread saw is the assertion
+                errors.append(repr(exc))
+                return
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        for _ in range(30):
+            me.optimize_for_inference(_randomise_batch_norms(TinyNet()))
+    finally:
+        stop.set()
+        worker.join()
+    assert errors == []
