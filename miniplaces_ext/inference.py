@@ -239,32 +239,32 @@ class _Method(nn.Module):
         return getattr(self.model, self.method)(x)
 
 
+def _replace_submodules(gm: torch.fx.GraphModule, replacement) -> list[tuple[str, nn.Module, nn.Module]]:
+    """Puts replacement(module) in place of each submodule for which it returns one; returns
+    (name, old, new) of each replaced."""
+    replaced = []
+    for name, module in list(gm.named_modules()):
+        new = replacement(module)
+        if new is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(gm.get_submodule(parent), child, new)
+            replaced.append((name, module, new))
+    return replaced
+
+
 def _swap_max_pools(gm: torch.fx.GraphModule) -> int:
     """Replaces each nn.MaxPool2d that returns no indices by our MaxPool2d; returns how many."""
-    swapped = 0
-    for name, module in list(gm.named_modules()):
-        if isinstance(module, nn.MaxPool2d) and not module.return_indices:
-            parent, _, child = name.rpartition(".")
-            setattr(gm.get_submodule(parent), child, MaxPool2d(module))
-            swapped += 1
-    return swapped
+    return len(_replace_submodules(
+        gm, lambda m: MaxPool2d(m) if isinstance(m, nn.MaxPool2d) and not m.return_indices else None))
 
 
 def _factor_linears(gm: torch.fx.GraphModule, dtype: torch.dtype) -> int:
     """Replaces each Linear whose weight has a low numerical rank (within the error of the cast to
     `dtype`; low_rank.factor_linear) by a LowRankLinear; returns how many."""
-    factored = 0
-    for name, module in list(gm.named_modules()):
-        if not isinstance(module, nn.Linear):
-            continue
-        low_rank = factor_linear(module, dtype)
-        if low_rank is None:
-            continue
-        parent, _, child = name.rpartition(".")
-        setattr(gm.get_submodule(parent), child, low_rank)
-        log.debug("factored %s: rank %d of %s", name, low_rank.first.shape[0], tuple(module.weight.shape))
-        factored += 1
-    return factored
+    replaced = _replace_submodules(gm, lambda m: factor_linear(m, dtype) if isinstance(m, nn.Linear) else None)
+    for name, linear, low_rank in replaced:
+        log.debug("factored %s: rank %d of %s", name, low_rank.first.shape[0], tuple(linear.weight.shape))
+    return len(replaced)
 
 
 def optimize_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,

@@ -6,22 +6,12 @@
 #include "../pool_geometry.h"
 
 #include <ATen/ATen.h>
+#include <ATen/native/Pool.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 namespace miniplaces_ext::cpu {
 namespace {
-
-// torch's pooling output size (ATen's pooling_output_shape): with ceil_mode the last window must
-// start inside the input or its left padding.
-int64_t pooled_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation, bool ceil_mode) {
-  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0);
-  int64_t out = (span >= 0 ? span / stride : -((-span + stride - 1) / stride)) + 1;
-  if (ceil_mode && (out - 1) * stride >= in + pad) {
-    --out;
-  }
-  return out;
-}
 
 at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
@@ -46,8 +36,11 @@ at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
                        input.size(1),
                        input.size(2),
                        input.size(3),
-                       pooled_size(input.size(2), kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode),
-                       pooled_size(input.size(3), kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode),
+                       // torch's output size, ATen's own helper: with ceil_mode the last window starts inside
+                       at::native::pooling_output_shape_pad_lr<int64_t>(input.size(2), kernel_size[0], padding[0],
+                                                                        padding[0], stride[0], dilation[0], ceil_mode),
+                       at::native::pooling_output_shape_pad_lr<int64_t>(input.size(3), kernel_size[1], padding[1],
+                                                                        padding[1], stride[1], dilation[1], ceil_mode),
                        kernel_size[0],
                        kernel_size[1],
                        stride[0],
