@@ -486,6 +486,49 @@ def test_short_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, s
 
 
 @pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, dilation, batch, height, width", [
+    (64, 48, 3, 1, 1, 3, 15, 15),    # AlexNet's 15x15: rows paired across images; 3 images: the last row alone
+    (40, 70, 3, 1, 1, 2, 13, 12),    # 12-pixel rows (the shortest paired): 60 pairs a kernel row (3 products + a
+                                     # staged 12), three column blocks with a tail
+    (32, 40, 3, 2, 1, 3, 9, 29),     # stride 2: 15-pixel rows 64 channels apart, 5 rows an image
+    (24, 32, 5, 1, 2, 2, 11, 14),    # dilated rows, 14-pixel rows, 7 rows an image
+    (576, 120, 3, 1, 1, 3, 5, 16),   # 331 KB panels: two groups of two; 16-pixel rows
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_paired_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, stride, dilation, batch, height,
+                                        width, layout):
+    """Output rows of 12 to 16 pixels on tiles, two at a time as one block (DirectConv::paired_rows_loop:
+    one A tile per row, a row of an image with an odd row count paired with the next image's first,
+    the last row of a batch alone; each panel over a task's rows before the next). Small integer
+    operands make every float32 sum exact: the output (bias, + residual, ReLU, rounded once) must
+    hold the bits of the exact result; and an infinite input must reach exactly the outputs whose
+    receptive field holds it. The NCHW layout takes the other loops (its output is not finished
+    block by block) and must agree too."""
+    use_cpu_kernel((isa, "direct"))
+    me.set_cpu_options(bf16="tiles")
+    gen = torch.Generator().manual_seed(in_channels + out_channels + kernel + width)
+    x = LAYOUTS[layout](torch.randint(-4, 5, (batch, in_channels, height, width), generator=gen).bfloat16())
+    w = torch.randint(-4, 5, (out_channels, in_channels, kernel, kernel), generator=gen).bfloat16()
+    b = torch.randint(-64, 65, (out_channels,), generator=gen).bfloat16()
+    args = ([stride, stride], [kernel // 2 * dilation, kernel // 2], [dilation, 1], 1)
+    assert me.cpu_conv_algorithm(x, w, stride, args[1], args[2]) == "direct-bf16-tiles"
+    exact = F.conv2d(x.double(), w.double(), b.double(), *args)
+    assert 12 <= exact.shape[-1] <= 16
+    residual = LAYOUTS[layout](torch.randint(-512, 513, exact.shape, generator=gen).bfloat16())
+    with torch.inference_mode():
+        out = torch.ops.miniplaces_ext.conv2d_fused(x, w, b, residual, True, *args)
+    expected = torch.relu(exact + residual.double())
+    assert expected.abs().max() < 2 ** 24 and (expected.float().bfloat16().double() != expected).any()
+    assert torch.equal(out, expected.float().bfloat16()), "not the exact result rounded once"
+    x_inf = x.clone()
+    x_inf[batch - 1, 0, height - 1, width // 2] = float("inf")  # the last image's last row: its rows pair across
+    out = me.conv2d(x_inf, w, None, *args)
+    ref = F.conv2d(x_inf.double(), w.double(), None, *args)
+    assert ref.isinf().any()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("width", [104, 100])
 def test_large_nchw_float32_outputs_written_with_streaming_stores_are_exact(isa, width):
     """A float32 NCHW output of 8 MiB or more is written row by row with non-temporal stores

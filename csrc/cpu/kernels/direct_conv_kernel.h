@@ -162,16 +162,14 @@ struct DirectConv {
     }
 
     // Finishes what is left of the pending block, then stores `acc` (R pixels from ow0 of row
-    // (n, oh), `columns` channels from col; `first`: the offset of the row's element (0, col)) as
-    // the pending one. A block may span rows (paired_kernel, lowered_columns_kernel): its pixels are then
-    // virtual pixels v = ow0 + r of rows `row_pixels` long, v at (oh + v / row_pixels,
-    // v % row_pixels), those at or past out_w dropped.
+    // (n, oh), `columns` channels from col) as the pending one. A block may span rows
+    // (paired_kernel, lowered_columns_kernel), and images (paired_kernel): pixel r of the block is
+    // pixel ow0 + r of the output's rows taken in order, row after row and image after image.
     template <int R, typename Acc>
-    void push(const Acc& acc, int64_t n, int64_t oh, int64_t col, int64_t ow0, int columns, int64_t first,
-              int64_t row_pixels) {
+    void push(const Acc& acc, int64_t n, int64_t oh, int64_t col, int64_t ow0, int columns) {
       flush();
       acc.store(sums_, kBlock, 1, nullptr, columns);
-      pending_ = Pending{n, oh, col, ow0, R, columns, first, row_pixels};
+      pending_ = Pending{n * a_.g.out_h + oh, col, ow0, R, columns};
     }
 
     // Finishes what is left of the pending block.
@@ -188,22 +186,22 @@ struct DirectConv {
     void finish_pixels(int64_t count) {
       static constexpr float kNoBias[kBlock] = {};  // one loop with or without a bias: one_pass_finish
       const Pending& p = pending_;
+      const ConvGeometry& g = a_.g;
+      const Strides4& s = a_.out_strides;
       const float* bias = a_.bias != nullptr ? a_.bias + p.col : kNoBias;
       while (count > 0) {
-        const int64_t v = p.ow0 + done_, row = v / p.row_pixels, ow = v % p.row_pixels;
-        const int64_t part = std::min(count, p.row_pixels - ow);
-        const int64_t kept = std::min(part, a_.g.out_w - ow);  // <= 0: virtual pixels past the row
-        if (kept > 0) {
-          finish_(a_, sums_ + done_ * kBlock, kBlock, bias, p.columns, p.n, p.oh + row, p.col, ow, kept,
-                  p.first + row * a_.out_strides.h);
-        }
+        const int64_t v = p.ow0 + done_, row = p.row + v / g.out_w, ow = v % g.out_w;
+        const int64_t n = row / g.out_h, oh = row % g.out_h;
+        const int64_t part = std::min(count, g.out_w - ow);
+        finish_(a_, sums_ + done_ * kBlock, kBlock, bias, p.columns, n, oh, p.col, ow, part,
+                n * s.n + oh * s.h + p.col * s.c);
         done_ += part;
         count -= part;
       }
     }
 
     struct Pending {
-      int64_t n = 0, oh = 0, col = 0, ow0 = 0, count = 0, columns = 0, first = 0, row_pixels = 1;
+      int64_t row = 0, col = 0, ow0 = 0, count = 0, columns = 0;  // row: n * out_h + oh
     };
     const Args& a_;
     FinishPixels finish_;
@@ -216,17 +214,16 @@ struct DirectConv {
 
   // Where one output row of one group goes: element (ow, co) of the row,
   // co counted within the group, at row[ow * pixel_stride + co * channel_stride]; or, where
-  // `finisher` is set, to the thread's BlockFinisher block by block, with `first` the offset of
-  // the row's first element in the output.
+  // `finisher` is set, to the thread's BlockFinisher block by block.
   struct RowDestination {
     float* row;
     int64_t pixel_stride, channel_stride;
     BlockFinisher* finisher = nullptr;
-    int64_t n = 0, oh = 0, first = 0;
+    int64_t n = 0, oh = 0;
 
     // The destination of output row (n, oh) whose blocks go to `finisher`.
-    static RowDestination finished(BlockFinisher& finisher, int64_t n, int64_t oh, int64_t first) {
-      return RowDestination{nullptr, 0, 0, &finisher, n, oh, first};
+    static RowDestination finished(BlockFinisher& finisher, int64_t n, int64_t oh) {
+      return RowDestination{nullptr, 0, 0, &finisher, n, oh};
     }
   };
 
@@ -297,11 +294,12 @@ struct DirectConv {
 
   // acc (a Block) += the rank-`depth` product of its R input rows (StridedRows
   // or PointerRows) and a packed weight panel; depth is even for pairs. Tile blocks call
-  // `finisher`'s step after each product (BlockFinisher).
-  template <typename Acc, typename Rows>
+  // `finisher`'s step after each product (BlockFinisher); kPrefetch: whether they ask for the panel's
+  // rows ahead (TileBlock::prefetch_b).
+  template <bool kPrefetch = true, typename Acc, typename Rows>
   static void reduce(Acc& acc, const Rows& rows, const In* b, int64_t depth, BlockFinisher* finisher = nullptr) {
     if constexpr (kTiles) {
-      acc.template accumulate<Steps>(rows, b, kStepWidth * kBlock, depth / kStepWidth, finisher);
+      acc.template accumulate<Steps, kPrefetch>(rows, b, kStepWidth * kBlock, depth / kStepWidth, finisher);
     } else {
       acc.template accumulate<Steps>(rows, b, kStepWidth * kBlock, depth / kStepWidth);
     }
@@ -371,30 +369,64 @@ struct DirectConv {
   static void store_block(const Args& a, const Acc& acc, const RowDestination& d, int64_t ow0, int64_t co0,
                           int64_t col, int columns) {
     if (d.finisher != nullptr) {
-      d.finisher->template push<R>(acc, d.n, d.oh, col, ow0, columns, d.first + co0 * a.out_strides.c, a.g.out_w);
+      d.finisher->template push<R>(acc, d.n, d.oh, col, ow0, columns);
       return;
     }
     acc.store(d.row + ow0 * d.pixel_stride + co0 * d.channel_stride, d.pixel_stride, d.channel_stride,
               a.bias != nullptr ? a.bias + col : nullptr, columns);
   }
 
-  // Whether output rows are computed in pairs (paired_kernel): rows of 16 pixels on tiles, read
-  // from zero-padded rows, finished block by block.
-  static bool paired_rows(const ConvGeometry& g, bool padded, bool finished) {
-    return kTiles && padded && finished && g.groups == 1 && g.dilation_w == 1 && g.out_w == 16 && g.out_h > 1;
+  // Shortest output row computed two at a time (paired_rows): a row fills one A tile at least
+  // three quarters (shorter rows are lowered across rows instead: columns_lowered).
+  static constexpr int64_t kMinPairedRow = 12;
+  // Images a task of paired_rows takes: two, so that an image with an odd number of rows pairs its
+  // last row with the next image's first (AlexNet's 15-row layers: 15 blocks per two images, not 16).
+  static constexpr int64_t kPairedImages = 2;
+
+  // Whether output rows are computed two at a time as one block (paired_rows): rows of
+  // kMinPairedRow to 16 pixels on tiles, read from zero-padded rows (those paired_row_slots keeps
+  // within the per-thread row cache), finished block by block.
+  static bool paired_rows(const ConvGeometry& g, int64_t blocks, bool padded, bool finished) {
+    const auto [left, right] = row_padding(g);
+    return kTiles && padded && finished && g.groups == 1 && g.dilation_w == 1 && g.out_w >= kMinPairedRow &&
+        g.out_w <= 16 &&
+        InputRows<In>::cache_bytes(g, paired_row_slots(g, blocks), left + right) <= kInputRowCacheBytes;
   }
 
-  // Output rows oh and oh + 1 of 16 pixels each as one block of 32 pixels against panel blk: A0
-  // from row oh's kernel-row inputs x0, A1 from row oh + 1's x1 (zero-padded rows, nullptr for a
-  // row of zeros), so that each pair of B tiles feeds four products instead of two (a block of
-  // 16 pixels has one A tile). `first`: the offset of output row oh.
+  // A paired_rows weight this small stays in L2 whole (with room for the rows' input): each pair
+  // of rows then runs every panel before the next pair, its input rows read from L1 across the
+  // panels. A larger one runs panel by panel over a task's rows instead, each panel kept in L2
+  // over the rows. ResNet-18's layer2.0 3x3/2 (147 KB), bf16, Xeon: 0.48 ms panels inner, 0.53
+  // panel by panel; AlexNet's 3x3 at 15x15 (1.2-1.8 MB) are faster panel by panel (microbenchmark
+  // of the loop, one thread: 2.8 / 3.9 / 2.4 ms against 3.2 / 4.7 / 2.4 panels inner).
+  static constexpr int64_t kPanelsInnerBytes = int64_t{1} << 19;
+
+  static bool panels_inner(const ConvGeometry& g, int64_t blocks) {
+    return blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In)) <= kPanelsInnerBytes;
+  }
+
+  // Input rows a paired_rows thread keeps: those of one pair of output rows (panels inner; the
+  // next pair's rows replace them), else every row of a task's images (read once per panel).
+  static int64_t paired_row_slots(const ConvGeometry& g, int64_t blocks) {
+    const int64_t pair = 2 * g.stride_h + (g.kernel_h - 1) * g.dilation_h;
+    return panels_inner(g, blocks) ? std::min(g.batch * g.in_h, pair) : std::min(kPairedImages, g.batch) * g.in_h;
+  }
+
+  // Two output rows of W pixels each as one block of 2 W pixels against panel blk: A0 from the
+  // first row's kernel-row inputs x0, A1 from the second's x1 (zero-padded rows, nullptr for a
+  // row of zeros; the second row may be the next image's first), so that each pair of B tiles
+  // feeds four products instead of two (a block of one row has one A tile). (n, oh): the first row.
+  // kPrefetch: the panel's rows asked for ahead (TileBlock::prefetch_b), which helps where each
+  // pair runs every panel (panels_inner; the rows' input then stays in L1) and costs where each
+  // panel runs over many rows (AlexNet's 3x3 at 15x15: 2.9 -> 2.7 and 3.9 -> 3.6 ms without).
+  template <int W, bool kPrefetch>
   static void paired_kernel(const Args& a, const In* const* x0, const In* const* x1, int64_t blk,
-                            BlockFinisher& finisher, int64_t n, int64_t oh, int64_t first) {
+                            BlockFinisher& finisher, int64_t n, int64_t oh) {
     const ConvGeometry& g = a.g;
     const int64_t run = g.kernel_w * g.in_channels, lead = g.pad_w * g.in_channels;
     const In* zero_row = a.zeros + lead;
     const In* wblock = a.weight + blk * g.kernel_h * run * kBlock;
-    Block<32> acc;
+    TileBlock<typename Vec::Tiles, 2 * W, W> acc;
     finisher.pace(tile_products(g.kernel_h, run));
     for (int64_t i = 0; i < g.kernel_h; ++i) {
       if (x0[i] == nullptr && x1[i] == nullptr) {
@@ -402,11 +434,85 @@ struct DirectConv {
       }
       const In* r0 = (x0[i] != nullptr ? x0[i] : zero_row) - lead;
       const In* r1 = (x1[i] != nullptr ? x1[i] : zero_row) - lead;
-      reduce(acc, SplitRows<In>{r0, r1, g.stride_w * g.in_channels}, wblock + i * run * kBlock, run, &finisher);
+      reduce<kPrefetch>(acc, SplitRows<In>{r0, r1, g.stride_w * g.in_channels, W}, wblock + i * run * kBlock, run,
+                        &finisher);
     }
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
-    finisher.template push<32>(acc, n, oh, co0, 0, columns, first + co0 * a.out_strides.c, g.out_w);
+    finisher.template push<2 * W>(acc, n, oh, co0, 0, columns);
+  }
+
+  using PairedKernel = void (*)(const Args&, const In* const*, const In* const*, int64_t, BlockFinisher&, int64_t,
+                                int64_t);
+  using PairedKernelTable = std::array<PairedKernel, 17 - kMinPairedRow>;  // index: row length - kMinPairedRow
+  template <bool kPrefetch, size_t... W>
+  static constexpr PairedKernelTable paired_table(std::index_sequence<W...>) {
+    return {&paired_kernel<static_cast<int>(W + kMinPairedRow), kPrefetch>...};
+  }
+
+  // The convolution of paired_rows(g): (group of panels, kPairedImages images) tasks, group-major
+  // (as lowered_columns_rows'), so that a thread's panels stay in L2 over its images. A task's
+  // output rows are taken two at a time, row after row and image after image (the last row alone
+  // where their count is odd), against each panel of the group: with a large weight, each panel
+  // over all the task's rows before the next (the panel streams from L2 once per two rows, the
+  // padded input rows, laid out by the first panel and kept, serve a kernel row's taps from L1);
+  // with a small one, every panel on a pair before the next pair (panels_inner). AlexNet's 3x3
+  // layers at 15x15, bf16, Xeon, same run as oneDNN: 3.8 / 4.8 / 3.3 ms with their kernel columns
+  // lowered (columns_lowered: blocks of 28-29 pixels, A from L2) -> 2.5-2.9 / 3.6-4.1 / 2.4-2.7,
+  // oneDNN 2.4-2.5 / 3.6-3.8 / 2.3-2.5.
+  static void paired_rows_loop(const Args& a, FinishPixels finish) {
+    using Rows = std::make_index_sequence<17 - kMinPairedRow>;
+    static constexpr PairedKernelTable kPrefetching = paired_table<true>(Rows{}), kStreaming = paired_table<false>(Rows{});
+    const ConvGeometry& g = a.g;
+    const KernelTable& single = interior_kernels();
+    const bool inner = panels_inner(g, a.blocks);
+    const PairedKernel paired = (inner ? kPrefetching : kStreaming)[g.out_w - kMinPairedRow];
+    const auto [left, right] = row_padding(g);
+    const int64_t panel_bytes = g.kernel_h * g.kernel_w * g.in_channels * kBlock * static_cast<int64_t>(sizeof(In));
+    const int64_t per_group = panels_per_group(a.blocks, panel_bytes);
+    const int64_t windows = (g.batch + kPairedImages - 1) / kPairedImages;
+    at::parallel_for(0, a.blocks / per_group * windows, 1, [&](int64_t begin, int64_t end) {
+      [[maybe_unused]] const BlockRun<Vec> block_run;
+      BlockFinisher finisher(a, finish);
+      InputRows<In> input(a.x, a.x_strides, g, paired_row_slots(g, a.blocks), g.kernel_h, left, right);
+      std::vector<const In*> upper(g.kernel_h);
+      // Output rows `row` and row + 1 (row alone where row + 1 == row_end), counted across images,
+      // against panels [blk0, blk1).
+      const auto rows_against = [&](int64_t row, int64_t row_end, int64_t blk0, int64_t blk1) {
+        const int64_t n = row / g.out_h, oh = row % g.out_h;
+        const auto input_rows = [&](int64_t r) {
+          return input.rows(r / g.out_h, r % g.out_h * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, 0);
+        };
+        const In* const* x0 = input_rows(row);
+        if (row + 1 == row_end) {
+          for (int64_t blk = blk0; blk < blk1; ++blk) {
+            single[g.out_w](a, x0, 0, blk, 0, RowDestination::finished(finisher, n, oh));
+          }
+          return;
+        }
+        std::copy(x0, x0 + g.kernel_h, upper.begin());  // the next call reuses the array
+        const In* const* x1 = input_rows(row + 1);
+        for (int64_t blk = blk0; blk < blk1; ++blk) {
+          paired(a, upper.data(), x1, blk, finisher, n, oh);
+        }
+      };
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t first = t / windows * per_group, last = first + per_group, window = t % windows;
+        const int64_t row0 = window * kPairedImages * g.out_h;
+        const int64_t row_end = std::min(g.batch, (window + 1) * kPairedImages) * g.out_h;
+        if (inner) {
+          for (int64_t row = row0; row < row_end; row += 2) {
+            rows_against(row, row_end, first, last);
+          }
+          continue;
+        }
+        for (int64_t blk = first; blk < last; ++blk) {
+          for (int64_t row = row0; row < row_end; row += 2) {
+            rows_against(row, row_end, blk, blk + 1);
+          }
+        }
+      }
+    });
   }
 
   // The one-pass finish of this call's output blocks (the BlockFinisher's; sums without the
@@ -614,7 +720,10 @@ struct DirectConv {
   // Read in place, a short row fills half a tile or less (layer4.0's 3x3/2: 8 of 16 rows); a
   // zero-padded image read as one run of "virtual" pixels per row (the previous layout, stride 1
   // only) also multiplies the padding columns (10 of every 8 pixels in layer4) and leaves its
-  // blocks partly empty (78 pixels in three blocks of 26 instead of 64 in two of 32).
+  // blocks partly empty (78 pixels in three blocks of 26 instead of 64 in two of 32). Rows of 12 to
+  // 15 pixels with a bfloat16 NHWC output go to paired_rows instead (one row per A tile): lowered,
+  // a kernel row's three taps are three separate runs of the layout, so A streams from L2 with
+  // B, where the padded rows serve every tap of a row from L1.
   static bool columns_lowered(const ConvGeometry& g) {
     constexpr int64_t kShortRow = 16;
     return kTiles && g.groups == 1 && g.out_w < kShortRow;
@@ -691,8 +800,7 @@ struct DirectConv {
     const int64_t co0 = blk * kBlock;
     const int columns = static_cast<int>(std::min<int64_t>(kBlock, g.out_channels - co0));
     if (finisher != nullptr) {
-      const Strides4& s = a.out_strides;
-      finisher->template push<R>(acc, n, 0, co0, q0, columns, n * s.n + co0 * s.c, g.out_w);
+      finisher->template push<R>(acc, n, 0, co0, q0, columns);
       return;
     }
     acc.store(dst, dst_stride, 1, a.bias != nullptr ? a.bias + co0 : nullptr, columns);
@@ -713,6 +821,16 @@ struct DirectConv {
   // 5.31 / 6.31 / 6.28.
   static constexpr int64_t kPanelGroupBytes = int64_t{5} << 18;
 
+  // Panels of `panel_bytes` in a group of at most kPanelGroupBytes (at least one) that divide
+  // `panels` evenly, so that tasks are equal.
+  static int64_t panels_per_group(int64_t panels, int64_t panel_bytes) {
+    int64_t per_group = std::clamp<int64_t>(kPanelGroupBytes / panel_bytes, 1, panels);
+    while (panels % per_group != 0) {
+      --per_group;
+    }
+    return per_group;
+  }
+
   // The convolution of columns_lowered(g): (group of panels, image) tasks, group-major, so that a
   // thread's group stays in L2 over its images; a group is the most panels within
   // kPanelGroupBytes that divide the panels evenly (equal tasks). A task lays its image out in a
@@ -726,10 +844,7 @@ struct DirectConv {
     const int64_t pixels = g.out_h * g.out_w;
     const PixelRuns runs(pixels);
     const int64_t panel_bytes = g.kernel_h * run * kBlock * static_cast<int64_t>(sizeof(In));
-    int64_t per_group = std::clamp<int64_t>(kPanelGroupBytes / panel_bytes, 1, a.blocks);
-    while (a.blocks % per_group != 0) {
-      --per_group;
-    }
+    const int64_t per_group = panels_per_group(a.blocks, panel_bytes);
     const int64_t groups = a.blocks / per_group, cout = per_group * kBlock;
     const auto& s = a.out_strides;
     const FinishPixels finish = one_pass_finish(a);
@@ -827,7 +942,7 @@ struct DirectConv {
         const int64_t n = t / g.out_h, oh = t % g.out_h;
         const In* const* xrows = input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, 0);
         const int64_t row = n * s.n + oh * s.h;
-        const RowDestination d = finish != nullptr ? RowDestination::finished(finisher, n, oh, row)
+        const RowDestination d = finish != nullptr ? RowDestination::finished(finisher, n, oh)
                                                    : RowDestination{buffer.data(), g.out_channels, 1};
         int64_t ow0 = 0;
         for (int64_t r = 0; r < runs.count; ++r) {
@@ -855,23 +970,38 @@ struct DirectConv {
     return {nullptr, &micro_kernel<static_cast<int>(R) + 1, kCheckColumns>...};
   }
 
+  // The micro-kernels of pixels whose taps all read inside the (padded) input rows.
+  static const KernelTable& interior_kernels() {
+    static constexpr KernelTable kInterior = kernel_table<false>(std::make_index_sequence<kMaxRows>{});
+    return kInterior;
+  }
+
   static void rows(const Args& a) {
+    const ConvGeometry& g = a.g;
+    const bool padded =  // borders read the rows' zero padding
+        padded_rows(g, a.blocks, !InputRows<In>::in_place(a.x_strides, g));
+    // A bfloat16 NHWC output is finished block by block (BlockFinisher). Otherwise, when the
+    // output's channels are not innermost (NCHW), or it is bfloat16, a row is first stored
+    // channels innermost to a small float32 buffer (one row, in L1/L2) and then written out
+    // transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
+    const FinishPixels finish = one_pass_finish(a);
     if constexpr (kTiles) {
-      if (columns_lowered(a.g)) {
+      if (paired_rows(g, a.blocks, padded, finish != nullptr)) {
+        paired_rows_loop(a, finish);
+        return;
+      }
+      if (columns_lowered(g)) {
         lowered_columns_rows(a);
         return;
       }
     }
-    static constexpr KernelTable kInterior = kernel_table<false>(std::make_index_sequence<kMaxRows>{});
+    const KernelTable& kInterior = interior_kernels();
     static constexpr KernelTable kBorder = kernel_table<true>(std::make_index_sequence<kMaxRows>{});
-    const ConvGeometry& g = a.g;
     // Output columns [lo, hi) read only input columns inside [0, W) for every tap.
     const int64_t lo = std::min(g.out_w, (g.pad_w + g.stride_w - 1) / g.stride_w);
     const int64_t last_ok = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;  // ow * sw must not exceed this
     const int64_t hi = std::max(lo, std::min(g.out_w, last_ok < 0 ? int64_t{0} : last_ok / g.stride_w + 1));
     const PixelRuns runs(g.out_w);  // a row of output pixels
-    const bool padded =  // borders read the rows' zero padding
-        padded_rows(g, a.blocks, !InputRows<In>::in_place(a.x_strides, g));
     // Blocks [blk0, blk1) of one output row, all blocks of a run of pixels before the next run, so
     // that the run's input rows stay in L1 while the weight panels stream past.
     const auto one_row = [&](const In* const* xrows, int64_t grp, int64_t blk0, int64_t blk1, const RowDestination& d) {
@@ -905,11 +1035,6 @@ struct DirectConv {
     const auto input_rows = [&](InputRows<In>& input, int64_t grp, int64_t n, int64_t oh) {
       return input.rows(n, oh * g.stride_h - g.pad_h, g.dilation_h, g.kernel_h, grp * g.in_channels_per_group());
     };
-    // A bfloat16 NHWC output is finished block by block (BlockFinisher). Otherwise, when the
-    // output's channels are not innermost (NCHW), or it is bfloat16, a row is first stored
-    // channels innermost to a small float32 buffer (one row, in L1/L2) and then written out
-    // transposed and/or rounded to bfloat16 (the one rounding of a bfloat16 output).
-    const FinishPixels finish = one_pass_finish(a);
     const bool buffered = finish == nullptr && (s.c != 1 || a.out_bf16 != nullptr);
     if (weight_is_large(g, a.blocks)) {
       at::parallel_for(0, g.groups * a.blocks * g.batch, 1, [&](int64_t begin, int64_t end) {
@@ -930,7 +1055,7 @@ struct DirectConv {
               const int64_t row = output_row(grp, n, oh);
               const In* const* xrows = input_rows(input, grp, n, oh);
               if (finish != nullptr) {
-                one_row(xrows, grp, blk, blk + 1, RowDestination::finished(finisher, n, oh, row));
+                one_row(xrows, grp, blk, blk + 1, RowDestination::finished(finisher, n, oh));
                 continue;
               }
               if (!buffered) {
@@ -948,31 +1073,6 @@ struct DirectConv {
       });
       return;
     }
-    if (paired_rows(g, padded, finish != nullptr)) {
-      // Output rows in pairs (the last alone where out_h is odd), blocks inner.
-      const int64_t pairs = (g.out_h + 1) / 2;
-      at::parallel_for(0, g.batch * pairs, 1, [&](int64_t begin, int64_t end) {
-        [[maybe_unused]] const BlockRun<Vec> run;
-        BlockFinisher finisher(a, finish);
-        InputRows<In> input(a.x, a.x_strides, g, slots, g.kernel_h, pad_left, pad_right);
-        std::vector<const In*> upper(g.kernel_h);
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t n = t / pairs, oh = 2 * (t % pairs);
-          const int64_t row = output_row(0, n, oh);
-          const In* const* x0 = input_rows(input, 0, n, oh);
-          if (oh + 1 == g.out_h) {
-            one_row(x0, 0, 0, a.blocks, RowDestination::finished(finisher, n, oh, row));
-            continue;
-          }
-          std::copy(x0, x0 + g.kernel_h, upper.begin());  // the next call reuses the array
-          const In* const* x1 = input_rows(input, 0, n, oh + 1);
-          for (int64_t blk = 0; blk < a.blocks; ++blk) {
-            paired_kernel(a, upper.data(), x1, blk, finisher, n, oh, row);
-          }
-        }
-      });
-      return;
-    }
     // Blocks inner: a thread computes whole output rows.
     at::parallel_for(0, g.groups * g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> run;
@@ -982,7 +1082,7 @@ struct DirectConv {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t oh = t % g.out_h, n = (t / g.out_h) % g.batch, grp = t / (g.out_h * g.batch);
         const int64_t row = output_row(grp, n, oh);
-        const RowDestination d = finish != nullptr ? RowDestination::finished(finisher, n, oh, row)
+        const RowDestination d = finish != nullptr ? RowDestination::finished(finisher, n, oh)
             : buffered                            ? RowDestination{buffer.data(), coutg, 1}
                                                   : RowDestination{a.out + row, s.w, s.c};
         const In* const* xrows = input_rows(input, grp, n, oh);

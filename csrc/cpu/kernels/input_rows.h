@@ -27,9 +27,10 @@ constexpr int64_t kInputRowCacheBytes = int64_t{1} << 20;
 template <typename In>
 class InputRows {
  public:
-  // x: input [N, C, H, W] of g, addressed through strides s. slots: rows kept (slot ih % slots),
-  // 0 to read in place (in_place(s, g) must hold); the rows a caller asks for at once must lie
-  // within `slots` consecutive rows. max_rows: the most rows asked for at once. pad_left /
+  // x: input [N, C, H, W] of g, addressed through strides s. slots: rows kept (row ih of image n
+  // in slot (n * H + ih) % slots), 0 to read in place (in_place(s, g) must hold); the rows a
+  // caller asks for at once must lie within `slots` consecutive rows, counting the images' rows
+  // one after another. max_rows: the most rows asked for at once. pad_left /
   // pad_right: zero pixels kept left and right of each laid-out row (slots > 0), so that a
   // kernel may read columns [-pad_left, W + pad_right) of a row.
   InputRows(const In* x, const Strides4& s, const ConvGeometry& g, int64_t slots, int64_t max_rows,
@@ -75,7 +76,7 @@ class InputRows {
         rows_[i] = source + channel0;
         continue;
       }
-      const int64_t slot = ih % slots_, tag = n * g_.in_h + ih;
+      const int64_t tag = n * g_.in_h + ih, slot = tag % slots_;
       In* row = cache_.data() + slot * row_size_ + first_pixel_;
       if (tags_[slot] != tag) {
         copy_pixels_to_nhwc(source, s_.c, s_.w, g_.in_channels, g_.in_w, row);

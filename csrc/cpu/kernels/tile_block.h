@@ -2,8 +2,9 @@
 // pixels x 32 output channels of float32 sums, updated by bfloat16 tile products
 // (TDPBF16PS: C[m][n] += sum over 16 pairs k of A[m][2k] * B[k][2n] + A[m][2k+1] * B[k][2n+1]).
 // Up to 16 pixels it is a 1 x 2 block of accumulator tiles (one A tile, two B tiles,
-// two products per step); from 17 to 32 a 2 x 2 block (two A tiles of 16 and R - 16
-// pixels, the same two B tiles, four products per step), so that each pair of B
+// two products per step); above, a 2 x 2 block (two A tiles of R0 and R - R0 pixels,
+// R0 = 16 unless a caller splits otherwise, e.g. two output rows of 15; the same two B
+// tiles, four products per step), so that each pair of B
 // loads feeds four products, as oneDNN's brgemm kernels block AMX. It has
 // RegisterBlock's interface (register_block.h), so DirectConv
 // (direct_conv_kernel.h) runs on it unchanged: A is 16 pairs of input channels
@@ -13,18 +14,19 @@
 //
 // The tile unit is a policy with this interface (tiles_amx.h: the instructions;
 // tiles_emulated.h: the same arithmetic in plain C++, how tests run the kernel on
-// any CPU), R the block's pixels:
+// any CPU), R0 + R1 the block's pixels (R0 <= 16 in the first A tile, R1 <= 16 in the second,
+// none for a 1 x 2 block):
 //   begin_run() / end_run()         around a thread's run of blocks (TileRun): the tile
 //                                   configuration is loaded by the first block of a run and
-//                                   again only when R changes; end_run releases the tiles
-//   configure<R>()                  A and the accumulators hold R rows (16 + R - 16 when R > 16)
-//   zero_accumulators<R>()
-//   multiply<R>(a0, a1, a_stride, b, b_stride)  A = R rows of 64 bytes a_stride bytes apart,
-//                                   rows 0-15 from a0 and 16 to R - 1 from a1 (a second output
-//                                   row's pixels: SplitRows); B0 / B1 = 16 rows of 64 bytes from
-//                                   b / b + 32 elements, b_stride bytes apart; C0 += A B0,
-//                                   C1 += A B1 (per A tile)
-//   store_accumulators<R>(c, c_stride)  c[r * c_stride + j], r < R, j < 32
+//                                   again only when the shape changes; end_run releases the tiles
+//   configure<R0, R1>()             A0 and its accumulators hold R0 rows, A1 and its R1
+//   zero_accumulators<R0, R1>()
+//   multiply<R0, R1>(a0, a1, a_stride, b, b_stride)  A0 = R0 rows of 64 bytes a_stride bytes
+//                                   apart from a0, A1 = R1 rows from a1 (another output row's
+//                                   pixels: SplitRows); B0 / B1 = 16 rows of 64 bytes from b /
+//                                   b + 32 elements, b_stride bytes apart; C0 += A B0, C1 += A B1
+//                                   (per A tile)
+//   store_accumulators<R0, R1>(c, c_stride)  c[r * c_stride + j], r < R0 + R1, j < 32
 //
 // A depth that is not a multiple of 16 pairs, and pixels that are not a fixed
 // stride apart (borders reading a row of zeros: PointerRows), go through small
@@ -57,14 +59,18 @@ struct TileRun {
   TileRun& operator=(const TileRun&) = delete;
 };
 
-// R <= 32 operand rows a fixed stride apart in two runs: rows 0-15 from `first`, the rest from
-// `second` (two output rows of 16 pixels as one block: each A tile a strided load of its own).
+// R <= 32 operand rows a fixed stride apart in two runs: rows [0, split) from `first`, the rest
+// from `second` (two output rows as one block: each A tile a strided load of its own; split is
+// the block's R0).
 template <typename In>
 struct SplitRows {
   const In* first;
   const In* second;
   int64_t stride;
-  const In* at(int r, int64_t k) const { return r < 16 ? first + r * stride + k : second + (r - 16) * stride + k; }
+  int split;
+  const In* at(int r, int64_t k) const {
+    return r < split ? first + r * stride + k : second + (r - split) * stride + k;
+  }
 };
 
 // No work between tile products.
@@ -72,32 +78,36 @@ struct NoInterleave {
   void step() {}
 };
 
-template <typename Tiles, int R>
+// R pixels, the first R0 in the first A tile (all of them up to 16).
+template <typename Tiles, int R, int R0 = (R < 16 ? R : 16)>
 struct TileBlock {
-  static_assert(R >= 1 && R <= 32, "a block holds at most two tiles of 16 rows");
+  static_assert(R >= 1 && R0 >= 1 && R0 <= 16 && R - R0 >= 0 && R - R0 <= 16,
+                "a block holds at most two tiles of 16 rows");
+  static constexpr int R1 = R - R0;
   static constexpr int kColumns = 32;
   static constexpr int64_t kPairsPerProduct = 16;  // 64 bytes of bfloat16 per tile row
 
   TileBlock() {
-    Tiles::template configure<R>();
-    Tiles::template zero_accumulators<R>();
+    Tiles::template configure<R0, R1>();
+    Tiles::template zero_accumulators<R0, R1>();
   }
 
   // acc[r][j] += sum_{k < 2 * steps} rows.at(r, k) * b[(k / 2) * b_step + 2 * j + k % 2]: `rows` are R
   // rows of bfloat16 bits (StridedRows or PointerRows), `b` a panel of [steps][32][2] (b_step
   // elements per pair). Steps, the register block's step policy, is unused: tiles take pairs.
   // After each tile product, `between->step()` where given: vector work interleaved with the
-  // products (DirectConv's BlockFinisher finishes the previous block).
-  template <typename Steps, typename Rows, typename Between = NoInterleave>
+  // products (DirectConv's BlockFinisher finishes the previous block). kPrefetch: B's rows are
+  // asked for a few products ahead (prefetch_b).
+  template <typename Steps, bool kPrefetch = true, typename Rows, typename Between = NoInterleave>
   void accumulate(const Rows& rows, const uint16_t* b, int64_t b_step, int64_t steps, Between* between = nullptr) {
     const int64_t b_stride = b_step * static_cast<int64_t>(sizeof(uint16_t));
     int64_t k = 0;
     for (; k + kPairsPerProduct <= steps; k += kPairsPerProduct) {
-      if (k + kPrefetchAhead + kPairsPerProduct <= steps) {
+      if (kPrefetch && k + kPrefetchAhead + kPairsPerProduct <= steps) {
         prefetch_b(b + (k + kPrefetchAhead) * b_step, b_stride);
       }
       if constexpr (kStrided<Rows>) {
-        Tiles::template multiply<R>(rows.at(0, 2 * k), rows.at(std::min(R - 1, 16), 2 * k),
+        Tiles::template multiply<R0, R1>(rows.at(0, 2 * k), rows.at(std::min(R - 1, R0), 2 * k),
                                     rows.stride * static_cast<int64_t>(sizeof(uint16_t)), b + k * b_step, b_stride);
       } else {
         stage_rows(rows, k, kPairsPerProduct);
@@ -123,7 +133,7 @@ struct TileBlock {
   // in place.
   void store(float* dst, int64_t dst_row_stride, int64_t dst_column_stride, const float* bias, int columns) const {
     if (columns == kColumns && dst_column_stride == 1) {
-      Tiles::template store_accumulators<R>(dst, dst_row_stride);
+      Tiles::template store_accumulators<R0, R1>(dst, dst_row_stride);
       if (bias != nullptr) {
         for (int r = 0; r < R; ++r) {
           float* row = dst + r * dst_row_stride;
@@ -135,7 +145,7 @@ struct TileBlock {
       return;
     }
     alignas(64) float sums[R][kColumns];
-    Tiles::template store_accumulators<R>(sums[0], kColumns);
+    Tiles::template store_accumulators<R0, R1>(sums[0], kColumns);
     for (int r = 0; r < R; ++r) {
       for (int j = 0; j < columns; ++j) {
         dst[r * dst_row_stride + j * dst_column_stride] = sums[r][j] + (bias != nullptr ? bias[j] : 0.0f);
@@ -150,7 +160,8 @@ struct TileBlock {
   // B usually streams from L2 (a panel of the weight, or the weight gradient's grad_output pairs;
   // A's input rows stay in L1): the rows of the product four ahead, where the panel has one, are
   // asked for now. ResNet-18 layer3 3x3, bf16 channels_last, Xeon: 4.3 -> 3.8 ms; layer4 5.7 ->
-  // 5.4; layer1 and layer2 unchanged.
+  // 5.4; layer1 and layer2 unchanged. Not where each panel runs over many rows before the next
+  // (DirectConv::paired_kernel): there the prefetches only competed with the tile loads.
   static constexpr int64_t kPrefetchAhead = 4 * kPairsPerProduct;
   static void prefetch_b(const uint16_t* b, int64_t b_stride) {
     const char* row = reinterpret_cast<const char*>(b);
@@ -162,7 +173,7 @@ struct TileBlock {
 
   // acc += the staged A rows times B.
   void multiply_staged(const uint16_t* b, int64_t b_stride) {
-    Tiles::template multiply<R>(a_stage_[0], a_stage_[std::min(R - 1, 16)], sizeof(a_stage_[0]), b, b_stride);
+    Tiles::template multiply<R0, R1>(a_stage_[0], a_stage_[std::min(R - 1, R0)], sizeof(a_stage_[0]), b, b_stride);
   }
 
   // Pairs [k, k + count) of each row into the staging tile, the rest of its 16 pairs zero.

@@ -18,20 +18,20 @@ namespace {
 struct EmulatedTiles {
   static void begin_run() {}
   static void end_run() {}
-  template <int R>
+  template <int R0, int R1>
   static void configure() {}
-  template <int R>
+  template <int R0, int R1>
   static void zero_accumulators() {
     std::memset(state().c, 0, sizeof(state().c));
   }
-  // Rows [0, R) of A against B: the rows of both A tiles (16 from a0 and R - 16 from a1) in one
+  // Rows [0, R0 + R1) of A against B: the rows of both A tiles (R0 from a0 and R1 from a1) in one
   // loop, each row into the accumulators of its tile.
-  template <int R>
+  template <int R0, int R1>
   static void multiply(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, const uint16_t* b, int64_t b_stride) {
     State& s = state();
     for (int half = 0; half < 2; ++half) {
-      for (int m = 0; m < R; ++m) {
-        const uint16_t* a_row = m < 16 ? element(a0, m * a_stride) : element(a1, (m - 16) * a_stride);
+      for (int m = 0; m < R0 + R1; ++m) {
+        const uint16_t* a_row = m < R0 ? element(a0, m * a_stride) : element(a1, (m - R0) * a_stride);
         for (int n = 0; n < 16; ++n) {
           float even = 0.0f, odd = 0.0f;
           for (int k = 0; k < 16; ++k) {
@@ -45,9 +45,9 @@ struct EmulatedTiles {
       }
     }
   }
-  template <int R>
+  template <int R0, int R1>
   static void store_accumulators(float* c, int64_t c_stride) {
-    for (int m = 0; m < R; ++m) {
+    for (int m = 0; m < R0 + R1; ++m) {
       std::memcpy(c + m * c_stride, state().c[m], sizeof(state().c[m]));
     }
   }
