@@ -492,7 +492,7 @@ def test_short_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, s
                                      # staged 12), three column blocks with a tail
     (32, 40, 3, 2, 1, 3, 9, 29),     # stride 2: 15-pixel rows 64 channels apart, 5 rows an image
     (24, 32, 5, 1, 2, 2, 11, 14),    # dilated rows, 14-pixel rows, 7 rows an image
-    (576, 120, 3, 1, 1, 3, 5, 16),   # 331 KB panels: two groups of two; 16-pixel rows
+    (1152, 120, 3, 1, 1, 3, 5, 16),  # 663 KB panels: two groups of two, each over the rows; 16-pixel rows
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_paired_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, stride, dilation, batch, height,
