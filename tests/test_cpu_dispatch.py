@@ -443,6 +443,27 @@ def test_lowered_few_channel_layers_on_tiles_are_exact(isa, in_channels, kernel,
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
 
 
+def assert_exact_tile_conv(x, w, b, args, layout, gen, inf_at) -> int:
+    """Checks the bf16 tile conv of small-integer x, w, b (conv2d args `args`): fused with a
+    residual and ReLU it must hold the bits of the exact result rounded once; with x[inf_at]
+    infinite, exactly the outputs whose receptive field holds it are infinite or NaN. Returns the
+    output's width."""
+    exact = F.conv2d(x.double(), w.double(), b.double(), *args)
+    residual = LAYOUTS[layout](torch.randint(-512, 513, exact.shape, generator=gen).bfloat16())
+    with torch.inference_mode():
+        out = torch.ops.miniplaces_ext.conv2d_fused(x, w, b, residual, True, *args)
+    expected = torch.relu(exact + residual.double())
+    assert expected.abs().max() < 2 ** 24 and (expected.float().bfloat16().double() != expected).any()
+    assert torch.equal(out, expected.float().bfloat16()), "not the exact result rounded once"
+    x_inf = x.clone()
+    x_inf[inf_at] = float("inf")
+    out = me.conv2d(x_inf, w, None, *args)
+    ref = F.conv2d(x_inf.double(), w.double(), None, *args)
+    assert ref.isinf().any()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    return exact.shape[-1]
+
+
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, dilation, height, width", [
     (64, 48, 3, 1, 1, 1, 9, 8),     # ResNet's layer4 shape: 72 pixels of 8-pixel rows in blocks of 24
@@ -469,20 +490,8 @@ def test_short_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, s
     b = torch.randint(-64, 65, (out_channels,), generator=gen).bfloat16()
     args = ([stride, stride], [padding, padding], [dilation, dilation], 1)
     assert me.cpu_conv_algorithm(x, w, stride, padding, dilation) == "direct-bf16-tiles"
-    exact = F.conv2d(x.double(), w.double(), b.double(), *args)
-    assert exact.shape[-1] < 16
-    residual = LAYOUTS[layout](torch.randint(-512, 513, exact.shape, generator=gen).bfloat16())
-    with torch.inference_mode():
-        out = torch.ops.miniplaces_ext.conv2d_fused(x, w, b, residual, True, *args)
-    expected = torch.relu(exact + residual.double())
-    assert expected.abs().max() < 2 ** 24 and (expected.float().bfloat16().double() != expected).any()
-    assert torch.equal(out, expected.float().bfloat16()), "not the exact result rounded once"
-    x_inf = x.clone()
-    x_inf[1, 0, height // 2, width // 2 + 1] = float("inf")
-    out = me.conv2d(x_inf, w, None, *args)
-    ref = F.conv2d(x_inf.double(), w.double(), None, *args)
-    assert ref.isinf().any()
-    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    out_width = assert_exact_tile_conv(x, w, b, args, layout, gen, (1, 0, height // 2, width // 2 + 1))
+    assert out_width < 16
 
 
 @pytest.mark.parametrize("isa", isa_params())
@@ -512,20 +521,9 @@ def test_paired_rows_on_tiles_are_exact(isa, in_channels, out_channels, kernel, 
     b = torch.randint(-64, 65, (out_channels,), generator=gen).bfloat16()
     args = ([stride, stride], [kernel // 2 * dilation, kernel // 2], [dilation, 1], 1)
     assert me.cpu_conv_algorithm(x, w, stride, args[1], args[2]) == "direct-bf16-tiles"
-    exact = F.conv2d(x.double(), w.double(), b.double(), *args)
-    assert 12 <= exact.shape[-1] <= 16
-    residual = LAYOUTS[layout](torch.randint(-512, 513, exact.shape, generator=gen).bfloat16())
-    with torch.inference_mode():
-        out = torch.ops.miniplaces_ext.conv2d_fused(x, w, b, residual, True, *args)
-    expected = torch.relu(exact + residual.double())
-    assert expected.abs().max() < 2 ** 24 and (expected.float().bfloat16().double() != expected).any()
-    assert torch.equal(out, expected.float().bfloat16()), "not the exact result rounded once"
-    x_inf = x.clone()
-    x_inf[batch - 1, 0, height - 1, width // 2] = float("inf")  # the last image's last row: its rows pair across
-    out = me.conv2d(x_inf, w, None, *args)
-    ref = F.conv2d(x_inf.double(), w.double(), None, *args)
-    assert ref.isinf().any()
-    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    # The infinity in the last image's last row: its rows are paired across the images.
+    out_width = assert_exact_tile_conv(x, w, b, args, layout, gen, (batch - 1, 0, height - 1, width // 2))
+    assert 12 <= out_width <= 16
 
 
 @pytest.mark.parametrize("isa", isa_params())
