@@ -229,7 +229,12 @@ struct DirectConv {
 
   // Whether a group's packed weight is too large to stay in cache across output rows.
   static bool weight_is_large(const ConvGeometry& g, int64_t blocks) {
-    return blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In)) > kWeightInCacheBytes;
+    return blocks * panel_bytes(g) > kWeightInCacheBytes;
+  }
+
+  // Bytes of one packed panel of the weight: kBlock output channels of a group over its patch.
+  static int64_t panel_bytes(const ConvGeometry& g) {
+    return kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In));
   }
 
   // Rows of the per-thread input cache: every row of an image when a large weight runs image
@@ -377,8 +382,9 @@ struct DirectConv {
   }
 
   // Shortest output row computed two at a time (paired_rows): a row fills one A tile at least
-  // three quarters (shorter rows are lowered across rows instead: columns_lowered).
-  static constexpr int64_t kMinPairedRow = 12;
+  // three quarters (shorter rows are lowered across rows instead: columns_lowered); the longest
+  // fills it.
+  static constexpr int64_t kMinPairedRow = 12, kMaxPairedRow = 16;
   // Images a task of paired_rows takes: two, so that an image with an odd number of rows pairs its
   // last row with the next image's first (AlexNet's 15-row layers: 15 blocks per two images, not 16).
   static constexpr int64_t kPairedImages = 2;
@@ -395,7 +401,7 @@ struct DirectConv {
   static bool paired_rows(const ConvGeometry& g, int64_t blocks, bool padded, bool finished) {
     const auto [left, right] = row_padding(g);
     return kTiles && padded && finished && g.groups == 1 && g.dilation_w == 1 && g.out_w >= kMinPairedRow &&
-        g.out_w <= 16 &&
+        g.out_w <= kMaxPairedRow &&
         InputRows<In>::cache_bytes(g, paired_row_slots(g, blocks), left + right) <= kInputRowCacheBytes;
   }
 
@@ -408,7 +414,7 @@ struct DirectConv {
   static constexpr int64_t kPanelsInnerBytes = int64_t{1} << 19;
 
   static bool panels_inner(const ConvGeometry& g, int64_t blocks) {
-    return blocks * kBlock * g.patch_size() * static_cast<int64_t>(sizeof(In)) <= kPanelsInnerBytes;
+    return blocks * panel_bytes(g) <= kPanelsInnerBytes;
   }
 
   // Input rows a paired_rows thread keeps: those of one pair of output rows (panels inner; the
@@ -450,7 +456,8 @@ struct DirectConv {
 
   using PairedKernel = void (*)(const Args&, const In* const*, const In* const*, int64_t, BlockFinisher&, int64_t,
                                 int64_t);
-  using PairedKernelTable = std::array<PairedKernel, 17 - kMinPairedRow>;  // index: row length - kMinPairedRow
+  using PairedRowLengths = std::make_index_sequence<kMaxPairedRow - kMinPairedRow + 1>;
+  using PairedKernelTable = std::array<PairedKernel, PairedRowLengths::size()>;  // index: row length - kMinPairedRow
   template <bool kPrefetch, size_t... W>
   static constexpr PairedKernelTable paired_table(std::index_sequence<W...>) {
     return {&paired_kernel<static_cast<int>(W + kMinPairedRow), kPrefetch>...};
@@ -467,15 +474,14 @@ struct DirectConv {
   // lowered (columns_lowered: blocks of 28-29 pixels, A from L2) -> 2.5-2.9 / 3.6-4.1 / 2.4-2.7,
   // oneDNN 2.4-2.5 / 3.6-3.8 / 2.3-2.5.
   static void paired_rows_loop(const Args& a, FinishPixels finish) {
-    using Rows = std::make_index_sequence<17 - kMinPairedRow>;
-    static constexpr PairedKernelTable kPrefetching = paired_table<true>(Rows{}), kStreaming = paired_table<false>(Rows{});
+    static constexpr PairedKernelTable kPrefetching = paired_table<true>(PairedRowLengths{});
+    static constexpr PairedKernelTable kStreaming = paired_table<false>(PairedRowLengths{});
     const ConvGeometry& g = a.g;
     const KernelTable& single = interior_kernels();
     const bool inner = panels_inner(g, a.blocks);
     const PairedKernel paired = (inner ? kPrefetching : kStreaming)[g.out_w - kMinPairedRow];
     const auto [left, right] = row_padding(g);
-    const int64_t panel_bytes = g.kernel_h * g.kernel_w * g.in_channels * kBlock * static_cast<int64_t>(sizeof(In));
-    const int64_t per_group = panels_per_group(a.blocks, panel_bytes, kPairedGroupBytes);
+    const int64_t per_group = panels_per_group(a.blocks, panel_bytes(g), kPairedGroupBytes);
     const int64_t windows = (g.batch + kPairedImages - 1) / kPairedImages;
     at::parallel_for(0, a.blocks / per_group * windows, 1, [&](int64_t begin, int64_t end) {
       [[maybe_unused]] const BlockRun<Vec> block_run;
@@ -827,10 +833,10 @@ struct DirectConv {
   // 5.31 / 6.31 / 6.28.
   static constexpr int64_t kPanelGroupBytes = int64_t{5} << 18;
 
-  // Panels of `panel_bytes` in a group of at most `group_bytes` (at least one) that divide
+  // Panels of `bytes` each in a group of at most `group_bytes` (at least one) that divide
   // `panels` evenly, so that tasks are equal.
-  static int64_t panels_per_group(int64_t panels, int64_t panel_bytes, int64_t group_bytes = kPanelGroupBytes) {
-    int64_t per_group = std::clamp<int64_t>(group_bytes / panel_bytes, 1, panels);
+  static int64_t panels_per_group(int64_t panels, int64_t bytes, int64_t group_bytes = kPanelGroupBytes) {
+    int64_t per_group = std::clamp<int64_t>(group_bytes / bytes, 1, panels);
     while (panels % per_group != 0) {
       --per_group;
     }
@@ -849,8 +855,7 @@ struct DirectConv {
     const int64_t image_elements = g.stride_h * lowered_phase_rows(g) * g.out_w * run;
     const int64_t pixels = g.out_h * g.out_w;
     const PixelRuns runs(pixels);
-    const int64_t panel_bytes = g.kernel_h * run * kBlock * static_cast<int64_t>(sizeof(In));
-    const int64_t per_group = panels_per_group(a.blocks, panel_bytes);
+    const int64_t per_group = panels_per_group(a.blocks, panel_bytes(g));
     const int64_t groups = a.blocks / per_group, cout = per_group * kBlock;
     const auto& s = a.out_strides;
     const FinishPixels finish = one_pass_finish(a);
