@@ -4,15 +4,15 @@
 //   g++ -O2 -mamx-tile -mamx-bf16 scripts/amx_tile_loop.cpp -o /tmp/amx_tile_loop
 //   /tmp/amx_tile_loop [cin kernel width panels]      # default: AlexNet's 5x5, 64 -> 192 at 31 px
 //
-// One thread runs 2 x 2 blocks of tiles as DirectConv's TileBlock does, in its order (two A tiles of `width`
-// output pixels, 16 + the rest, from `kernel` rows of zero-padded NHWC input with `cin` channels;
+// One thread runs 2 x 2 blocks of tiles as DirectConv's TileBlock does, in its order (two A tiles
+// of `width` output pixels, 16 + the rest, from `kernel` rows of zero-padded NHWC input with `cin` channels;
 // two B tiles of 32 output channels from `panels` packed panels of [kernel * kernel * cin / 2][32][2];
 // four float32 accumulators), every panel over the same pixels, as a row of the blocks-inner loop.
 // It prints ns per tile product for three ways of ending a block:
 //   end          store the four accumulators after the block's last products, zero them before
 //                the next block's first (the kernel's way)
-//   interleaved  store C0 and C1 right after their last products and C2 and C3 after the next
-//                block's first products (oneDNN's AMX brgemm kernel interleaves its stores so)
+//   interleaved  store C00 and C01 right after their last products, C10 and C11 right before their
+//                first products of the next block (oneDNN's AMX brgemm kernel interleaves its stores so)
 //   none         zeroed but never stored: the loop's bound
 // The operands are 1.0 (bfloat16 0x3f80): a denormal pattern runs faster on some CPUs.
 // Measuring code only: nothing in the extension includes it.

@@ -124,8 +124,8 @@ struct DirectConv {
 
   // A thread's blocks finished one block late, where the output is bfloat16 NHWC (one_pass_finish):
   // each block's sums are stored to a scratch in L1 and finished (bias, residual, ReLU, one
-  // rounding, stored) a slice of pixels every kProductsPerSlice tile products of the next block, so that the
-  // vector unit finishes one block while the tile unit multiplies the next (as oneDNN's AMX
+  // rounding, stored) a slice of pixels every kProductsPerSlice tile products of the next block,
+  // so that the vector unit finishes one block while the tile unit multiplies the next (as oneDNN's AMX
   // brgemm kernels interleave their tile stores), and no load waits on sums the tiles have only
   // just stored. The rows' sums never make a second pass through a row buffer.
   class BlockFinisher {

@@ -108,7 +108,7 @@ struct TileBlock {
       }
       if constexpr (kStrided<Rows>) {
         Tiles::template multiply<R0, R1>(rows.at(0, 2 * k), rows.at(std::min(R - 1, R0), 2 * k),
-                                    rows.stride * static_cast<int64_t>(sizeof(uint16_t)), b + k * b_step, b_stride);
+                                         rows.stride * static_cast<int64_t>(sizeof(uint16_t)), b + k * b_step, b_stride);
       } else {
         stage_rows(rows, k, kPairsPerProduct);
         multiply_staged(b + k * b_step, b_stride);
